@@ -1,0 +1,113 @@
+"""Argument checks shared by every entry point: each error names the
+argument and what was expected, at trace time."""
+
+import math
+import numbers
+
+import jax.numpy as jnp
+import numpy as np
+
+FEATURE_DTYPES = (jnp.float32, jnp.float64, jnp.bfloat16, jnp.float16)
+LAYOUTS = ("NCHW", "NHWC")
+ALIGN_MODES = ("avg", "max")
+
+# Argmax indices are int32.
+_INT32_LIMIT = 2**31
+
+
+def choice(name, value, options):
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
+    return value
+
+
+def features_array(features, layout):
+    features = jnp.asarray(features)
+    if features.dtype not in FEATURE_DTYPES:
+        raise TypeError(
+            "features must have dtype float32, float64, bfloat16 or float16; "
+            f"got {features.dtype}")
+    if features.ndim != 4:
+        raise ValueError(
+            f"features must have rank 4 ({'[N, C, H, W]' if layout == 'NCHW' else '[N, H, W, C]'}"
+            f" for layout={layout!r}); got shape {features.shape}")
+    return features
+
+
+def geometry_dtype(feature_dtype):
+    """Box arithmetic runs in float64 for float64 features, float32 otherwise."""
+    return jnp.float64 if feature_dtype == jnp.float64 else jnp.float32
+
+
+def rois_array(rois, features):
+    rois = jnp.asarray(rois)
+    if not jnp.issubdtype(rois.dtype, jnp.floating):
+        raise TypeError(f"rois must have a floating dtype; got {rois.dtype}")
+    if rois.ndim == 2 and rois.shape[1] == 5:
+        pass
+    elif rois.ndim == 3 and rois.shape[2] == 4:
+        if rois.shape[0] != features.shape[0]:
+            raise ValueError(
+                f"rois of shape [N, L, 4] need N equal to the batch size of features "
+                f"({features.shape[0]}); got shape {rois.shape}")
+    else:
+        raise ValueError(
+            "rois must have shape [K, 5] (batch_index, x1, y1, x2, y2) or [N, L, 4] "
+            f"(x1, y1, x2, y2 per image); got shape {rois.shape}")
+    return rois.astype(geometry_dtype(features.dtype))
+
+
+def output_size_pair(output_size):
+    if isinstance(output_size, numbers.Integral) and not isinstance(output_size, bool):
+        pair = (int(output_size), int(output_size))
+    elif (isinstance(output_size, (tuple, list)) and len(output_size) == 2
+          and all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                  for v in output_size)):
+        pair = (int(output_size[0]), int(output_size[1]))
+    else:
+        raise TypeError(f"output_size must be an int or a pair of ints (PH, PW); got {output_size!r}")
+    if min(pair) <= 0:
+        raise ValueError(f"output_size must be positive; got {output_size!r}")
+    return pair
+
+
+def spatial_scale_value(spatial_scale):
+    if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, (numbers.Real, np.ndarray)):
+        raise TypeError(
+            f"spatial_scale must be a Python float (a static value); got {type(spatial_scale).__name__}")
+    value = float(spatial_scale)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"spatial_scale must be finite and > 0; got {spatial_scale!r}")
+    return value
+
+
+def sampling_ratio_value(sampling_ratio):
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, numbers.Integral):
+        raise TypeError(
+            f"sampling_ratio must be an int (<= 0 for the adaptive grid); got {sampling_ratio!r}")
+    value = int(sampling_ratio)
+    if value * value >= _INT32_LIMIT:
+        raise ValueError(f"sampling_ratio must be below 46341; got {value}")
+    return value
+
+
+def aligned_value(aligned):
+    if not isinstance(aligned, (bool, np.bool_)):
+        raise TypeError(f"aligned must be a bool; got {aligned!r}")
+    return bool(aligned)
+
+
+def spatial_size(features, layout):
+    _, *rest = features.shape
+    return (rest[1], rest[2]) if layout == "NCHW" else (rest[0], rest[1])
+
+
+def check_argmax_range(features, layout, op):
+    """The max modes record their winner in int32: keep it representable."""
+    height, width = spatial_size(features, layout)
+    # roi_align "max" counts samples in a window at most about (2H+6) x (2W+6).
+    area = height * width if op == "pool" else (2 * height + 6) * (2 * width + 6)
+    if area >= _INT32_LIMIT:
+        raise ValueError(
+            f"features' spatial size {height} x {width} is too large for the int32 argmax "
+            f"of {'roi_pool' if op == 'pool' else 'roi_align mode=max'}")

@@ -1,0 +1,54 @@
+"""Loads the compiled kernel modules and registers their XLA FFI targets."""
+
+import jax
+import jaxlib
+
+from . import _jax_roi_cpu
+
+# The kernels speak the XLA FFI API version of the headers they were built
+# against; these jaxlib releases speak the same one.
+SUPPORTED_JAXLIB = ((0, 9, 1), (0, 12, 0))
+
+
+def _version_tuple(text):
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def _check_jaxlib():
+    found = _version_tuple(jaxlib.__version__)
+    low, high = SUPPORTED_JAXLIB
+    if not low <= found < high:
+        raise ImportError(
+            f"jax_roi was built for jaxlib >= {'.'.join(map(str, low))}, "
+            f"< {'.'.join(map(str, high))} (XLA FFI API "
+            f"{'.'.join(map(str, _jax_roi_cpu.ffi_api_version))}), but jaxlib "
+            f"{jaxlib.__version__} is installed: install a jaxlib in that range or "
+            "rebuild jax_roi against this one (pip install --force-reinstall .)")
+
+
+def _register(registrations, platform):
+    for name, capsule in registrations.items():
+        try:
+            jax.ffi.register_ffi_target(name, capsule, platform=platform)
+        except Exception as err:  # a handler ABI this jaxlib rejects
+            raise ImportError(
+                f"jax_roi: jaxlib {jaxlib.__version__} rejected the {platform} "
+                f"kernel {name!r}: {err}") from err
+
+
+_check_jaxlib()
+_register(_jax_roi_cpu.registrations(), "cpu")
+
+try:  # built only where a CUDA compiler was found
+    from . import _jax_roi_cuda
+except ImportError:
+    _jax_roi_cuda = None
+else:
+    _register(_jax_roi_cuda.registrations(), "CUDA")
+
+#: Platforms with a lowering to the compiled kernels.
+KERNEL_PLATFORMS = ("cpu",) + (("cuda",) if _jax_roi_cuda is not None else ())

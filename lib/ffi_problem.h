@@ -1,0 +1,122 @@
+// Turns XLA FFI buffers and attributes into a Problem, checking every rank
+// and size, for the CPU and CUDA handlers alike. Sizes come only from buffer
+// dimensions; attributes carry geometry.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "roi_elements.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace jax_roi {
+
+namespace ffi = xla::ffi;
+
+template <typename G>
+constexpr ffi::DataType geometry_type() {
+  return sizeof(G) == sizeof(double) ? ffi::DataType::F64 : ffi::DataType::F32;
+}
+
+inline std::string dims_text(ffi::Span<const int64_t> dims) {
+  std::string text = "[";
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (i) text += ", ";
+    text += std::to_string(dims[i]);
+  }
+  return text + "]";
+}
+
+// Calls f(T{}) with the storage type of a feature buffer.
+template <typename F>
+ffi::Error dispatch_feature_type(ffi::DataType type, const F& f) {
+  switch (type) {
+    case ffi::DataType::F32:
+      return f(float{});
+    case ffi::DataType::F64:
+      return f(double{});
+    case ffi::DataType::F16:
+      return f(float16_t{});
+    case ffi::DataType::BF16:
+      return f(bfloat16_t{});
+    default:
+      return ffi::Error::InvalidArgument(
+          "jax_roi: features must be float32, float64, float16 or bfloat16");
+  }
+}
+
+// features: [N, C, H, W] or [N, H, W, C]; pooled: the output (or its
+// gradient), [K, ...] for [K, 5] rois or [N, L, ...] for [N, L, 4] boxes.
+template <typename G>
+ffi::Error make_problem(ffi::Span<const int64_t> features, const ffi::AnyBuffer& rois,
+                        ffi::Span<const int64_t> pooled, bool channels_last,
+                        double spatial_scale, int64_t sampling_ratio, bool aligned,
+                        Problem<G>* problem) {
+  if (features.size() != 4)
+    return ffi::Error::InvalidArgument("jax_roi: features must have rank 4, got " +
+                                       dims_text(features));
+  if (rois.element_type() != geometry_type<G>())
+    return ffi::Error::InvalidArgument(
+        "jax_roi: rois must be float64 with float64 features, float32 otherwise");
+  Shape& s = problem->shape;
+  s.channels_last = channels_last;
+  s.num_images = features[0];
+  s.channels = channels_last ? features[3] : features[1];
+  s.height = channels_last ? features[1] : features[2];
+  s.width = channels_last ? features[2] : features[3];
+
+  auto roi_dims = rois.dimensions();
+  RoiTable<G>& table = problem->rois;
+  table.data = rois.typed_data<G>();
+  table.num_images = s.num_images;
+  size_t lead;  // leading output dims that index ROIs
+  if (roi_dims.size() == 2 && roi_dims[1] == 5) {
+    s.num_rois = roi_dims[0];
+    table.rois_per_image = 0;
+    lead = 1;
+  } else if (roi_dims.size() == 3 && roi_dims[2] == 4 && roi_dims[0] == s.num_images) {
+    s.num_rois = roi_dims[0] * roi_dims[1];
+    // With no boxes there is nothing to read; 0 would mean the [K, 5] format.
+    table.rois_per_image = roi_dims[1] > 0 ? roi_dims[1] : 1;
+    lead = 2;
+  } else {
+    return ffi::Error::InvalidArgument("jax_roi: rois must be [K, 5] or [N, L, 4], got " +
+                                       dims_text(roi_dims));
+  }
+  if (pooled.size() != lead + 3 || pooled[0] != roi_dims[0] ||
+      (lead == 2 && pooled[1] != roi_dims[1]))
+    return ffi::Error::InvalidArgument("jax_roi: output " + dims_text(pooled) +
+                                       " does not match rois " + dims_text(roi_dims));
+  int64_t c = channels_last ? pooled[lead + 2] : pooled[lead];
+  s.pooled_h = channels_last ? pooled[lead] : pooled[lead + 1];
+  s.pooled_w = channels_last ? pooled[lead + 1] : pooled[lead + 2];
+  if (c != s.channels)
+    return ffi::Error::InvalidArgument("jax_roi: output " + dims_text(pooled) +
+                                       " does not match features " + dims_text(features));
+  problem->spatial_scale = static_cast<G>(spatial_scale);
+  problem->sampling_ratio = sampling_ratio;
+  problem->aligned = aligned;
+  return ffi::Error::Success();
+}
+
+inline ffi::Error check_same_dims(ffi::Span<const int64_t> a, ffi::Span<const int64_t> b,
+                                  const char* what) {
+  bool same = a.size() == b.size();
+  for (size_t i = 0; same && i < a.size(); ++i) same = a[i] == b[i];
+  if (same) return ffi::Error::Success();
+  return ffi::Error::InvalidArgument(std::string("jax_roi: ") + what + " " + dims_text(a) +
+                                     " must match " + dims_text(b));
+}
+
+// The gradient with respect to features is accumulated, and returned, in
+// the geometry type: float32 for 16-bit features.
+template <typename G>
+ffi::Error check_gradient_type(const ffi::AnyBuffer& grad) {
+  if (grad.element_type() != geometry_type<G>())
+    return ffi::Error::InvalidArgument(
+        "jax_roi: the feature gradient must be float64 for float64 features, float32 "
+        "otherwise");
+  return ffi::Error::Success();
+}
+
+}  // namespace jax_roi

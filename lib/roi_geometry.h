@@ -1,0 +1,268 @@
+// The one copy of the ROI arithmetic (docs: semantics.md of the project spec).
+// Everything here is an inline function of scalars, compiled for host and
+// device alike, so CPU and CUDA kernels cannot drift apart. G is the geometry
+// type: float, or double when the features are double.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define HOST_DEVICE inline
+#endif
+
+namespace jax_roi {
+
+template <typename G>
+HOST_DEVICE G min_of(G a, G b) { return b < a ? b : a; }
+template <typename G>
+HOST_DEVICE G max_of(G a, G b) { return a < b ? b : a; }
+
+// Clamps a (possibly huge or negative) real to [lo, hi] before it is turned
+// into an index, so no conversion ever overflows.
+template <typename G>
+HOST_DEVICE int64_t clamp_to_index(G v, int64_t lo, int64_t hi) {
+  if (!(v > static_cast<G>(lo))) return lo;  // also catches NaN
+  if (!(v < static_cast<G>(hi))) return hi;
+  return static_cast<int64_t>(v);
+}
+
+// One ROI as read from either format, with validity decided once.
+template <typename G>
+struct Roi {
+  bool valid;
+  int64_t batch;
+  G x1, y1, x2, y2;
+};
+
+// The two ROI formats: [K, 5] (batch index, x1, y1, x2, y2) when
+// rois_per_image == 0, else [N, L, 4] with L = rois_per_image.
+template <typename G>
+struct RoiTable {
+  const G* data;
+  int64_t rois_per_image;
+  int64_t num_images;
+};
+
+template <typename G>
+HOST_DEVICE Roi<G> load_roi(const RoiTable<G>& table, int64_t k) {
+  Roi<G> r;
+  const G* box;
+  G batch;
+  if (table.rois_per_image > 0) {
+    box = table.data + k * 4;
+    batch = static_cast<G>(k / table.rois_per_image);
+  } else {
+    box = table.data + k * 5;
+    batch = box[0];
+    box += 1;
+  }
+  r.x1 = box[0];
+  r.y1 = box[1];
+  r.x2 = box[2];
+  r.y2 = box[3];
+  // Comparisons are false for NaN, so a NaN index is invalid too.
+  bool batch_ok = batch >= G(0) && batch < static_cast<G>(table.num_images);
+  bool finite = std::isfinite(r.x1) && std::isfinite(r.y1) &&
+                std::isfinite(r.x2) && std::isfinite(r.y2);
+  r.valid = batch_ok && finite;
+  r.batch = batch_ok ? static_cast<int64_t>(batch) : 0;
+  return r;
+}
+
+// ---------------------------------------------------------------- roi_pool
+
+// A ROI snapped to the feature grid (Fast R-CNN): start and bin size.
+template <typename G>
+struct PoolRoi {
+  G x_start, y_start, bin_w, bin_h;
+};
+
+template <typename G>
+HOST_DEVICE PoolRoi<G> pool_roi(const Roi<G>& r, G scale, int64_t pooled_h,
+                                int64_t pooled_w) {
+  // std::round rounds half away from zero, as C's round does.
+  G xs = std::round(r.x1 * scale), ys = std::round(r.y1 * scale);
+  G xe = std::round(r.x2 * scale), ye = std::round(r.y2 * scale);
+  G roi_w = max_of(xe - xs + G(1), G(1));
+  G roi_h = max_of(ye - ys + G(1), G(1));
+  return {xs, ys, roi_w / static_cast<G>(pooled_w),
+          roi_h / static_cast<G>(pooled_h)};
+}
+
+// The half-open pixel window [h0, h1) x [w0, w1) of one bin, clipped to the map.
+struct PixelWindow {
+  int64_t h0, h1, w0, w1;
+  HOST_DEVICE bool empty() const { return h1 <= h0 || w1 <= w0; }
+};
+
+template <typename G>
+HOST_DEVICE PixelWindow pool_bin(const PoolRoi<G>& p, int64_t ph, int64_t pw,
+                                 int64_t height, int64_t width) {
+  PixelWindow w;
+  w.h0 = clamp_to_index(std::floor(static_cast<G>(ph) * p.bin_h) + p.y_start, 0, height);
+  w.h1 = clamp_to_index(std::ceil(static_cast<G>(ph + 1) * p.bin_h) + p.y_start, 0, height);
+  w.w0 = clamp_to_index(std::floor(static_cast<G>(pw) * p.bin_w) + p.x_start, 0, width);
+  w.w1 = clamp_to_index(std::ceil(static_cast<G>(pw + 1) * p.bin_w) + p.x_start, 0, width);
+  return w;
+}
+
+// --------------------------------------------------------------- roi_align
+
+// A ROI in feature coordinates with its bin size and per-bin sample grid.
+// Grid sizes stay real numbers: a huge box has an astronomic adaptive grid
+// that only ever enters the arithmetic through `count`.
+template <typename G>
+struct AlignRoi {
+  G x_start, y_start, bin_w, bin_h;
+  G grid_w, grid_h;
+  G count;
+};
+
+template <typename G>
+HOST_DEVICE AlignRoi<G> align_roi(const Roi<G>& r, G scale, int64_t pooled_h,
+                                  int64_t pooled_w, int64_t sampling_ratio,
+                                  bool aligned) {
+  G offset = aligned ? G(0.5) : G(0);
+  AlignRoi<G> a;
+  a.x_start = r.x1 * scale - offset;
+  a.y_start = r.y1 * scale - offset;
+  G roi_w = r.x2 * scale - offset - a.x_start;
+  G roi_h = r.y2 * scale - offset - a.y_start;
+  if (!aligned) {
+    roi_w = max_of(roi_w, G(1));
+    roi_h = max_of(roi_h, G(1));
+  }
+  a.bin_w = roi_w / static_cast<G>(pooled_w);
+  a.bin_h = roi_h / static_cast<G>(pooled_h);
+  if (sampling_ratio > 0) {
+    a.grid_w = a.grid_h = static_cast<G>(sampling_ratio);
+  } else {
+    a.grid_w = std::ceil(roi_w / static_cast<G>(pooled_w));
+    a.grid_h = std::ceil(roi_h / static_cast<G>(pooled_h));
+  }
+  a.count = max_of(a.grid_h * a.grid_w, G(1));
+  return a;
+}
+
+// Position of sample t of a bin that starts at `bin_start` (evaluated in
+// the same order as the peers, so float32 results agree bit for bit).
+template <typename G>
+HOST_DEVICE G sample_position(G roi_start, int64_t bin_index, G bin_size,
+                              int64_t t, G grid) {
+  return roi_start + static_cast<G>(bin_index) * bin_size +
+         (static_cast<G>(t) + G(0.5)) * bin_size / grid;
+}
+
+// The samples [lo, hi) of one bin axis that can land in [-1, extent]; all
+// others read zero. The range is found by inverting the affine sample
+// position and widened by one, the exact test being left to `bilinear`.
+// `complete` says whether [lo, hi) is the whole grid.
+struct SampleRange {
+  int64_t lo, hi;
+  bool complete;
+};
+
+template <typename G>
+HOST_DEVICE SampleRange sample_range(G roi_start, int64_t bin_index,
+                                     G bin_size, G grid, int64_t extent) {
+  SampleRange s{0, 0, true};
+  if (!(grid >= G(1))) return s;  // no samples at all (also NaN)
+  G bin_start = roi_start + static_cast<G>(bin_index) * bin_size;
+  G step = bin_size / grid;
+  G lo, hi;
+  if (step == G(0)) {
+    bool inside = bin_start >= G(-1) && bin_start <= static_cast<G>(extent);
+    lo = G(0);
+    hi = inside ? grid : G(0);
+  } else {
+    G a = (G(-1) - bin_start) / step - G(0.5);
+    G b = (static_cast<G>(extent) - bin_start) / step - G(0.5);
+    lo = std::floor(min_of(a, b)) - G(1);
+    hi = std::ceil(max_of(a, b)) + G(2);
+  }
+  lo = max_of(lo, G(0));
+  hi = min_of(hi, grid);
+  if (!(hi > lo)) {
+    s.complete = false;
+    return s;
+  }
+  s.lo = static_cast<int64_t>(lo);
+  s.hi = static_cast<int64_t>(hi);
+  s.complete = lo == G(0) && hi == grid;
+  return s;
+}
+
+// Bilinear interpolation weights of one sample on an H x W plane.
+template <typename G>
+struct Bilinear {
+  bool inside;  // false: the sample reads 0 and has no gradient
+  int64_t y0, y1, x0, x1;
+  G w00, w01, w10, w11;
+};
+
+template <typename G>
+HOST_DEVICE Bilinear<G> bilinear(G y, G x, int64_t height, int64_t width) {
+  Bilinear<G> b{};
+  // Written so that NaN also fails the test.
+  if (!(y >= G(-1) && y <= static_cast<G>(height) && x >= G(-1) &&
+        x <= static_cast<G>(width)) ||
+      height <= 0 || width <= 0) {
+    b.inside = false;
+    return b;
+  }
+  b.inside = true;
+  y = max_of(y, G(0));
+  x = max_of(x, G(0));
+  b.y0 = static_cast<int64_t>(y);
+  b.x0 = static_cast<int64_t>(x);
+  if (b.y0 >= height - 1) {
+    b.y0 = b.y1 = height - 1;
+    y = static_cast<G>(b.y0);
+  } else {
+    b.y1 = b.y0 + 1;
+  }
+  if (b.x0 >= width - 1) {
+    b.x0 = b.x1 = width - 1;
+    x = static_cast<G>(b.x0);
+  } else {
+    b.x1 = b.x0 + 1;
+  }
+  G ly = y - static_cast<G>(b.y0), lx = x - static_cast<G>(b.x0);
+  G hy = G(1) - ly, hx = G(1) - lx;
+  b.w00 = hy * hx;
+  b.w01 = hy * lx;
+  b.w10 = ly * hx;
+  b.w11 = ly * lx;
+  return b;
+}
+
+// Where a max-mode bin's winner sits: indices (iy, ix) inside the bin's
+// sample ranges, packed relative to the ranges so the int32 argmax stays
+// small whatever the grid size; -1 means no gradient.
+HOST_DEVICE int64_t pack_sample(int64_t iy, int64_t ix, const SampleRange& ry,
+                                const SampleRange& rx) {
+  return (iy - ry.lo) * (rx.hi - rx.lo) + (ix - rx.lo);
+}
+
+HOST_DEVICE void unpack_sample(int64_t packed, const SampleRange& ry,
+                               const SampleRange& rx, int64_t* iy,
+                               int64_t* ix) {
+  int64_t width = rx.hi - rx.lo;
+  *iy = ry.lo + packed / width;
+  *ix = rx.lo + packed % width;
+}
+
+// True when a sample outside the scanned ranges (value 0) comes before
+// (iy, ix) in row-major scan order; such a sample wins ties at 0.
+HOST_DEVICE bool skipped_sample_precedes(const SampleRange& ry,
+                                         const SampleRange& rx, int64_t iy,
+                                         int64_t ix) {
+  if (ry.lo > 0 || rx.lo > 0) return true;  // sample (0, 0) was skipped
+  if (!rx.complete) return iy > 0;  // the first skipped sample is (0, rx.hi)
+  return false;  // rows are whole: skipped rows come after the scanned ones
+}
+
+}  // namespace jax_roi

@@ -259,4 +259,33 @@ HOST_DEVICE void roi_pool_backward_element(const Problem<G>& p, int64_t i,
   add(grad_features + plane.at(pixel / s.width, pixel % s.width), to_acc(grad_out[i]));
 }
 
+// ------------------------------------------------------- one entry per op
+
+enum class Op { kAlignAvg, kAlignMax, kPool };
+
+// argmax is unused (and may be null) for kAlignAvg.
+template <Op op, typename T, typename G>
+HOST_DEVICE void forward_element(const Problem<G>& p, int64_t i, const T* features, T* out,
+                                 int32_t* argmax) {
+  if constexpr (op == Op::kAlignAvg) {
+    roi_align_avg_forward_element(p, i, features, out);
+  } else if constexpr (op == Op::kAlignMax) {
+    roi_align_max_forward_element(p, i, features, out, argmax);
+  } else {
+    roi_pool_forward_element(p, i, features, out, argmax);
+  }
+}
+
+template <Op op, typename T, typename G, typename Add>
+HOST_DEVICE void backward_element(const Problem<G>& p, int64_t i, const T* grad_out,
+                                  const int32_t* argmax, G* grad_features, const Add& add) {
+  if constexpr (op == Op::kAlignAvg) {
+    roi_align_avg_backward_element(p, i, grad_out, grad_features, add);
+  } else if constexpr (op == Op::kAlignMax) {
+    roi_align_max_backward_element(p, i, grad_out, argmax, grad_features, add);
+  } else {
+    roi_pool_backward_element(p, i, grad_out, argmax, grad_features, add);
+  }
+}
+
 }  // namespace jax_roi

@@ -1,0 +1,176 @@
+// Handler bodies shared by every platform: they check buffers, build the
+// Problem, pick the storage type and call the platform's Backend:
+//   Backend::Context: the FFI context it runs in (thread pool, stream);
+//   Backend::forward<op, T, G>(ctx, problem, features, out, argmax);
+//   Backend::backward<op, T, G>(ctx, problem, grad_out, argmax, grad_features),
+//     which also zeroes grad_features.
+#pragma once
+
+#include <cstdint>
+
+#include "ffi_problem.h"
+#include "roi_elements.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace jax_roi {
+
+template <typename T>
+T* data_of(const ffi::AnyBuffer& b) { return reinterpret_cast<T*>(b.untyped_data()); }
+
+struct Geometry {
+  double spatial_scale;
+  int64_t sampling_ratio;
+  bool aligned;
+  bool channels_last;
+};
+
+// argmax is null for roi_align "avg".
+template <typename Backend, Op op>
+ffi::Error forward(typename Backend::Context& ctx, const ffi::AnyBuffer& features,
+                   const ffi::AnyBuffer& rois, ffi::AnyBuffer& out,
+                   ffi::Buffer<ffi::S32>* argmax, const Geometry& g) {
+  if (out.element_type() != features.element_type())
+    return ffi::Error::InvalidArgument("jax_roi: output dtype must equal the features dtype");
+  if (argmax)
+    if (auto e = check_same_dims(argmax->dimensions(), out.dimensions(), "argmax"); e.failure())
+      return e;
+  return dispatch_feature_type(features.element_type(), [&](auto tag) -> ffi::Error {
+    using T = decltype(tag);
+    using G = acc_t<T>;
+    Problem<G> p;
+    if (auto e = make_problem<G>(features.dimensions(), rois, out.dimensions(), g.channels_last,
+                                 g.spatial_scale, g.sampling_ratio, g.aligned, &p);
+        e.failure())
+      return e;
+    return Backend::template forward<op, T, G>(ctx, p, data_of<T>(features), data_of<T>(out),
+                                               argmax ? argmax->typed_data() : nullptr);
+  });
+}
+
+template <typename Backend, Op op>
+ffi::Error backward(typename Backend::Context& ctx, const ffi::AnyBuffer& grad_out,
+                    const ffi::AnyBuffer& rois, const ffi::Buffer<ffi::S32>* argmax,
+                    ffi::AnyBuffer& grad_features, const Geometry& g) {
+  if (argmax)
+    if (auto e = check_same_dims(argmax->dimensions(), grad_out.dimensions(), "argmax");
+        e.failure())
+      return e;
+  return dispatch_feature_type(grad_out.element_type(), [&](auto tag) -> ffi::Error {
+    using T = decltype(tag);
+    using G = acc_t<T>;
+    if (auto e = check_gradient_type<G>(grad_features); e.failure()) return e;
+    Problem<G> p;
+    if (auto e = make_problem<G>(grad_features.dimensions(), rois, grad_out.dimensions(),
+                                 g.channels_last, g.spatial_scale, g.sampling_ratio, g.aligned,
+                                 &p);
+        e.failure())
+      return e;
+    return Backend::template backward<op, T, G>(ctx, p, data_of<T>(grad_out),
+                                                argmax ? argmax->typed_data() : nullptr,
+                                                data_of<G>(grad_features));
+  });
+}
+
+// The six handlers' signatures, as the FFI binds them.
+template <typename Backend>
+struct Handlers {
+  using Ctx = typename Backend::Context;
+  using Out = ffi::Result<ffi::AnyBuffer>;
+  using Argmax = ffi::Result<ffi::Buffer<ffi::S32>>;
+
+  static ffi::Error AlignAvgForward(Ctx ctx, ffi::AnyBuffer features, ffi::AnyBuffer rois,
+                                    Out out, double scale, int64_t ratio, bool aligned,
+                                    bool channels_last) {
+    return forward<Backend, Op::kAlignAvg>(ctx, features, rois, *out, nullptr,
+                                           {scale, ratio, aligned, channels_last});
+  }
+  static ffi::Error AlignAvgBackward(Ctx ctx, ffi::AnyBuffer grad_out, ffi::AnyBuffer rois,
+                                     Out grad, double scale, int64_t ratio, bool aligned,
+                                     bool channels_last) {
+    return backward<Backend, Op::kAlignAvg>(ctx, grad_out, rois, nullptr, *grad,
+                                            {scale, ratio, aligned, channels_last});
+  }
+  static ffi::Error AlignMaxForward(Ctx ctx, ffi::AnyBuffer features, ffi::AnyBuffer rois,
+                                    Out out, Argmax argmax, double scale, int64_t ratio,
+                                    bool aligned, bool channels_last) {
+    return forward<Backend, Op::kAlignMax>(ctx, features, rois, *out, &*argmax,
+                                           {scale, ratio, aligned, channels_last});
+  }
+  static ffi::Error AlignMaxBackward(Ctx ctx, ffi::AnyBuffer grad_out, ffi::AnyBuffer rois,
+                                     ffi::Buffer<ffi::S32> argmax, Out grad, double scale,
+                                     int64_t ratio, bool aligned, bool channels_last) {
+    return backward<Backend, Op::kAlignMax>(ctx, grad_out, rois, &argmax, *grad,
+                                            {scale, ratio, aligned, channels_last});
+  }
+  static ffi::Error PoolForward(Ctx ctx, ffi::AnyBuffer features, ffi::AnyBuffer rois, Out out,
+                                Argmax argmax, double scale, bool channels_last) {
+    return forward<Backend, Op::kPool>(ctx, features, rois, *out, &*argmax,
+                                       {scale, 0, false, channels_last});
+  }
+  static ffi::Error PoolBackward(Ctx ctx, ffi::AnyBuffer grad_out, ffi::AnyBuffer rois,
+                                 ffi::Buffer<ffi::S32> argmax, Out grad, bool channels_last) {
+    return backward<Backend, Op::kPool>(ctx, grad_out, rois, &argmax, *grad,
+                                        {1.0, 0, false, channels_last});
+  }
+};
+
+}  // namespace jax_roi
+
+// Defines the six exported handler symbols <Prefix>AlignAvgForward, ... for
+// a Backend whose context binds as CtxBinding (e.g. ffi::ThreadPool).
+#define JAX_ROI_ALIGN_ATTRS                                                   \
+  .Attr<double>("spatial_scale").Attr<int64_t>("sampling_ratio").Attr<bool>( \
+      "aligned").Attr<bool>("channels_last")
+
+#define JAX_ROI_DEFINE_HANDLERS(Prefix, Backend, CtxBinding, ...)                              \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                               \
+      Prefix##AlignAvgForward, ::jax_roi::Handlers<Backend>::AlignAvgForward,                  \
+      ::xla::ffi::Ffi::Bind()                                                                  \
+          .Ctx<CtxBinding>()                                                                   \
+          .Arg<::xla::ffi::AnyBuffer>()                                                        \
+          .Arg<::xla::ffi::AnyBuffer>()                                                        \
+          .Ret<::xla::ffi::AnyBuffer>() JAX_ROI_ALIGN_ATTRS, ##__VA_ARGS__);                   \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                               \
+      Prefix##AlignAvgBackward, ::jax_roi::Handlers<Backend>::AlignAvgBackward,                \
+      ::xla::ffi::Ffi::Bind()                                                                  \
+          .Ctx<CtxBinding>()                                                                   \
+          .Arg<::xla::ffi::AnyBuffer>()                                                        \
+          .Arg<::xla::ffi::AnyBuffer>()                                                        \
+          .Ret<::xla::ffi::AnyBuffer>() JAX_ROI_ALIGN_ATTRS, ##__VA_ARGS__);                   \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                               \
+      Prefix##AlignMaxForward, ::jax_roi::Handlers<Backend>::AlignMaxForward,                  \
+      ::xla::ffi::Ffi::Bind()                                                                  \
+          .Ctx<CtxBinding>()                                                                   \
+          .Arg<::xla::ffi::AnyBuffer>()                                                        \
+          .Arg<::xla::ffi::AnyBuffer>()                                                        \
+          .Ret<::xla::ffi::AnyBuffer>()                                                        \
+          .Ret<::xla::ffi::Buffer<::xla::ffi::S32>>() JAX_ROI_ALIGN_ATTRS, ##__VA_ARGS__);     \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                               \
+      Prefix##AlignMaxBackward, ::jax_roi::Handlers<Backend>::AlignMaxBackward,                \
+      ::xla::ffi::Ffi::Bind()                                                                  \
+          .Ctx<CtxBinding>()                                                                   \
+          .Arg<::xla::ffi::AnyBuffer>()                                                        \
+          .Arg<::xla::ffi::AnyBuffer>()                                                        \
+          .Arg<::xla::ffi::Buffer<::xla::ffi::S32>>()                                          \
+          .Ret<::xla::ffi::AnyBuffer>() JAX_ROI_ALIGN_ATTRS, ##__VA_ARGS__);                   \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                               \
+      Prefix##PoolForward, ::jax_roi::Handlers<Backend>::PoolForward,                          \
+      ::xla::ffi::Ffi::Bind()                                                                  \
+          .Ctx<CtxBinding>()                                                                   \
+          .Arg<::xla::ffi::AnyBuffer>()                                                        \
+          .Arg<::xla::ffi::AnyBuffer>()                                                        \
+          .Ret<::xla::ffi::AnyBuffer>()                                                        \
+          .Ret<::xla::ffi::Buffer<::xla::ffi::S32>>()                                          \
+          .Attr<double>("spatial_scale")                                                       \
+          .Attr<bool>("channels_last"),                                                        \
+      ##__VA_ARGS__);                                                                          \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                               \
+      Prefix##PoolBackward, ::jax_roi::Handlers<Backend>::PoolBackward,                        \
+      ::xla::ffi::Ffi::Bind()                                                                  \
+          .Ctx<CtxBinding>()                                                                   \
+          .Arg<::xla::ffi::AnyBuffer>()                                                        \
+          .Arg<::xla::ffi::AnyBuffer>()                                                        \
+          .Arg<::xla::ffi::Buffer<::xla::ffi::S32>>()                                          \
+          .Ret<::xla::ffi::AnyBuffer>()                                                        \
+          .Attr<bool>("channels_last"),                                                        \
+      ##__VA_ARGS__)

@@ -30,8 +30,13 @@ def _check_jaxlib():
             "rebuild jax_roi against this one (pip install --force-reinstall .)")
 
 
-def _register(registrations, platform):
-    for name, capsule in registrations.items():
+TARGET_PREFIX = "jax_roi_"
+
+
+def register(registrations, platform, prefix=TARGET_PREFIX):
+    """Registers a module's kernels as targets named prefix + kernel name."""
+    for kernel, capsule in registrations.items():
+        name = prefix + kernel
         try:
             jax.ffi.register_ffi_target(name, capsule, platform=platform)
         except Exception as err:  # a handler ABI this jaxlib rejects
@@ -41,14 +46,14 @@ def _register(registrations, platform):
 
 
 _check_jaxlib()
-_register(_jax_roi_cpu.registrations(), "cpu")
+register(_jax_roi_cpu.registrations(), "cpu")
 
 try:  # built only where a CUDA compiler was found
     from . import _jax_roi_cuda
 except ImportError:
     _jax_roi_cuda = None
 else:
-    _register(_jax_roi_cuda.registrations(), "CUDA")
+    register(_jax_roi_cuda.registrations(), "CUDA")
 
 #: Platforms with a lowering to the compiled kernels.
 KERNEL_PLATFORMS = ("cpu",) + (("cuda",) if _jax_roi_cuda is not None else ())

@@ -32,8 +32,7 @@ def has_argmax(op):
 
 
 def _target(op, direction):
-    return {"align_avg": "jax_roi_align_avg", "align_max": "jax_roi_align_max",
-            "pool": "jax_roi_pool"}[op] + "_" + direction
+    return _ffi.TARGET_PREFIX + op + "_" + direction
 
 
 def _pooled_shape(rois_shape, channels, output_size, layout):

@@ -1,0 +1,92 @@
+// CUDA kernels: grid-stride loops over the shared element functions. Only
+// the launch is CUDA-specific; the arithmetic lives in roi_elements.h.
+#include <algorithm>
+#include <string>
+
+#include "roi_kernels_cuda.h"
+
+namespace jax_roi {
+namespace {
+
+constexpr int kThreadsPerBlock = 256;
+constexpr int64_t kMaxBlocks = int64_t(1) << 20;  // the grid-stride loop covers the rest
+
+struct AtomicAdd {
+  template <typename G>
+  __device__ void operator()(G* target, G value) const { atomicAdd(target, value); }
+};
+
+__device__ __forceinline__ int64_t first_index() {
+  return int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ int64_t grid_stride() { return int64_t(gridDim.x) * blockDim.x; }
+
+template <Op op, typename T, typename G>
+__global__ void forward_kernel(Problem<G> p, const T* features, T* out, int32_t* argmax) {
+  int64_t n = p.shape.output_count();
+  for (int64_t i = first_index(); i < n; i += grid_stride())
+    forward_element<op>(p, i, features, out, argmax);
+}
+
+template <Op op, typename T, typename G>
+__global__ void backward_kernel(Problem<G> p, const T* grad_out, const int32_t* argmax,
+                                G* grad_features) {
+  int64_t n = p.shape.output_count();
+  for (int64_t i = first_index(); i < n; i += grid_stride())
+    backward_element<op>(p, i, grad_out, argmax, grad_features, AtomicAdd{});
+}
+
+unsigned blocks_for(int64_t n) {
+  return static_cast<unsigned>(std::min(kMaxBlocks, (n + kThreadsPerBlock - 1) / kThreadsPerBlock));
+}
+
+ffi::Error last_error(const char* what) {
+  cudaError_t err = cudaGetLastError();
+  if (err == cudaSuccess) return ffi::Error::Success();
+  return ffi::Error::Internal(std::string("jax_roi: ") + what + ": " + cudaGetErrorString(err));
+}
+
+}  // namespace
+
+template <Op op, typename T, typename G>
+ffi::Error CudaBackend::forward(Context& stream, const Problem<G>& p, const T* features,
+                                T* out, int32_t* argmax) {
+  int64_t n = p.shape.output_count();
+  if (n == 0) return ffi::Error::Success();
+  forward_kernel<op, T, G><<<blocks_for(n), kThreadsPerBlock, 0, stream>>>(p, features, out,
+                                                                           argmax);
+  return last_error("forward kernel launch");
+}
+
+template <Op op, typename T, typename G>
+ffi::Error CudaBackend::backward(Context& stream, const Problem<G>& p, const T* grad_out,
+                                 const int32_t* argmax, G* grad_features) {
+  int64_t features = p.shape.feature_count();
+  if (features > 0) {
+    cudaMemsetAsync(grad_features, 0, sizeof(G) * features, stream);
+    if (auto e = last_error("zeroing the gradient"); e.failure()) return e;
+  }
+  int64_t n = p.shape.output_count();
+  if (n == 0 || features == 0) return ffi::Error::Success();
+  backward_kernel<op, T, G><<<blocks_for(n), kThreadsPerBlock, 0, stream>>>(
+      p, grad_out, argmax, grad_features);
+  return last_error("backward kernel launch");
+}
+
+#define JAX_ROI_INSTANTIATE(OP, T)                                                        \
+  template ffi::Error CudaBackend::forward<OP, T, acc_t<T>>(                              \
+      Context&, const Problem<acc_t<T>>&, const T*, T*, int32_t*);                        \
+  template ffi::Error CudaBackend::backward<OP, T, acc_t<T>>(                             \
+      Context&, const Problem<acc_t<T>>&, const T*, const int32_t*, acc_t<T>*);
+
+#define JAX_ROI_INSTANTIATE_TYPES(OP)   \
+  JAX_ROI_INSTANTIATE(OP, float)        \
+  JAX_ROI_INSTANTIATE(OP, double)       \
+  JAX_ROI_INSTANTIATE(OP, float16_t)    \
+  JAX_ROI_INSTANTIATE(OP, bfloat16_t)
+
+JAX_ROI_INSTANTIATE_TYPES(Op::kAlignAvg)
+JAX_ROI_INSTANTIATE_TYPES(Op::kAlignMax)
+JAX_ROI_INSTANTIATE_TYPES(Op::kPool)
+
+}  // namespace jax_roi

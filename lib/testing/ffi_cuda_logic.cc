@@ -1,0 +1,45 @@
+// Test-only CPU targets that run the CUDA kernels' element functions as the
+// GPU would, one element at a time over the whole index range, with plain
+// adds in place of atomics. Tests compare them with the CPU kernels, so the
+// GPU's arithmetic is checked on machines without a GPU.
+#include <algorithm>
+
+#include "../ffi_handlers.h"
+#include "../ffi_module.h"
+
+namespace jax_roi {
+
+struct SerialAdd {
+  template <typename G>
+  void operator()(G* target, G value) const { *target += value; }
+};
+
+struct SerialBackend {
+  using Context = ffi::ThreadPool;  // bound but unused: one thread, in index order
+
+  template <Op op, typename T, typename G>
+  static ffi::Error forward(Context&, const Problem<G>& p, const T* features, T* out,
+                            int32_t* argmax) {
+    for (int64_t i = 0; i < p.shape.output_count(); ++i)
+      forward_element<op>(p, i, features, out, argmax);
+    return ffi::Error::Success();
+  }
+
+  template <Op op, typename T, typename G>
+  static ffi::Error backward(Context&, const Problem<G>& p, const T* grad_out,
+                             const int32_t* argmax, G* grad_features) {
+    std::fill(grad_features, grad_features + p.shape.feature_count(), G(0));
+    if (p.shape.feature_count() == 0) return ffi::Error::Success();
+    for (int64_t i = 0; i < p.shape.output_count(); ++i)
+      backward_element<op>(p, i, grad_out, argmax, grad_features, SerialAdd{});
+    return ffi::Error::Success();
+  }
+};
+
+}  // namespace jax_roi
+
+JAX_ROI_DEFINE_HANDLERS(Serial, ::jax_roi::SerialBackend, ::xla::ffi::ThreadPool);
+
+NB_MODULE(_jax_roi_cuda_logic, m) {
+  m.def("registrations", JAX_ROI_REGISTRATIONS(Serial));
+}

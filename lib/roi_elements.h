@@ -171,32 +171,23 @@ HOST_DEVICE void roi_align_max_forward_element(const Problem<G>& p, int64_t i,
                                                const T* features, T* out,
                                                int32_t* argmax) {
   AlignBin<G> bin = align_bin(p, i);
-  G best = G(0);
-  int64_t best_y = -1, best_x = -1;
+  G best = -INFINITY;
+  int64_t packed = -1;
   if (bin.valid) {
-    best = -INFINITY;
     for (int64_t iy = bin.ys.lo; iy < bin.ys.hi; ++iy) {
       for (int64_t ix = bin.xs.lo; ix < bin.xs.hi; ++ix) {
         Bilinear<G> w = bin.sample(iy, ix, p.shape);
         G v = w.inside ? interpolate(features, bin.plane, w) : G(0);
         if (v > best) {  // first strict maximum wins; NaN never does
           best = v;
-          best_y = iy;
-          best_x = ix;
+          packed = pack_sample(iy, ix, bin.ys, bin.xs);
         }
       }
     }
-    // Samples that were not scanned lie outside the map and read 0.
-    bool skipped = !(bin.ys.complete && bin.xs.complete);
-    if (skipped && (best_y < 0 || best < G(0) ||
-                    (best == G(0) &&
-                     skipped_sample_precedes(bin.ys, bin.xs, best_y, best_x)))) {
-      best_y = -1;
-    }
-    if (best_y < 0) best = G(0);
   }
+  settle_max(bin.ys, bin.xs, &best, &packed);
   out[i] = from_acc<T>(best);
-  argmax[i] = best_y < 0 ? -1 : static_cast<int32_t>(pack_sample(best_y, best_x, bin.ys, bin.xs));
+  argmax[i] = static_cast<int32_t>(packed);
 }
 
 template <typename T, typename G, typename Add>

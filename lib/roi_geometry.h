@@ -195,6 +195,35 @@ HOST_DEVICE SampleRange sample_range(G roi_start, int64_t bin_index,
   return s;
 }
 
+// Linear interpolation along one axis of length `extent`: the two
+// neighbouring indices and their weights. Bilinear weights are products of
+// two of these, which lets the CPU kernels tabulate each axis once per ROI.
+template <typename G>
+struct AxisWeights {
+  bool inside;  // false: the sample reads 0 and has no gradient
+  int64_t i0, i1;
+  G w0, w1;
+};
+
+template <typename G>
+HOST_DEVICE AxisWeights<G> axis_weights(G pos, int64_t extent) {
+  AxisWeights<G> a{};
+  // Written so that NaN also fails the test.
+  a.inside = pos >= G(-1) && pos <= static_cast<G>(extent) && extent > 0;
+  if (!a.inside) return a;
+  pos = max_of(pos, G(0));
+  a.i0 = static_cast<int64_t>(pos);
+  if (a.i0 >= extent - 1) {
+    a.i0 = a.i1 = extent - 1;
+    pos = static_cast<G>(a.i0);
+  } else {
+    a.i1 = a.i0 + 1;
+  }
+  a.w1 = pos - static_cast<G>(a.i0);
+  a.w0 = G(1) - a.w1;
+  return a;
+}
+
 // Bilinear interpolation weights of one sample on an H x W plane.
 template <typename G>
 struct Bilinear {
@@ -204,39 +233,24 @@ struct Bilinear {
 };
 
 template <typename G>
-HOST_DEVICE Bilinear<G> bilinear(G y, G x, int64_t height, int64_t width) {
+HOST_DEVICE Bilinear<G> bilinear(const AxisWeights<G>& ay, const AxisWeights<G>& ax) {
   Bilinear<G> b{};
-  // Written so that NaN also fails the test.
-  if (!(y >= G(-1) && y <= static_cast<G>(height) && x >= G(-1) &&
-        x <= static_cast<G>(width)) ||
-      height <= 0 || width <= 0) {
-    b.inside = false;
-    return b;
-  }
-  b.inside = true;
-  y = max_of(y, G(0));
-  x = max_of(x, G(0));
-  b.y0 = static_cast<int64_t>(y);
-  b.x0 = static_cast<int64_t>(x);
-  if (b.y0 >= height - 1) {
-    b.y0 = b.y1 = height - 1;
-    y = static_cast<G>(b.y0);
-  } else {
-    b.y1 = b.y0 + 1;
-  }
-  if (b.x0 >= width - 1) {
-    b.x0 = b.x1 = width - 1;
-    x = static_cast<G>(b.x0);
-  } else {
-    b.x1 = b.x0 + 1;
-  }
-  G ly = y - static_cast<G>(b.y0), lx = x - static_cast<G>(b.x0);
-  G hy = G(1) - ly, hx = G(1) - lx;
-  b.w00 = hy * hx;
-  b.w01 = hy * lx;
-  b.w10 = ly * hx;
-  b.w11 = ly * lx;
+  b.inside = ay.inside && ax.inside;
+  if (!b.inside) return b;
+  b.y0 = ay.i0;
+  b.y1 = ay.i1;
+  b.x0 = ax.i0;
+  b.x1 = ax.i1;
+  b.w00 = ay.w0 * ax.w0;
+  b.w01 = ay.w0 * ax.w1;
+  b.w10 = ay.w1 * ax.w0;
+  b.w11 = ay.w1 * ax.w1;
   return b;
+}
+
+template <typename G>
+HOST_DEVICE Bilinear<G> bilinear(G y, G x, int64_t height, int64_t width) {
+  return bilinear(axis_weights(y, height), axis_weights(x, width));
 }
 
 // Where a max-mode bin's winner sits: indices (iy, ix) inside the bin's
@@ -257,12 +271,25 @@ HOST_DEVICE void unpack_sample(int64_t packed, const SampleRange& ry,
 
 // True when a sample outside the scanned ranges (value 0) comes before
 // (iy, ix) in row-major scan order; such a sample wins ties at 0.
-HOST_DEVICE bool skipped_sample_precedes(const SampleRange& ry,
-                                         const SampleRange& rx, int64_t iy,
-                                         int64_t ix) {
+HOST_DEVICE bool skipped_sample_precedes(const SampleRange& ry, const SampleRange& rx,
+                                         int64_t iy, int64_t ix) {
   if (ry.lo > 0 || rx.lo > 0) return true;  // sample (0, 0) was skipped
   if (!rx.complete) return iy > 0;  // the first skipped sample is (0, rx.hi)
   return false;  // rows are whole: skipped rows come after the scanned ones
+}
+
+// Completes a max-mode bin after its scanned samples: the samples that were
+// not scanned lie outside the map and read 0, and may win. `packed` is the
+// winner (pack_sample) or -1; on return -1 means no gradient and value 0.
+template <typename G>
+HOST_DEVICE void settle_max(const SampleRange& ry, const SampleRange& rx, G* best,
+                            int64_t* packed) {
+  if (*packed >= 0 && !(ry.complete && rx.complete)) {
+    int64_t iy, ix;
+    unpack_sample(*packed, ry, rx, &iy, &ix);
+    if (*best < G(0) || (*best == G(0) && skipped_sample_precedes(ry, rx, iy, ix))) *packed = -1;
+  }
+  if (*packed < 0) *best = G(0);
 }
 
 }  // namespace jax_roi

@@ -55,10 +55,12 @@ void parallel_for(xla::ffi::ThreadPool& pool, int64_t n, int64_t grain,
   queue->all_finished.wait(lock, [&] { return queue->finished.load() == queue->chunks; });
 }
 
-// A grain that gives each thread a few chunks, none smaller than min_grain.
-inline int64_t balanced_grain(xla::ffi::ThreadPool& pool, int64_t n, int64_t min_grain) {
-  int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
-  return std::max(min_grain, (n + 4 * threads - 1) / (4 * threads));
+// A grain that gives each thread about `chunks_per_thread` chunks, none
+// smaller than min_grain.
+inline int64_t balanced_grain(xla::ffi::ThreadPool& pool, int64_t n, int64_t min_grain,
+                              int64_t chunks_per_thread) {
+  int64_t chunks = std::max<int64_t>(pool.num_threads(), 1) * chunks_per_thread;
+  return std::max(min_grain, (n + chunks - 1) / chunks);
 }
 
 }  // namespace jax_roi

@@ -1,6 +1,6 @@
-// CPU kernels: the shared element functions run over XLA's thread pool.
-// Forward splits the output anywhere; backward splits by channel, so each
-// thread owns the gradient elements it writes and sums them in a fixed
+// The CPU backend: ROI-at-a-time kernels over XLA's thread pool. Forward
+// splits the ROIs among threads; backward splits the channels, so each
+// thread owns the gradient elements it writes and adds into them in a fixed
 // order: the gradient is bitwise reproducible, with no atomics.
 #pragma once
 
@@ -8,15 +8,11 @@
 #include <cstdint>
 
 #include "../ffi_problem.h"
-#include "../roi_elements.h"
+#include "align_cpu.h"
 #include "parallel_for.h"
+#include "pool_cpu.h"
 
 namespace jax_roi {
-
-struct PlainAdd {
-  template <typename G>
-  void operator()(G* target, G value) const { *target += value; }
-};
 
 struct CpuBackend {
   using Context = ffi::ThreadPool;
@@ -24,27 +20,56 @@ struct CpuBackend {
   template <Op op, typename T, typename G>
   static ffi::Error forward(Context& pool, const Problem<G>& p, const T* features, T* out,
                             int32_t* argmax) {
-    int64_t n = p.shape.output_count();
-    parallel_for(pool, n, balanced_grain(pool, n, 4096), [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) forward_element<op>(p, i, features, out, argmax);
-    });
+    const Shape& s = p.shape;
+    if (s.output_count() == 0) return ffi::Error::Success();
+    if (op == Op::kAlignAvg && !s.channels_last) {
+      // Channels outermost, so each plane is read from memory once per run of ROIs.
+      parallel_for(pool, s.channels, balanced_grain(pool, s.channels, 1, 4),
+                   [&](int64_t c0, int64_t c1) {
+                     AlignScratch<G> scratch;
+                     align_avg_forward_nchw(p, c0, c1, features, out, scratch);
+                   });
+      return ffi::Error::Success();
+    }
+    parallel_for(pool, s.num_rois, balanced_grain(pool, s.num_rois, 1, 8),
+                 [&](int64_t begin, int64_t end) {
+                   AlignScratch<G> scratch;
+                   for (int64_t k = begin; k < end; ++k) {
+                     if constexpr (op == Op::kAlignAvg)
+                       align_avg_forward_nhwc(p, k, features, out, scratch);
+                     else if constexpr (op == Op::kAlignMax)
+                       align_max_forward_roi(p, k, features, out, argmax, scratch);
+                     else
+                       pool_forward_roi(p, k, features, out, argmax, scratch);
+                   }
+                 });
     return ffi::Error::Success();
   }
 
   template <Op op, typename T, typename G>
   static ffi::Error backward(Context& pool, const Problem<G>& p, const T* grad_out,
-                             const int32_t* argmax, G* grad_features) {
+                             const int32_t* argmax, G* grad) {
     const Shape& s = p.shape;
-    std::fill(grad_features, grad_features + s.feature_count(), G(0));
+    const int64_t n = s.feature_count();
+    parallel_for(pool, n, balanced_grain(pool, n, 1 << 16, 1), [&](int64_t begin, int64_t end) {
+      std::fill(grad + begin, grad + end, G(0));
+    });
     if (s.output_count() == 0) return ffi::Error::Success();
-    int64_t grain = balanced_grain(pool, s.channels, s.channels_last ? 16 : 1);
+    // NHWC blocks span whole cache lines so threads never share one.
+    int64_t grain = balanced_grain(pool, s.channels, s.channels_last ? 16 : 1, 1);
     parallel_for(pool, s.channels, grain, [&](int64_t c0, int64_t c1) {
-      for (int64_t k = 0; k < s.num_rois; ++k)
-        for (int64_t c = c0; c < c1; ++c)
-          for (int64_t ph = 0; ph < s.pooled_h; ++ph)
-            for (int64_t pw = 0; pw < s.pooled_w; ++pw)
-              backward_element<op>(p, output_index(s, k, c, ph, pw), grad_out, argmax,
-                                   grad_features, PlainAdd{});
+      AlignScratch<G> scratch;
+      if constexpr (op == Op::kAlignAvg) {
+        if (!s.channels_last) return align_avg_backward_nchw(p, c0, c1, grad_out, grad, scratch);
+      }
+      for (int64_t k = 0; k < s.num_rois; ++k) {
+        if constexpr (op == Op::kAlignAvg)
+          align_avg_backward_nhwc(p, k, c0, c1, grad_out, grad, scratch);
+        else if constexpr (op == Op::kAlignMax)
+          align_max_backward_roi(p, k, c0, c1, grad_out, argmax, grad, scratch);
+        else
+          pool_backward_roi(p, k, c0, c1, grad_out, argmax, grad);
+      }
     });
     return ffi::Error::Success();
   }

@@ -1,0 +1,306 @@
+// roi_align on the CPU, one ROI at a time: its axis tables are built once
+// and serve every channel. In NHWC the innermost loop runs over contiguous
+// channels and vectorises; in NCHW it runs over a ROI's bins in one plane.
+// Sums are formed in the same order as the element functions (sample by
+// sample, four corners each), so both agree to rounding.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "../roi_elements.h"
+#include "axis_table.h"
+
+namespace jax_roi {
+
+// Axis entries tabulated at once for NCHW: about a megabyte, cache-sized.
+constexpr size_t kRunCapacity = 1 << 15;
+
+// Buffers one thread reuses from ROI to ROI.
+template <typename G>
+struct AlignScratch {
+  RoiTables<G> tables;
+  RoiRun<G> run;
+  std::vector<G> acc;
+  std::vector<int64_t> arg;
+};
+
+template <typename T>
+struct Pixels {
+  const T* data;
+  int64_t stride, row;  // between neighbouring pixels, between rows
+  const T* at(int64_t y, int64_t x) const { return data + y * row + x * stride; }
+};
+
+// The image of a valid ROI, laid out for one channel (NCHW) or all (NHWC).
+template <typename T>
+Pixels<T> image_pixels(const Shape& s, const T* base, int64_t batch, int64_t channel) {
+  int64_t image = batch * s.channels * s.height * s.width;
+  if (s.channels_last) return {base + image, s.channels, s.width * s.channels};
+  return {base + image + channel * s.height * s.width, 1, s.width};
+}
+
+// Calls f(w) for every in-map bilinear sample of bin (ph, pw), in scan order.
+template <typename G, typename F>
+void for_each_inside_sample(const RoiTables<G>& t, int64_t ph, int64_t pw, const F& f) {
+  const AxisWeights<G>* ys = t.y.begin(ph);
+  const AxisWeights<G>* xs = t.x.begin(pw);
+  for (int64_t a = 0, ny = t.y.count(ph); a < ny; ++a) {
+    if (!ys[a].inside) continue;
+    for (int64_t b = 0, nx = t.x.count(pw); b < nx; ++b)
+      if (xs[b].inside) f(bilinear(ys[a], xs[b]));
+  }
+}
+
+template <typename G>
+bool prepare_roi(const Problem<G>& p, int64_t k, Roi<G>* r, AlignRoi<G>* a,
+                 RoiTables<G>* tables) {
+  const Shape& s = p.shape;
+  *r = load_roi(p.rois, k);
+  if (!r->valid || s.height <= 0 || s.width <= 0) return false;
+  *a = align_roi(*r, p.spatial_scale, s.pooled_h, s.pooled_w, p.sampling_ratio, p.aligned);
+  tables->build(*a, s);
+  return true;
+}
+
+// ------------------------------------------------------------------ forward
+
+// NHWC: all channels of ROI k, a bin at a time.
+template <typename T, typename G>
+void align_avg_forward_nhwc(const Problem<G>& p, int64_t k, const T* features, T* out,
+                            AlignScratch<G>& scratch) {
+  const Shape& s = p.shape;
+  const int64_t C = s.channels;
+  Roi<G> r;
+  AlignRoi<G> a;
+  const bool reads = prepare_roi(p, k, &r, &a, &scratch.tables);
+  Pixels<T> px = image_pixels(s, features, r.batch, 0);
+  scratch.acc.resize(C);
+  G* __restrict__ sum = scratch.acc.data();
+  for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+    for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+      for (int64_t c = 0; c < C; ++c) sum[c] = G(0);
+      if (reads) {
+        for_each_inside_sample(scratch.tables, ph, pw, [&](const Bilinear<G>& w) {
+          const T* __restrict__ v00 = px.at(w.y0, w.x0);
+          const T* __restrict__ v01 = px.at(w.y0, w.x1);
+          const T* __restrict__ v10 = px.at(w.y1, w.x0);
+          const T* __restrict__ v11 = px.at(w.y1, w.x1);
+          for (int64_t c = 0; c < C; ++c)
+            sum[c] += w.w00 * to_acc(v00[c]) + w.w01 * to_acc(v01[c]) +
+                      w.w10 * to_acc(v10[c]) + w.w11 * to_acc(v11[c]);
+        });
+        for (int64_t c = 0; c < C; ++c) sum[c] /= a.count;
+      }
+      T* dst = out + output_index(s, k, 0, ph, pw);
+      for (int64_t c = 0; c < C; ++c) dst[c] = from_acc<T>(sum[c]);
+    }
+  }
+}
+
+// NCHW: channels [c0, c1) of every ROI, a run of ROIs at a time.
+template <typename T, typename G>
+void align_avg_forward_nchw(const Problem<G>& p, int64_t c0, int64_t c1, const T* features,
+                            T* out, AlignScratch<G>& scratch) {
+  const Shape& s = p.shape;
+  const int64_t bins = s.pooled_h * s.pooled_w;
+  RoiRun<G>& run = scratch.run;
+  for (int64_t k0 = 0; k0 < s.num_rois;) {
+    const int64_t k1 = run.build(p, k0, kRunCapacity);
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t k = k0; k < k1; ++k) {
+        T* dst = out + output_index(s, k, c, 0, 0);
+        const int64_t batch = run.batch[k - k0];
+        if (batch < 0) {
+          for (int64_t b = 0; b < bins; ++b) dst[b] = from_acc<T>(G(0));
+          continue;
+        }
+        const T* __restrict__ plane = image_pixels(s, features, batch, c).data;
+        const G count = run.count[k - k0];
+        for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+          for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+            G sum = G(0);
+            for_each_inside_sample(run.tables[k - k0], ph, pw, [&](const Bilinear<G>& w) {
+              const T* row0 = plane + w.y0 * s.width;
+              const T* row1 = plane + w.y1 * s.width;
+              sum += w.w00 * to_acc(row0[w.x0]) + w.w01 * to_acc(row0[w.x1]) +
+                     w.w10 * to_acc(row1[w.x0]) + w.w11 * to_acc(row1[w.x1]);
+            });
+            dst[ph * s.pooled_w + pw] = from_acc<T>(sum / count);
+          }
+        }
+      }
+    }
+    k0 = k1;
+  }
+}
+
+// Scans bin (ph, pw) for channels [0, C) of `px` (NHWC: all at once; NCHW:
+// C == 1), leaving per channel the best value and packed winner.
+template <typename T, typename G>
+void scan_max_bin(const RoiTables<G>& t, int64_t ph, int64_t pw, const Pixels<T>& px,
+                  int64_t C, G* __restrict__ best, int64_t* __restrict__ arg) {
+  for (int64_t c = 0; c < C; ++c) {
+    best[c] = -std::numeric_limits<G>::infinity();
+    arg[c] = -1;
+  }
+  const AxisWeights<G>* ys = t.y.begin(ph);
+  const AxisWeights<G>* xs = t.x.begin(pw);
+  const int64_t ny = t.y.count(ph), nx = t.x.count(pw);
+  for (int64_t a = 0; a < ny; ++a) {
+    for (int64_t b = 0; b < nx; ++b) {
+      const int64_t packed = a * nx + b;  // pack_sample relative to the ranges
+      Bilinear<G> w = bilinear(ys[a], xs[b]);
+      if (!w.inside) {
+        for (int64_t c = 0; c < C; ++c)
+          if (G(0) > best[c]) best[c] = G(0), arg[c] = packed;
+        continue;
+      }
+      const T* v00 = px.at(w.y0, w.x0);
+      const T* v01 = px.at(w.y0, w.x1);
+      const T* v10 = px.at(w.y1, w.x0);
+      const T* v11 = px.at(w.y1, w.x1);
+      for (int64_t c = 0; c < C; ++c) {
+        G v = w.w00 * to_acc(v00[c]) + w.w01 * to_acc(v01[c]) + w.w10 * to_acc(v10[c]) +
+              w.w11 * to_acc(v11[c]);
+        if (v > best[c]) best[c] = v, arg[c] = packed;  // first strict maximum; NaN never
+      }
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) settle_max(t.y.ranges[ph], t.x.ranges[pw], &best[c], &arg[c]);
+}
+
+template <typename T, typename G>
+void align_max_forward_roi(const Problem<G>& p, int64_t k, const T* features, T* out,
+                           int32_t* argmax, AlignScratch<G>& scratch) {
+  const Shape& s = p.shape;
+  const int64_t C = s.channels, bins = s.pooled_h * s.pooled_w;
+  T* roi_out = out + k * C * bins;
+  int32_t* roi_arg = argmax + k * C * bins;
+  Roi<G> r;
+  AlignRoi<G> a;
+  if (!prepare_roi(p, k, &r, &a, &scratch.tables)) {
+    for (int64_t i = 0; i < C * bins; ++i) roi_out[i] = from_acc<T>(G(0)), roi_arg[i] = -1;
+    return;
+  }
+  const int64_t lanes = s.channels_last ? C : 1;
+  scratch.acc.resize(lanes);
+  scratch.arg.resize(lanes);
+  for (int64_t c0 = 0; c0 < C; c0 += lanes) {
+    Pixels<T> px = image_pixels(s, features, r.batch, c0);
+    for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+      for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+        scan_max_bin(scratch.tables, ph, pw, px, lanes, scratch.acc.data(), scratch.arg.data());
+        for (int64_t c = 0; c < lanes; ++c) {
+          int64_t i = output_index(s, 0, c0 + c, ph, pw);
+          roi_out[i] = from_acc<T>(scratch.acc[c]);
+          roi_arg[i] = static_cast<int32_t>(scratch.arg[c]);
+        }
+      }
+    }
+  }
+}
+
+// ----------------------------------------------------------------- backward
+// Each call owns channels [c0, c1) of the gradient.
+
+template <typename G>
+G* gradient_at(const Shape& s, G* grad, int64_t batch, int64_t y, int64_t x, int64_t c) {
+  if (s.channels_last) return grad + ((batch * s.height + y) * s.width + x) * s.channels + c;
+  return grad + ((batch * s.channels + c) * s.height + y) * s.width + x;
+}
+
+// NHWC: ROI k's gradient into channels [c0, c1).
+template <typename T, typename G>
+void align_avg_backward_nhwc(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
+                             const T* grad_out, G* grad, AlignScratch<G>& scratch) {
+  const Shape& s = p.shape;
+  Roi<G> r;
+  AlignRoi<G> a;
+  if (!prepare_roi(p, k, &r, &a, &scratch.tables)) return;
+  const int64_t width = c1 - c0;
+  scratch.acc.resize(width);
+  G* __restrict__ g = scratch.acc.data();
+  for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+    for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+      const T* src = grad_out + output_index(s, k, c0, ph, pw);
+      for (int64_t c = 0; c < width; ++c) g[c] = to_acc(src[c]) / a.count;
+      for_each_inside_sample(scratch.tables, ph, pw, [&](const Bilinear<G>& w) {
+        G* __restrict__ d00 = gradient_at(s, grad, r.batch, w.y0, w.x0, c0);
+        G* __restrict__ d01 = gradient_at(s, grad, r.batch, w.y0, w.x1, c0);
+        G* __restrict__ d10 = gradient_at(s, grad, r.batch, w.y1, w.x0, c0);
+        G* __restrict__ d11 = gradient_at(s, grad, r.batch, w.y1, w.x1, c0);
+        for (int64_t c = 0; c < width; ++c) d00[c] += g[c] * w.w00;
+        for (int64_t c = 0; c < width; ++c) d01[c] += g[c] * w.w01;
+        for (int64_t c = 0; c < width; ++c) d10[c] += g[c] * w.w10;
+        for (int64_t c = 0; c < width; ++c) d11[c] += g[c] * w.w11;
+      });
+    }
+  }
+}
+
+// NCHW: every ROI's gradient into channels [c0, c1), a run of ROIs at a
+// time; each channel still receives its ROIs in ascending order.
+template <typename T, typename G>
+void align_avg_backward_nchw(const Problem<G>& p, int64_t c0, int64_t c1, const T* grad_out,
+                             G* grad, AlignScratch<G>& scratch) {
+  const Shape& s = p.shape;
+  RoiRun<G>& run = scratch.run;
+  for (int64_t k0 = 0; k0 < s.num_rois;) {
+    const int64_t k1 = run.build(p, k0, kRunCapacity);
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t batch = run.batch[k - k0];
+        if (batch < 0) continue;
+        G* __restrict__ plane = gradient_at(s, grad, batch, 0, 0, c);
+        const T* g = grad_out + output_index(s, k, c, 0, 0);
+        for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+          for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+            const G gb = to_acc(g[ph * s.pooled_w + pw]) / run.count[k - k0];
+            for_each_inside_sample(run.tables[k - k0], ph, pw, [&](const Bilinear<G>& w) {
+              G* row0 = plane + w.y0 * s.width;
+              G* row1 = plane + w.y1 * s.width;
+              row0[w.x0] += gb * w.w00;
+              row0[w.x1] += gb * w.w01;
+              row1[w.x0] += gb * w.w10;
+              row1[w.x1] += gb * w.w11;
+            });
+          }
+        }
+      }
+    }
+    k0 = k1;
+  }
+}
+
+template <typename T, typename G>
+void align_max_backward_roi(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
+                            const T* grad_out, const int32_t* argmax, G* grad,
+                            AlignScratch<G>& scratch) {
+  const Shape& s = p.shape;
+  Roi<G> r;
+  AlignRoi<G> a;
+  if (!prepare_roi(p, k, &r, &a, &scratch.tables)) return;
+  const RoiTables<G>& t = scratch.tables;
+  for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+    const int64_t ny = t.y.count(ph);
+    for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+      const int64_t nx = t.x.count(pw);
+      for (int64_t c = c0; c < c1; ++c) {
+        int64_t i = output_index(s, k, c, ph, pw);
+        int64_t packed = argmax[i];
+        if (packed < 0 || packed >= ny * nx) continue;
+        Bilinear<G> w = bilinear(t.y.begin(ph)[packed / nx], t.x.begin(pw)[packed % nx]);
+        if (!w.inside) continue;
+        G g = to_acc(grad_out[i]);
+        *gradient_at(s, grad, r.batch, w.y0, w.x0, c) += g * w.w00;
+        *gradient_at(s, grad, r.batch, w.y0, w.x1, c) += g * w.w01;
+        *gradient_at(s, grad, r.batch, w.y1, w.x0, c) += g * w.w10;
+        *gradient_at(s, grad, r.batch, w.y1, w.x1, c) += g * w.w11;
+      }
+    }
+  }
+}
+
+}  // namespace jax_roi

@@ -1,0 +1,86 @@
+// Per-ROI tables of one axis's samples: for every bin along the axis, the
+// sample range and each sample's interpolation indices and weights. A bin's
+// bilinear samples are the products of its y and x entries, so a ROI costs
+// O(PH*gh + PW*gw) table entries and every channel reuses them.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "../roi_elements.h"
+
+namespace jax_roi {
+
+template <typename G>
+struct AxisTable {
+  std::vector<AxisWeights<G>> samples;  // bin p's samples: [first[p], first[p+1])
+  std::vector<int64_t> first;
+  std::vector<SampleRange> ranges;
+
+  void build(G roi_start, G bin_size, G grid, int64_t bins, int64_t extent) {
+    samples.clear();
+    first.assign(1, 0);
+    ranges.clear();
+    for (int64_t p = 0; p < bins; ++p) {
+      SampleRange r = sample_range(roi_start, p, bin_size, grid, extent);
+      for (int64_t t = r.lo; t < r.hi; ++t)
+        samples.push_back(axis_weights(sample_position(roi_start, p, bin_size, t, grid), extent));
+      ranges.push_back(r);
+      first.push_back(static_cast<int64_t>(samples.size()));
+    }
+  }
+
+  const AxisWeights<G>* begin(int64_t p) const { return samples.data() + first[p]; }
+  int64_t count(int64_t p) const { return first[p + 1] - first[p]; }
+};
+
+// Both axes of one ROI.
+template <typename G>
+struct RoiTables {
+  AxisTable<G> y, x;
+
+  void build(const AlignRoi<G>& a, const Shape& s) {
+    y.build(a.y_start, a.bin_h, a.grid_h, s.pooled_h, s.height);
+    x.build(a.x_start, a.bin_w, a.grid_w, s.pooled_w, s.width);
+  }
+};
+
+// The axis tables of a run of consecutive ROIs, for NCHW kernels that loop
+// over channels outermost: a channel plane then stays in cache while every
+// ROI of the run reads it, and the tables are small enough to stay too.
+template <typename G>
+struct RoiRun {
+  std::vector<RoiTables<G>> tables;  // per ROI of the run; reused between runs
+  std::vector<int64_t> batch;        // per ROI, -1 when it reads nothing
+  std::vector<G> count;              // per ROI: the divisor of "avg"
+  int64_t roi_begin = 0, roi_end = 0;
+
+  // Tabulates ROIs from k0 on until `capacity` axis entries are reached
+  // (at least one ROI); returns the end of the run.
+  int64_t build(const Problem<G>& p, int64_t k0, size_t capacity) {
+    const Shape& s = p.shape;
+    batch.clear();
+    count.clear();
+    roi_begin = k0;
+    size_t entries = 0;
+    int64_t k = k0;
+    for (; k < s.num_rois && (k == k0 || entries < capacity); ++k) {
+      if (tables.size() <= static_cast<size_t>(k - k0)) tables.emplace_back();
+      RoiTables<G>& t = tables[k - k0];
+      Roi<G> r = load_roi(p.rois, k);
+      bool reads = r.valid && s.height > 0 && s.width > 0;
+      AlignRoi<G> a{};
+      if (reads) {
+        a = align_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, p.sampling_ratio, p.aligned);
+        t.build(a, s);
+        entries += t.y.samples.size() + t.x.samples.size();
+      }
+      batch.push_back(reads ? r.batch : -1);
+      count.push_back(a.count);
+    }
+    roi_end = k;
+    return k;
+  }
+};
+
+}  // namespace jax_roi

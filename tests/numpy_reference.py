@@ -1,0 +1,307 @@
+"""Float64 NumPy references for roi_pool and roi_align, written from semantics.md.
+
+Plain loops over ROIs, bins and samples, vectorised only over channels. The
+geometry (box mapping, bins, sample positions, bilinear weights) is evaluated in
+`geom` (np.float32 or np.float64) in the order the formulas are written, so the
+discontinuous parts (rounding, floor/ceil, the adaptive grid) see the same
+numbers as a kernel computing in that precision; feature values are always
+accumulated in float64.
+
+Every public function takes features in `layout` ("NCHW" or "NHWC") and ROIs as
+[K, 5] or [N, L, 4]; internally everything is NCHW with [K, 5] rows.
+"""
+
+import numpy as np
+
+
+# ---------------------------------------------------------------- layouts
+
+def _to_nchw(x, layout):
+    x = np.asarray(x, dtype=np.float64)
+    return x if layout == "NCHW" else x.transpose(0, 3, 1, 2)
+
+
+def _from_nchw(y, layout):
+    # works for [K, C, PH, PW] outputs and [N, C, H, W] gradients alike
+    return y if layout == "NCHW" else np.moveaxis(y, 1, -1)
+
+
+def _rows(rois, geom):
+    """[K, 5] rows in `geom`, plus the leading output shape ([K] or [N, L])."""
+    rois = np.asarray(rois)
+    if rois.ndim == 3:
+        n, l, _ = rois.shape
+        b = np.repeat(np.arange(n, dtype=np.float64), l)[:, None]
+        rows = np.concatenate([b, rois.reshape(n * l, 4).astype(np.float64)], 1)
+        return rows.astype(geom), (n, l)
+    return rois.astype(geom), (rois.shape[0],)
+
+
+def _reshape_out(y, lead, layout):
+    y = _from_nchw(y, layout)
+    return y.reshape(lead + y.shape[1:])
+
+
+def _dy_to_nchw(dy, lead, layout):
+    dy = np.asarray(dy, dtype=np.float64)
+    dy = dy.reshape((int(np.prod(lead)),) + dy.shape[len(lead):])
+    return dy if layout == "NCHW" else np.moveaxis(dy, -1, 1)
+
+
+def _pair(output_size):
+    if isinstance(output_size, int):
+        return output_size, output_size
+    return int(output_size[0]), int(output_size[1])
+
+
+def _batch(row, n):
+    """Image index of a ROI row, or None when the ROI is not well formed."""
+    if not np.all(np.isfinite(row)):
+        return None
+    b = float(row[0])
+    if not (0 <= b < n):
+        return None
+    return int(b)  # truncation toward zero
+
+
+# ---------------------------------------------------------------- roi_pool
+
+def _c_round(v):
+    """Round half away from zero, exactly, in v's own dtype."""
+    a = abs(v)
+    f = np.floor(a)
+    r = f + 1 if a - f >= 0.5 else f
+    return int(r) if v >= 0 else -int(r)
+
+
+def _pool_bins(row, h, w, ph_n, pw_n, s, g):
+    """Yield (ph, pw, h0, h1, w0, w1) for one ROI row."""
+    s = g(s)
+    xs = _c_round(row[1] * s)
+    ys = _c_round(row[2] * s)
+    xe = _c_round(row[3] * s)
+    ye = _c_round(row[4] * s)
+    rw = max(xe - xs + 1, 1)
+    rh = max(ye - ys + 1, 1)
+    bh = g(rh) / g(ph_n)
+    bw = g(rw) / g(pw_n)
+    for ph in range(ph_n):
+        h0 = min(max(int(np.floor(g(ph) * bh)) + ys, 0), h)
+        h1 = min(max(int(np.ceil(g(ph + 1) * bh)) + ys, 0), h)
+        for pw in range(pw_n):
+            w0 = min(max(int(np.floor(g(pw) * bw)) + xs, 0), w)
+            w1 = min(max(int(np.ceil(g(pw + 1) * bw)) + xs, 0), w)
+            yield ph, pw, h0, h1, w0, w1
+
+
+def _first_strict_max(vals):
+    """Per column of vals [S, C]: index of the first strict maximum, NaN never
+    winning; -1 where nothing wins."""
+    s, c = vals.shape
+    win = np.full(c, -1, dtype=np.int64)
+    best = np.zeros(c)
+    for i in range(s):
+        v = vals[i]
+        take = ~np.isnan(v) & ((win < 0) | (v > best))
+        win[take] = i
+        best[take] = v[take]
+    return win
+
+
+def roi_pool(x, rois, output_size, spatial_scale=1.0, *, layout="NCHW",
+             geom=np.float64):
+    """Returns (out, argmax); argmax is h*W + w, or -1 for a bin with no winner."""
+    x = _to_nchw(x, layout)
+    n, c, h, w = x.shape
+    ph_n, pw_n = _pair(output_size)
+    rows, lead = _rows(rois, geom)
+    out = np.zeros((rows.shape[0], c, ph_n, pw_n))
+    arg = np.full(out.shape, -1, dtype=np.int64)
+    for k, row in enumerate(rows):
+        b = _batch(row, n)
+        if b is None:
+            continue
+        for ph, pw, h0, h1, w0, w1 in _pool_bins(row, h, w, ph_n, pw_n,
+                                                spatial_scale, geom):
+            if h1 <= h0 or w1 <= w0:
+                continue
+            # rows then columns: C order of the window
+            window = x[b, :, h0:h1, w0:w1].reshape(c, -1).T
+            win = _first_strict_max(window)
+            ok = win >= 0
+            ww = w1 - w0
+            idx = (h0 + win // ww) * w + (w0 + win % ww)
+            out[k, ok, ph, pw] = window[win[ok], np.nonzero(ok)[0]]
+            arg[k, ok, ph, pw] = idx[ok]
+    return _reshape_out(out, lead, layout), _reshape_out(arg, lead, layout)
+
+
+def roi_pool_vjp(x, rois, output_size, spatial_scale, dy, *, layout="NCHW",
+                 geom=np.float64):
+    """dX for cotangent dy: each bin's dy goes to its argmax pixel."""
+    x_nchw = _to_nchw(x, layout)
+    n, c, h, w = x_nchw.shape
+    rows, lead = _rows(rois, geom)
+    _, arg = roi_pool(x_nchw, rows, output_size, spatial_scale, geom=geom)
+    dy = _dy_to_nchw(dy, lead, layout)
+    dx = np.zeros((n, c, h * w))
+    for k, row in enumerate(rows):
+        b = _batch(row, n)
+        if b is None:
+            continue
+        for ci in range(c):
+            for a, d in zip(arg[k, ci].ravel(), dy[k, ci].ravel()):
+                if a >= 0:
+                    dx[b, ci, a] += d
+    return _from_nchw(dx.reshape(n, c, h, w), layout)
+
+
+# ---------------------------------------------------------------- roi_align
+
+def _bilinear(h, w, y, x, g):
+    """Corner list [(row, col, weight)] of one sample; [] when it is outside."""
+    if not (y >= -1 and y <= h and x >= -1 and x <= w):  # NaN fails too
+        return []
+    y = max(y, g(0))
+    x = max(x, g(0))
+    y0 = int(np.floor(y))
+    x0 = int(np.floor(x))
+    if y0 >= h - 1:
+        y0 = y1 = h - 1
+        y = g(y0)
+    else:
+        y1 = y0 + 1
+    if x0 >= w - 1:
+        x0 = x1 = w - 1
+        x = g(x0)
+    else:
+        x1 = x0 + 1
+    ly = y - g(y0)
+    lx = x - g(x0)
+    hy = g(1) - ly
+    hx = g(1) - lx
+    return [(y0, x0, hy * hx), (y0, x1, hy * lx),
+            (y1, x0, ly * hx), (y1, x1, ly * lx)]
+
+
+def _align_bins(row, h, w, ph_n, pw_n, s, sampling_ratio, aligned, g):
+    """Yield (ph, pw, samples, count); samples in (iy, ix) row-major order,
+    each a corner list from _bilinear."""
+    s = g(s)
+    o = g(0.5) if aligned else g(0)
+    xs = row[1] * s - o
+    ys = row[2] * s - o
+    xe = row[3] * s - o
+    ye = row[4] * s - o
+    rw = xe - xs
+    rh = ye - ys
+    if not aligned:
+        rw = max(rw, g(1))
+        rh = max(rh, g(1))
+    bh = rh / g(ph_n)
+    bw = rw / g(pw_n)
+    if sampling_ratio > 0:
+        gh = gw = int(sampling_ratio)
+    else:
+        gh = int(np.ceil(rh / g(ph_n)))
+        gw = int(np.ceil(rw / g(pw_n)))
+    # the tests keep boxes small; this guards against feeding a huge one
+    assert max(gh, 0) * max(gw, 0) <= 1 << 16, "box too large for the reference"
+    count = max(gh * gw, 1)
+    for ph in range(ph_n):
+        for pw in range(pw_n):
+            samples = []
+            for iy in range(gh):
+                y = ys + g(ph) * bh + g(iy + 0.5) * bh / g(gh)
+                for ix in range(gw):
+                    x = xs + g(pw) * bw + g(ix + 0.5) * bw / g(gw)
+                    samples.append(_bilinear(h, w, y, x, g))
+            yield ph, pw, samples, count
+
+
+def _sample_values(plane, corners):
+    """Bilinear value of one sample for all channels; plane is [C, H, W]."""
+    v = np.zeros(plane.shape[0])
+    for yy, xx, wt in corners:
+        v = v + np.float64(wt) * plane[:, yy, xx]
+    return v
+
+
+def _align_forward(x, rows, output_size, s, sr, aligned, mode, geom):
+    """NCHW/[K,5] forward: (out, winner); winner is the index of the winning
+    sample (iy*gw + ix) in max mode, -1 where nothing wins."""
+    n, c, h, w = x.shape
+    ph_n, pw_n = _pair(output_size)
+    out = np.zeros((rows.shape[0], c, ph_n, pw_n))
+    win = np.full(out.shape, -1, dtype=np.int64)
+    for k, row in enumerate(rows):
+        b = _batch(row, n)
+        if b is None:
+            continue
+        for ph, pw, samples, count in _align_bins(row, h, w, ph_n, pw_n, s,
+                                                  sr, aligned, geom):
+            if not samples:
+                continue
+            vals = np.stack([_sample_values(x[b], cs) for cs in samples])
+            if mode == "avg":
+                out[k, :, ph, pw] = vals.sum(0) / count
+            else:
+                wi = _first_strict_max(vals)
+                ok = wi >= 0
+                out[k, ok, ph, pw] = vals[wi[ok], np.nonzero(ok)[0]]
+                win[k, :, ph, pw] = wi
+    return out, win
+
+
+def roi_align(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
+              aligned=False, *, mode="avg", layout="NCHW", geom=np.float64,
+              return_winner=False):
+    """Forward; with return_winner (max mode) also the winning sample index."""
+    x = _to_nchw(x, layout)
+    rows, lead = _rows(rois, geom)
+    out, win = _align_forward(x, rows, output_size, spatial_scale,
+                              sampling_ratio, aligned, mode, geom)
+    out = _reshape_out(out, lead, layout)
+    if return_winner:
+        return out, _reshape_out(win, lead, layout)
+    return out
+
+
+def roi_align_vjp(x, rois, output_size, spatial_scale, sampling_ratio, aligned,
+                  dy, *, mode="avg", layout="NCHW", geom=np.float64):
+    """dX for cotangent dy: avg scatters dy*weight/count from every sample,
+    max scatters dy*weight from the winning sample only."""
+    x_nchw = _to_nchw(x, layout)
+    n, c, h, w = x_nchw.shape
+    ph_n, pw_n = _pair(output_size)
+    rows, lead = _rows(rois, geom)
+    dy = _dy_to_nchw(dy, lead, layout)
+    if mode == "max":
+        _, win = _align_forward(x_nchw, rows, output_size, spatial_scale,
+                                sampling_ratio, aligned, mode, geom)
+    dx = np.zeros((n, c, h, w))
+    for k, row in enumerate(rows):
+        b = _batch(row, n)
+        if b is None:
+            continue
+        for ph, pw, samples, count in _align_bins(
+                row, h, w, ph_n, pw_n, spatial_scale, sampling_ratio, aligned,
+                geom):
+            d = dy[k, :, ph, pw]
+            if mode == "avg":
+                for cs in samples:
+                    for yy, xx, wt in cs:
+                        dx[b, :, yy, xx] += d * np.float64(wt) / count
+            else:
+                for ci in range(c):
+                    wi = win[k, ci, ph, pw]
+                    if wi < 0:
+                        continue
+                    for yy, xx, wt in samples[wi]:
+                        dx[b, ci, yy, xx] += d[ci] * np.float64(wt)
+    return _from_nchw(dx, layout)
+
+
+def round_to(x, dtype):
+    """x rounded to a (possibly 16-bit) dtype and back to float64."""
+    return np.asarray(x).astype(dtype).astype(np.float64)

@@ -1,0 +1,250 @@
+"""Benchmark: jax_roi's kernels against the pure-JAX formulation
+(jax_roi.reference) and, when installed, torchvision's CPU ops, in one run.
+
+    python -m jax_roi.bench            # the workloads of the benchmark spec
+    python -m jax_roi.bench --quick    # reduced sizes, seconds
+
+Prints one table (median time per call after a compiling warm-up, and the
+ratio baseline time / jax_roi time, so higher is better), writes the results
+as JSON and, when matplotlib is installed, a bar chart PNG.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jax_roi
+from jax_roi import reference
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    op: str  # "align" or "pool"
+    n: int
+    c: int
+    h: int
+    w: int
+    k: int
+    output: int
+    spatial_scale: float
+    sampling_ratio: int = 0
+    aligned: bool = False
+
+
+WORKLOADS = (
+    Workload("box-p2", "align", 2, 256, 200, 272, 1000, 7, 1 / 4, 2, True),
+    Workload("mask-c4", "align", 2, 256, 50, 68, 1000, 14, 1 / 16, 2, True),
+    Workload("pool-vgg", "pool", 2, 512, 38, 50, 512, 7, 1 / 16),
+)
+
+
+def quick(w):
+    """A reduced copy of a workload that runs in a fraction of a second."""
+    return Workload(w.name, w.op, w.n, 16, max(w.h // 4, 8), max(w.w // 4, 8), 64, w.output,
+                    w.spatial_scale, w.sampling_ratio, w.aligned)
+
+
+def make_inputs(w, layout, dtype):
+    """The spec's recipe: seeded boxes over the image, standard normal features."""
+    rng = np.random.default_rng(0)
+    img_w, img_h = w.w / w.spatial_scale, w.h / w.spatial_scale
+    x1 = rng.uniform(0, 0.8 * img_w, w.k)
+    y1 = rng.uniform(0, 0.8 * img_h, w.k)
+    bw = rng.uniform(16, 0.5 * img_w, w.k)
+    bh = rng.uniform(16, 0.5 * img_h, w.k)
+    b = rng.integers(0, w.n, w.k)
+    rois = np.stack([b, x1, y1, np.minimum(x1 + bw, img_w), np.minimum(y1 + bh, img_h)],
+                    axis=1).astype(np.float32)
+    features = np.random.default_rng(1).standard_normal((w.n, w.c, w.h, w.w), dtype=np.float32)
+    if layout == "NHWC":
+        features = features.transpose(0, 2, 3, 1).copy()
+    return features.astype(dtype), rois
+
+
+def op_for(module, w, mode, layout):
+    if w.op == "pool":
+        return lambda f, r: module.roi_pool(f, r, w.output, w.spatial_scale, layout=layout)
+    return lambda f, r: module.roi_align(f, r, w.output, w.spatial_scale, w.sampling_ratio,
+                                         w.aligned, mode=mode, layout=layout)
+
+
+def median_ms(fn, repeats):
+    fn()  # compiles
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def jax_timings(op, features, rois, repeats):
+    """Forward and backward (the VJP alone) times, and the forward's temp bytes."""
+    features, rois = jnp.asarray(features), jnp.asarray(rois)
+    forward = jax.jit(op)
+    out = forward(features, rois)
+    cotangent = jnp.ones_like(out)
+    _, vjp = jax.vjp(lambda f: op(f, rois), features)
+    backward = jax.jit(vjp)
+    memory = forward.lower(features, rois).compile().memory_analysis()
+    temp = getattr(memory, "temp_size_in_bytes", None)
+    return {
+        "forward_ms": median_ms(lambda: forward(features, rois).block_until_ready(), repeats),
+        "backward_ms": median_ms(lambda: backward(cotangent)[0].block_until_ready(), repeats),
+        "temp_bytes": temp,
+        "output_bytes": out.size * out.dtype.itemsize,
+    }
+
+
+def torchvision_timings(w, mode, features_nchw, rois, repeats):
+    import torch
+    import torchvision
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    x = torch.from_numpy(np.asarray(features_nchw, np.float32)).requires_grad_()
+    r = torch.from_numpy(rois)
+    if w.op == "pool":
+        op = lambda: torchvision.ops.roi_pool(x, r, w.output, w.spatial_scale)
+    else:
+        op = lambda: torchvision.ops.roi_align(x, r, w.output, w.spatial_scale,
+                                               w.sampling_ratio, w.aligned)
+    with torch.no_grad():
+        forward = median_ms(op, repeats)
+    out = op()
+    cotangent = torch.ones_like(out)
+
+    def backward():
+        x.grad = None
+        out.backward(cotangent, retain_graph=True)
+
+    return {"forward_ms": forward, "backward_ms": median_ms(backward, repeats)}
+
+
+def torchvision_available():
+    try:
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+    except Exception:  # a missing or broken install alike
+        return False
+    return True
+
+
+def cases(quick_run):
+    """(workload, mode, layout, dtype) rows of the table."""
+    for base in WORKLOADS:
+        w = quick(base) if quick_run else base
+        modes = ("avg", "max") if w.op == "align" else ("max",)
+        for mode in modes:
+            for layout in ("NCHW", "NHWC"):
+                yield w, mode, layout, "float32"
+            if w.op == "align" and mode == "avg":
+                yield w, mode, "NHWC", "bfloat16"
+
+
+def run(quick_run=False, repeats=5, with_torch=True, log=print):
+    results = []
+    for w, mode, layout, dtype in cases(quick_run):
+        features, rois = make_inputs(w, layout, jnp.dtype(dtype))
+        row = {"workload": w.name, "op": "roi_pool" if w.op == "pool" else f"roi_align/{mode}",
+               "layout": layout, "dtype": dtype, "shape": asdict(w)}
+        row["jax_roi"] = jax_timings(op_for(jax_roi, w, mode, layout), features, rois, repeats)
+        row["xla"] = jax_timings(op_for(reference, w, mode, layout), features, rois, repeats)
+        # torchvision has no max-pooling roi_align.
+        if with_torch and dtype == "float32" and not (w.op == "align" and mode == "max"):
+            nchw, _ = make_inputs(w, "NCHW", np.float32)
+            row["torchvision"] = torchvision_timings(w, mode, nchw, rois, repeats)
+        results.append(row)
+        log(format_row(row))
+    return results
+
+
+HEADER = (f"{'workload':9} {'op':15} {'layout':6} {'dtype':8} {'pass':8} {'jax_roi ms':>10} "
+          f"{'xla ms':>9} {'x xla':>6} {'tv ms':>9} {'x tv':>6}")
+
+
+def format_row(row):
+    lines = []
+    for direction in ("forward", "backward"):
+        ours = row["jax_roi"][f"{direction}_ms"]
+        xla = row["xla"][f"{direction}_ms"]
+        tv = row.get("torchvision", {}).get(f"{direction}_ms")
+        tv_text = f"{tv:9.1f} {tv / ours:6.1f}" if tv else f"{'-':>9} {'-':>6}"
+        lines.append(f"{row['workload']:9} {row['op']:15} {row['layout']:6} {row['dtype']:8} "
+                     f"{direction:8} {ours:10.1f} {xla:9.1f} {xla / ours:6.1f} {tv_text}")
+    return "\n".join(lines)
+
+
+def plot(results, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    labels, ratios = [], {"xla": [], "torchvision": []}
+    for row in results:
+        for direction in ("forward", "backward"):
+            labels.append(f"{row['workload']} {row['op']}\n{row['layout']} {row['dtype']} "
+                          f"{direction[:3]}")
+            ours = row["jax_roi"][f"{direction}_ms"]
+            for base in ratios:
+                t = row.get(base, {}).get(f"{direction}_ms")
+                ratios[base].append(t / ours if t else 0.0)
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(labels)), 5))
+    x = np.arange(len(labels))
+    ax.bar(x - 0.2, ratios["xla"], 0.4, label="vs pure JAX (xla)")
+    ax.bar(x + 0.2, ratios["torchvision"], 0.4, label="vs torchvision")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_ylabel("speed-up of jax_roi (baseline time / jax_roi time)")
+    ax.set_xticks(x, labels, rotation=90, fontsize=6)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="reduced sizes: runs in seconds")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per case (median)")
+    parser.add_argument("--out", default="bench-results",
+                        help="directory for bench.json and bench.png")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="skip the torchvision baseline even when it is installed")
+    args = parser.parse_args(argv)
+
+    with_torch = not args.no_torch and torchvision_available()
+    print(f"jax {jax.__version__} on {platform.machine()}, {os.cpu_count()} cores; "
+          f"devices {jax.devices()}")
+    if not with_torch:
+        print("torchvision baseline: not run (torch and torchvision are not installed"
+              + (", or --no-torch)" if args.no_torch else ")"))
+    print("ratios are baseline time / jax_roi time: higher is better\n")
+    print(HEADER)
+    results = run(args.quick, args.repeats, with_torch)
+
+    os.makedirs(args.out, exist_ok=True)
+    report = {"quick": args.quick, "repeats": args.repeats, "jax": jax.__version__,
+              "machine": platform.machine(), "cores": os.cpu_count(), "results": results}
+    json_path = os.path.join(args.out, "bench.json")
+    with open(json_path, "w") as f:
+        json.dump(report, f, indent=1)
+    png_path = os.path.join(args.out, "bench.png")
+    print(f"\nwrote {json_path}" + (f" and {png_path}" if plot(results, png_path)
+                                   else " (install matplotlib for a chart)"))
+
+
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,7 @@
 
 #include "../roi_elements.h"
 #include "axis_table.h"
+#include "isa_clones.h"
 
 namespace jax_roi {
 
@@ -37,7 +38,7 @@ struct Pixels {
 template <typename T>
 Pixels<T> image_pixels(const Shape& s, const T* base, int64_t batch, int64_t channel) {
   int64_t image = batch * s.channels * s.height * s.width;
-  if (s.channels_last) return {base + image, s.channels, s.width * s.channels};
+  if (s.channels_last) return {base + image + channel, s.channels, s.width * s.channels};
   return {base + image + channel * s.height * s.width, 1, s.width};
 }
 
@@ -66,42 +67,43 @@ bool prepare_roi(const Problem<G>& p, int64_t k, Roi<G>* r, AlignRoi<G>* a,
 
 // ------------------------------------------------------------------ forward
 
-// NHWC: all channels of ROI k, a bin at a time.
+// NHWC: channels [c0, c1) of ROI k, a bin at a time.
 template <typename T, typename G>
-void align_avg_forward_nhwc(const Problem<G>& p, int64_t k, const T* features, T* out,
-                            AlignScratch<G>& scratch) {
+JAX_ROI_CPU_CLONES void align_avg_forward_nhwc(const Problem<G>& p, int64_t k, int64_t c0,
+                                               int64_t c1, const T* features, T* out,
+                                               AlignScratch<G>& scratch) {
   const Shape& s = p.shape;
-  const int64_t C = s.channels;
+  const int64_t width = c1 - c0;
   Roi<G> r;
   AlignRoi<G> a;
   const bool reads = prepare_roi(p, k, &r, &a, &scratch.tables);
-  Pixels<T> px = image_pixels(s, features, r.batch, 0);
-  scratch.acc.resize(C);
+  Pixels<T> px = image_pixels(s, features, r.batch, c0);
+  scratch.acc.resize(width);
   G* __restrict__ sum = scratch.acc.data();
   for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
     for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
-      for (int64_t c = 0; c < C; ++c) sum[c] = G(0);
+      for (int64_t c = 0; c < width; ++c) sum[c] = G(0);
       if (reads) {
         for_each_inside_sample(scratch.tables, ph, pw, [&](const Bilinear<G>& w) {
           const T* __restrict__ v00 = px.at(w.y0, w.x0);
           const T* __restrict__ v01 = px.at(w.y0, w.x1);
           const T* __restrict__ v10 = px.at(w.y1, w.x0);
           const T* __restrict__ v11 = px.at(w.y1, w.x1);
-          for (int64_t c = 0; c < C; ++c)
+          for (int64_t c = 0; c < width; ++c)
             sum[c] += w.w00 * to_acc(v00[c]) + w.w01 * to_acc(v01[c]) +
                       w.w10 * to_acc(v10[c]) + w.w11 * to_acc(v11[c]);
         });
-        for (int64_t c = 0; c < C; ++c) sum[c] /= a.count;
+        for (int64_t c = 0; c < width; ++c) sum[c] /= a.count;
       }
-      T* dst = out + output_index(s, k, 0, ph, pw);
-      for (int64_t c = 0; c < C; ++c) dst[c] = from_acc<T>(sum[c]);
+      T* dst = out + output_index(s, k, c0, ph, pw);
+      for (int64_t c = 0; c < width; ++c) dst[c] = from_acc<T>(sum[c]);
     }
   }
 }
 
 // NCHW: channels [c0, c1) of every ROI, a run of ROIs at a time.
 template <typename T, typename G>
-void align_avg_forward_nchw(const Problem<G>& p, int64_t c0, int64_t c1, const T* features,
+JAX_ROI_CPU_CLONES void align_avg_forward_nchw(const Problem<G>& p, int64_t c0, int64_t c1, const T* features,
                             T* out, AlignScratch<G>& scratch) {
   const Shape& s = p.shape;
   const int64_t bins = s.pooled_h * s.pooled_w;
@@ -172,7 +174,7 @@ void scan_max_bin(const RoiTables<G>& t, int64_t ph, int64_t pw, const Pixels<T>
 }
 
 template <typename T, typename G>
-void align_max_forward_roi(const Problem<G>& p, int64_t k, const T* features, T* out,
+JAX_ROI_CPU_CLONES void align_max_forward_roi(const Problem<G>& p, int64_t k, const T* features, T* out,
                            int32_t* argmax, AlignScratch<G>& scratch) {
   const Shape& s = p.shape;
   const int64_t C = s.channels, bins = s.pooled_h * s.pooled_w;
@@ -213,7 +215,7 @@ G* gradient_at(const Shape& s, G* grad, int64_t batch, int64_t y, int64_t x, int
 
 // NHWC: ROI k's gradient into channels [c0, c1).
 template <typename T, typename G>
-void align_avg_backward_nhwc(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
+JAX_ROI_CPU_CLONES void align_avg_backward_nhwc(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
                              const T* grad_out, G* grad, AlignScratch<G>& scratch) {
   const Shape& s = p.shape;
   Roi<G> r;
@@ -243,7 +245,7 @@ void align_avg_backward_nhwc(const Problem<G>& p, int64_t k, int64_t c0, int64_t
 // NCHW: every ROI's gradient into channels [c0, c1), a run of ROIs at a
 // time; each channel still receives its ROIs in ascending order.
 template <typename T, typename G>
-void align_avg_backward_nchw(const Problem<G>& p, int64_t c0, int64_t c1, const T* grad_out,
+JAX_ROI_CPU_CLONES void align_avg_backward_nchw(const Problem<G>& p, int64_t c0, int64_t c1, const T* grad_out,
                              G* grad, AlignScratch<G>& scratch) {
   const Shape& s = p.shape;
   RoiRun<G>& run = scratch.run;
@@ -275,7 +277,7 @@ void align_avg_backward_nchw(const Problem<G>& p, int64_t c0, int64_t c1, const 
 }
 
 template <typename T, typename G>
-void align_max_backward_roi(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
+JAX_ROI_CPU_CLONES void align_max_backward_roi(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
                             const T* grad_out, const int32_t* argmax, G* grad,
                             AlignScratch<G>& scratch) {
   const Shape& s = p.shape;

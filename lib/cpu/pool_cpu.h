@@ -11,7 +11,7 @@
 namespace jax_roi {
 
 template <typename T, typename G>
-void pool_forward_roi(const Problem<G>& p, int64_t k, const T* features, T* out,
+JAX_ROI_CPU_CLONES void pool_forward_roi(const Problem<G>& p, int64_t k, const T* features, T* out,
                       int32_t* argmax, AlignScratch<G>& scratch) {
   const Shape& s = p.shape;
   const int64_t C = s.channels, bins = s.pooled_h * s.pooled_w;
@@ -55,7 +55,7 @@ void pool_forward_roi(const Problem<G>& p, int64_t k, const T* features, T* out,
 }
 
 template <typename T, typename G>
-void pool_backward_roi(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
+JAX_ROI_CPU_CLONES void pool_backward_roi(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
                        const T* grad_out, const int32_t* argmax, G* grad) {
   const Shape& s = p.shape;
   Roi<G> r = load_roi(p.rois, k);

@@ -1,0 +1,10 @@
+// Hot CPU loops are compiled twice, for baseline x86-64 and for x86-64-v3
+// (AVX2 + FMA), and the loader picks the clone the processor supports, so a
+// wheel runs anywhere and uses 8-wide vectors where they exist.
+#pragma once
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define JAX_ROI_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define JAX_ROI_CPU_CLONES
+#endif

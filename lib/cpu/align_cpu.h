@@ -24,7 +24,7 @@ struct AlignScratch {
   RoiTables<G> tables;
   RoiRun<G> run;
   std::vector<G> acc;
-  std::vector<int64_t> arg;
+  std::vector<int32_t> arg;
 };
 
 template <typename T>
@@ -142,7 +142,7 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nchw(const Problem<G>& p, int64_t c0, 
 // C == 1), leaving per channel the best value and packed winner.
 template <typename T, typename G>
 void scan_max_bin(const RoiTables<G>& t, int64_t ph, int64_t pw, const Pixels<T>& px,
-                  int64_t C, G* __restrict__ best, int64_t* __restrict__ arg) {
+                  int64_t C, G* __restrict__ best, int32_t* __restrict__ arg) {
   for (int64_t c = 0; c < C; ++c) {
     best[c] = -std::numeric_limits<G>::infinity();
     arg[c] = -1;
@@ -152,30 +152,40 @@ void scan_max_bin(const RoiTables<G>& t, int64_t ph, int64_t pw, const Pixels<T>
   const int64_t ny = t.y.count(ph), nx = t.x.count(pw);
   for (int64_t a = 0; a < ny; ++a) {
     for (int64_t b = 0; b < nx; ++b) {
-      const int64_t packed = a * nx + b;  // pack_sample relative to the ranges
+      const int32_t packed = static_cast<int32_t>(a * nx + b);  // pack_sample, relative
       Bilinear<G> w = bilinear(ys[a], xs[b]);
       if (!w.inside) {
-        for (int64_t c = 0; c < C; ++c)
-          if (G(0) > best[c]) best[c] = G(0), arg[c] = packed;
+        for (int64_t c = 0; c < C; ++c) {
+          bool wins = G(0) > best[c];
+          best[c] = wins ? G(0) : best[c];
+          arg[c] = wins ? packed : arg[c];
+        }
         continue;
       }
-      const T* v00 = px.at(w.y0, w.x0);
-      const T* v01 = px.at(w.y0, w.x1);
-      const T* v10 = px.at(w.y1, w.x0);
-      const T* v11 = px.at(w.y1, w.x1);
+      const T* __restrict__ v00 = px.at(w.y0, w.x0);
+      const T* __restrict__ v01 = px.at(w.y0, w.x1);
+      const T* __restrict__ v10 = px.at(w.y1, w.x0);
+      const T* __restrict__ v11 = px.at(w.y1, w.x1);
       for (int64_t c = 0; c < C; ++c) {
         G v = w.w00 * to_acc(v00[c]) + w.w01 * to_acc(v01[c]) + w.w10 * to_acc(v10[c]) +
               w.w11 * to_acc(v11[c]);
-        if (v > best[c]) best[c] = v, arg[c] = packed;  // first strict maximum; NaN never
+        bool wins = v > best[c];  // first strict maximum; NaN never wins
+        best[c] = wins ? v : best[c];
+        arg[c] = wins ? packed : arg[c];
       }
     }
   }
-  for (int64_t c = 0; c < C; ++c) settle_max(t.y.ranges[ph], t.x.ranges[pw], &best[c], &arg[c]);
+  for (int64_t c = 0; c < C; ++c) {
+    int64_t packed = arg[c];
+    settle_max(t.y.ranges[ph], t.x.ranges[pw], &best[c], &packed);
+    arg[c] = static_cast<int32_t>(packed);
+  }
 }
 
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void align_max_forward_roi(const Problem<G>& p, int64_t k, const T* features, T* out,
-                           int32_t* argmax, AlignScratch<G>& scratch) {
+JAX_ROI_CPU_CLONES void align_max_forward_roi(const Problem<G>& p, int64_t k, const T* features,
+                                              T* out, int32_t* argmax,
+                                              AlignScratch<G>& scratch) {
   const Shape& s = p.shape;
   const int64_t C = s.channels, bins = s.pooled_h * s.pooled_w;
   T* roi_out = out + k * C * bins;
@@ -197,7 +207,7 @@ JAX_ROI_CPU_CLONES void align_max_forward_roi(const Problem<G>& p, int64_t k, co
         for (int64_t c = 0; c < lanes; ++c) {
           int64_t i = output_index(s, 0, c0 + c, ph, pw);
           roi_out[i] = from_acc<T>(scratch.acc[c]);
-          roi_arg[i] = static_cast<int32_t>(scratch.arg[c]);
+          roi_arg[i] = scratch.arg[c];
         }
       }
     }

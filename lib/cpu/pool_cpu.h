@@ -1,75 +1,145 @@
-// roi_pool on the CPU, one ROI at a time. In NHWC a bin's pixels are
-// compared a whole channel vector at a time.
+// roi_pool on the CPU. NHWC compares a bin's pixels a whole channel vector
+// at a time; NCHW loops over channels outermost so each small plane stays
+// in cache while every ROI reads it.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <vector>
 
 #include "align_cpu.h"
+#include "isa_clones.h"
 
 namespace jax_roi {
 
-template <typename T, typename G>
-JAX_ROI_CPU_CLONES void pool_forward_roi(const Problem<G>& p, int64_t k, const T* features, T* out,
-                      int32_t* argmax, AlignScratch<G>& scratch) {
-  const Shape& s = p.shape;
-  const int64_t C = s.channels, bins = s.pooled_h * s.pooled_w;
-  T* roi_out = out + k * C * bins;
-  int32_t* roi_arg = argmax + k * C * bins;
-  Roi<G> r = load_roi(p.rois, k);
-  if (!r.valid) {
-    for (int64_t i = 0; i < C * bins; ++i) roi_out[i] = from_acc<T>(G(0)), roi_arg[i] = -1;
-    return;
+// The bins' pixel windows of a run of ROIs; `batch` is -1 for a ROI that
+// reads nothing.
+template <typename G>
+struct PoolRun {
+  std::vector<PixelWindow> windows;  // (roi - roi_begin) * bins + bin
+  std::vector<int64_t> batch;
+
+  int64_t build(const Problem<G>& p, int64_t k0, size_t capacity) {
+    const Shape& s = p.shape;
+    windows.clear();
+    batch.clear();
+    int64_t k = k0;
+    for (; k < s.num_rois && (k == k0 || windows.size() < capacity); ++k) {
+      Roi<G> r = load_roi(p.rois, k);
+      batch.push_back(r.valid ? r.batch : -1);
+      PoolRoi<G> roi = pool_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w);
+      for (int64_t ph = 0; ph < s.pooled_h; ++ph)
+        for (int64_t pw = 0; pw < s.pooled_w; ++pw)
+          windows.push_back(r.valid ? pool_bin(roi, ph, pw, s.height, s.width)
+                                    : PixelWindow{0, 0, 0, 0});
+    }
+    return k;
   }
+};
+
+constexpr size_t kPoolRunCapacity = 1 << 16;
+
+// NHWC: all channels of ROI k.
+template <typename T, typename G>
+JAX_ROI_CPU_CLONES void pool_forward_nhwc(const Problem<G>& p, int64_t k, const T* features,
+                                          T* out, int32_t* argmax, std::vector<G>& best_lanes,
+                                          std::vector<int32_t>& arg_lanes) {
+  const Shape& s = p.shape;
+  const int64_t C = s.channels;
+  Roi<G> r = load_roi(p.rois, k);
   PoolRoi<G> roi = pool_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w);
-  const int64_t lanes = s.channels_last ? C : 1;
-  scratch.acc.resize(lanes);
-  scratch.arg.resize(lanes);
-  G* __restrict__ best = scratch.acc.data();
-  int64_t* __restrict__ arg = scratch.arg.data();
-  for (int64_t c0 = 0; c0 < C; c0 += lanes) {
-    Pixels<T> px = image_pixels(s, features, r.batch, c0);
-    for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
-      for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
-        PixelWindow win = pool_bin(roi, ph, pw, s.height, s.width);
-        for (int64_t c = 0; c < lanes; ++c) best[c] = -std::numeric_limits<G>::infinity(), arg[c] = -1;
-        for (int64_t h = win.h0; h < win.h1; ++h) {
-          for (int64_t w = win.w0; w < win.w1; ++w) {
-            const T* v = px.at(h, w);
-            const int64_t pixel = h * s.width + w;
-            for (int64_t c = 0; c < lanes; ++c) {
-              G value = to_acc(v[c]);
-              if (value > best[c]) best[c] = value, arg[c] = pixel;  // NaN never wins
-            }
+  Pixels<T> px = image_pixels(s, features, r.valid ? r.batch : 0, 0);
+  best_lanes.resize(C);
+  arg_lanes.resize(C);
+  G* __restrict__ best = best_lanes.data();
+  int32_t* __restrict__ arg = arg_lanes.data();
+  for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+    for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+      PixelWindow win = r.valid ? pool_bin(roi, ph, pw, s.height, s.width)
+                                : PixelWindow{0, 0, 0, 0};
+      for (int64_t c = 0; c < C; ++c) best[c] = -std::numeric_limits<G>::infinity(), arg[c] = -1;
+      for (int64_t h = win.h0; h < win.h1; ++h) {
+        for (int64_t w = win.w0; w < win.w1; ++w) {
+          const T* __restrict__ v = px.at(h, w);
+          const int32_t pixel = static_cast<int32_t>(h * s.width + w);
+          for (int64_t c = 0; c < C; ++c) {
+            G value = to_acc(v[c]);
+            bool wins = value > best[c];  // first strict maximum; NaN never wins
+            best[c] = wins ? value : best[c];
+            arg[c] = wins ? pixel : arg[c];
           }
         }
-        for (int64_t c = 0; c < lanes; ++c) {
-          int64_t i = output_index(s, 0, c0 + c, ph, pw);
-          roi_out[i] = from_acc<T>(arg[c] < 0 ? G(0) : best[c]);
-          roi_arg[i] = static_cast<int32_t>(arg[c]);
-        }
+      }
+      const int64_t i = output_index(s, k, 0, ph, pw);
+      for (int64_t c = 0; c < C; ++c) {
+        out[i + c] = from_acc<T>(arg[c] < 0 ? G(0) : best[c]);
+        argmax[i + c] = arg[c];
       }
     }
   }
 }
 
+// NCHW: channels [c0, c1) of every ROI, a run of ROIs at a time.
+template <typename T, typename G>
+JAX_ROI_CPU_CLONES void pool_forward_nchw(const Problem<G>& p, int64_t c0, int64_t c1,
+                                          const T* features, T* out, int32_t* argmax,
+                                          PoolRun<G>& run) {
+  const Shape& s = p.shape;
+  const int64_t bins = s.pooled_h * s.pooled_w;
+  for (int64_t k0 = 0; k0 < s.num_rois;) {
+    const int64_t k1 = run.build(p, k0, kPoolRunCapacity);
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t batch = run.batch[k - k0];
+        const T* __restrict__ plane = image_pixels(s, features, std::max<int64_t>(batch, 0), c).data;
+        const PixelWindow* win = run.windows.data() + (k - k0) * bins;
+        const int64_t i = output_index(s, k, c, 0, 0);
+        for (int64_t b = 0; b < bins; ++b) {
+          G best = -std::numeric_limits<G>::infinity();
+          int32_t arg = -1;
+          for (int64_t h = win[b].h0; h < win[b].h1; ++h) {
+            const T* row = plane + h * s.width;
+            for (int64_t w = win[b].w0; w < win[b].w1; ++w) {
+              G value = to_acc(row[w]);
+              if (value > best) best = value, arg = static_cast<int32_t>(h * s.width + w);
+            }
+          }
+          out[i + b] = from_acc<T>(arg < 0 ? G(0) : best);
+          argmax[i + b] = arg;
+        }
+      }
+    }
+    k0 = k1;
+  }
+}
+
+// Channels [c0, c1) of ROI k's gradient: each bin's to its winning pixel.
 template <typename T, typename G>
 JAX_ROI_CPU_CLONES void pool_backward_roi(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
-                       const T* grad_out, const int32_t* argmax, G* grad) {
+                                          const T* grad_out, const int32_t* argmax, G* grad) {
   const Shape& s = p.shape;
   Roi<G> r = load_roi(p.rois, k);
   if (!r.valid) return;
-  const int64_t pixels = s.height * s.width;
-  for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
-    for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+  const int32_t pixels = static_cast<int32_t>(s.height * s.width);
+  const int64_t bins = s.pooled_h * s.pooled_w;
+  if (s.channels_last) {
+    G* __restrict__ image = grad + r.batch * pixels * s.channels;
+    for (int64_t b = 0; b < bins; ++b) {
+      const int64_t i = output_index(s, k, 0, b / s.pooled_w, b % s.pooled_w);
       for (int64_t c = c0; c < c1; ++c) {
-        int64_t i = output_index(s, k, c, ph, pw);
-        int64_t pixel = argmax[i];
-        if (pixel < 0 || pixel >= pixels) continue;
-        *gradient_at(s, grad, r.batch, pixel / s.width, pixel % s.width, c) +=
-            to_acc(grad_out[i]);
+        const int32_t pixel = argmax[i + c];
+        if (pixel >= 0 && pixel < pixels) image[pixel * s.channels + c] += to_acc(grad_out[i + c]);
       }
+    }
+    return;
+  }
+  for (int64_t c = c0; c < c1; ++c) {
+    G* __restrict__ plane = grad + (r.batch * s.channels + c) * pixels;
+    const int64_t i = output_index(s, k, c, 0, 0);
+    for (int64_t b = 0; b < bins; ++b) {
+      const int32_t pixel = argmax[i + b];
+      if (pixel >= 0 && pixel < pixels) plane[pixel] += to_acc(grad_out[i + b]);
     }
   }
 }

@@ -34,12 +34,17 @@ struct CpuBackend {
                             int32_t* argmax) {
     const Shape& s = p.shape;
     if (s.output_count() == 0) return ffi::Error::Success();
-    if (op == Op::kAlignAvg && !s.channels_last) {
+    if (!s.channels_last && op != Op::kAlignMax) {
       // Channels outermost, so each plane is read from memory once per run of ROIs.
       parallel_for(pool, s.channels, balanced_grain(pool, s.channels, 1, 4),
                    [&](int64_t c0, int64_t c1) {
-                     AlignScratch<G> scratch;
-                     align_avg_forward_nchw(p, c0, c1, features, out, scratch);
+                     if constexpr (op == Op::kAlignAvg) {
+                       AlignScratch<G> scratch;
+                       align_avg_forward_nchw(p, c0, c1, features, out, scratch);
+                     } else {
+                       PoolRun<G> run;
+                       pool_forward_nchw(p, c0, c1, features, out, argmax, run);
+                     }
                    });
       return ffi::Error::Success();
     }
@@ -65,7 +70,7 @@ struct CpuBackend {
                      if constexpr (op == Op::kAlignMax)
                        align_max_forward_roi(p, k, features, out, argmax, scratch);
                      else
-                       pool_forward_roi(p, k, features, out, argmax, scratch);
+                       pool_forward_nhwc(p, k, features, out, argmax, scratch.acc, scratch.arg);
                    }
                  });
     return ffi::Error::Success();

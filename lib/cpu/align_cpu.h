@@ -214,6 +214,35 @@ JAX_ROI_CPU_CLONES void align_max_forward_roi(const Problem<G>& p, int64_t k, co
   }
 }
 
+// NCHW: channels [c0, c1) of every ROI, a run of ROIs at a time.
+template <typename T, typename G>
+JAX_ROI_CPU_CLONES void align_max_forward_nchw(const Problem<G>& p, int64_t c0, int64_t c1,
+                                               const T* features, T* out, int32_t* argmax,
+                                               AlignScratch<G>& scratch) {
+  const Shape& s = p.shape;
+  RoiRun<G>& run = scratch.run;
+  for (int64_t k0 = 0; k0 < s.num_rois;) {
+    const int64_t k1 = run.build(p, k0, kRunCapacity);
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t batch = run.batch[k - k0];
+        Pixels<T> px = image_pixels(s, features, std::max<int64_t>(batch, 0), c);
+        for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+          for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+            G best = G(0);
+            int32_t arg = -1;
+            if (batch >= 0) scan_max_bin(run.tables[k - k0], ph, pw, px, 1, &best, &arg);
+            const int64_t i = output_index(s, k, c, ph, pw);
+            out[i] = from_acc<T>(best);
+            argmax[i] = arg;
+          }
+        }
+      }
+    }
+    k0 = k1;
+  }
+}
+
 // ----------------------------------------------------------------- backward
 // Each call owns channels [c0, c1) of the gradient.
 
@@ -286,32 +315,56 @@ JAX_ROI_CPU_CLONES void align_avg_backward_nchw(const Problem<G>& p, int64_t c0,
   }
 }
 
+// The gradient of bin (ph, pw), channel c, of ROI k through its winner.
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void align_max_backward_roi(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
-                            const T* grad_out, const int32_t* argmax, G* grad,
-                            AlignScratch<G>& scratch) {
+void scatter_max_winner(const Problem<G>& p, const RoiTables<G>& t, int64_t batch, int64_t k,
+                        int64_t c, int64_t ph, int64_t pw, const T* grad_out,
+                        const int32_t* argmax, G* grad) {
   const Shape& s = p.shape;
+  const int64_t i = output_index(s, k, c, ph, pw);
+  const int64_t packed = argmax[i], nx = t.x.count(pw);
+  if (packed < 0 || packed >= t.y.count(ph) * nx) return;
+  Bilinear<G> w = bilinear(t.y.begin(ph)[packed / nx], t.x.begin(pw)[packed % nx]);
+  if (!w.inside) return;
+  G g = to_acc(grad_out[i]);
+  *gradient_at(s, grad, batch, w.y0, w.x0, c) += g * w.w00;
+  *gradient_at(s, grad, batch, w.y0, w.x1, c) += g * w.w01;
+  *gradient_at(s, grad, batch, w.y1, w.x0, c) += g * w.w10;
+  *gradient_at(s, grad, batch, w.y1, w.x1, c) += g * w.w11;
+}
+
+// NHWC: ROI k's gradient into channels [c0, c1).
+template <typename T, typename G>
+JAX_ROI_CPU_CLONES void align_max_backward_nhwc(const Problem<G>& p, int64_t k, int64_t c0,
+                                                int64_t c1, const T* grad_out,
+                                                const int32_t* argmax, G* grad,
+                                                AlignScratch<G>& scratch) {
   Roi<G> r;
   AlignRoi<G> a;
   if (!prepare_roi(p, k, &r, &a, &scratch.tables)) return;
-  const RoiTables<G>& t = scratch.tables;
-  for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
-    const int64_t ny = t.y.count(ph);
-    for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
-      const int64_t nx = t.x.count(pw);
-      for (int64_t c = c0; c < c1; ++c) {
-        int64_t i = output_index(s, k, c, ph, pw);
-        int64_t packed = argmax[i];
-        if (packed < 0 || packed >= ny * nx) continue;
-        Bilinear<G> w = bilinear(t.y.begin(ph)[packed / nx], t.x.begin(pw)[packed % nx]);
-        if (!w.inside) continue;
-        G g = to_acc(grad_out[i]);
-        *gradient_at(s, grad, r.batch, w.y0, w.x0, c) += g * w.w00;
-        *gradient_at(s, grad, r.batch, w.y0, w.x1, c) += g * w.w01;
-        *gradient_at(s, grad, r.batch, w.y1, w.x0, c) += g * w.w10;
-        *gradient_at(s, grad, r.batch, w.y1, w.x1, c) += g * w.w11;
-      }
-    }
+  for (int64_t ph = 0; ph < p.shape.pooled_h; ++ph)
+    for (int64_t pw = 0; pw < p.shape.pooled_w; ++pw)
+      for (int64_t c = c0; c < c1; ++c)
+        scatter_max_winner(p, scratch.tables, r.batch, k, c, ph, pw, grad_out, argmax, grad);
+}
+
+// NCHW: every ROI's gradient into channels [c0, c1), a run at a time.
+template <typename T, typename G>
+JAX_ROI_CPU_CLONES void align_max_backward_nchw(const Problem<G>& p, int64_t c0, int64_t c1,
+                                                const T* grad_out, const int32_t* argmax,
+                                                G* grad, AlignScratch<G>& scratch) {
+  const Shape& s = p.shape;
+  RoiRun<G>& run = scratch.run;
+  for (int64_t k0 = 0; k0 < s.num_rois;) {
+    const int64_t k1 = run.build(p, k0, kRunCapacity);
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t k = k0; k < k1; ++k)
+        if (run.batch[k - k0] >= 0)
+          for (int64_t ph = 0; ph < s.pooled_h; ++ph)
+            for (int64_t pw = 0; pw < s.pooled_w; ++pw)
+              scatter_max_winner(p, run.tables[k - k0], run.batch[k - k0], k, c, ph, pw,
+                                 grad_out, argmax, grad);
+    k0 = k1;
   }
 }
 

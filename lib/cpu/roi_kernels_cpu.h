@@ -34,13 +34,15 @@ struct CpuBackend {
                             int32_t* argmax) {
     const Shape& s = p.shape;
     if (s.output_count() == 0) return ffi::Error::Success();
-    if (!s.channels_last && op != Op::kAlignMax) {
+    if (!s.channels_last) {
       // Channels outermost, so each plane is read from memory once per run of ROIs.
       parallel_for(pool, s.channels, balanced_grain(pool, s.channels, 1, 4),
                    [&](int64_t c0, int64_t c1) {
+                     AlignScratch<G> scratch;
                      if constexpr (op == Op::kAlignAvg) {
-                       AlignScratch<G> scratch;
                        align_avg_forward_nchw(p, c0, c1, features, out, scratch);
+                     } else if constexpr (op == Op::kAlignMax) {
+                       align_max_forward_nchw(p, c0, c1, features, out, argmax, scratch);
                      } else {
                        PoolRun<G> run;
                        pool_forward_nchw(p, c0, c1, features, out, argmax, run);
@@ -87,19 +89,27 @@ struct CpuBackend {
     if (s.output_count() == 0) return ffi::Error::Success();
     // NHWC: threads take neighbouring blocks of whole cache lines, small
     // enough that the blocks in flight stay in the last-level cache.
-    int64_t grain = s.channels_last
-                        ? cache_block_channels(s, sizeof(G), pool.num_threads())
-                        : balanced_grain(pool, s.channels, 1, 1);
+    int64_t grain = balanced_grain(pool, s.channels, 1, 1);
+    if (s.channels_last)
+      grain = std::min(cache_block_channels(s, sizeof(G), pool.num_threads()),
+                       std::max<int64_t>(16, (grain + 15) / 16 * 16));
     parallel_for(pool, s.channels, grain, [&](int64_t c0, int64_t c1) {
       AlignScratch<G> scratch;
-      if constexpr (op == Op::kAlignAvg) {
-        if (!s.channels_last) return align_avg_backward_nchw(p, c0, c1, grad_out, grad, scratch);
+      if (!s.channels_last) {  // every ROI, a run at a time
+        if constexpr (op == Op::kAlignAvg)
+          align_avg_backward_nchw(p, c0, c1, grad_out, grad, scratch);
+        else if constexpr (op == Op::kAlignMax)
+          align_max_backward_nchw(p, c0, c1, grad_out, argmax, grad, scratch);
+        else
+          for (int64_t k = 0; k < s.num_rois; ++k)
+            pool_backward_roi(p, k, c0, c1, grad_out, argmax, grad);
+        return;
       }
       for (int64_t k = 0; k < s.num_rois; ++k) {
         if constexpr (op == Op::kAlignAvg)
           align_avg_backward_nhwc(p, k, c0, c1, grad_out, grad, scratch);
         else if constexpr (op == Op::kAlignMax)
-          align_max_backward_roi(p, k, c0, c1, grad_out, argmax, grad, scratch);
+          align_max_backward_nhwc(p, k, c0, c1, grad_out, argmax, grad, scratch);
         else
           pool_backward_roi(p, k, c0, c1, grad_out, argmax, grad);
       }

@@ -57,3 +57,8 @@ else:
 
 #: Platforms with a lowering to the compiled kernels.
 KERNEL_PLATFORMS = ("cpu",) + (("cuda",) if _jax_roi_cuda is not None else ())
+
+# Lets XLA split a call that carries num_batch_dims along its leading
+# dimension, on every platform at once (see _sharding.py for which calls do).
+for _kernel in _jax_roi_cpu.registrations():
+    jax.ffi.register_ffi_target_as_batch_partitionable(TARGET_PREFIX + _kernel)

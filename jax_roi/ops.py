@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from . import _autodiff, _batching  # noqa: F401  (register the primitives' rules)
 from . import _checks
-from ._primitives import roi_backward_p, roi_forward_p
+from ._primitives import match_vma, roi_backward_p, roi_forward_p
 
 
 class _Static(NamedTuple):
@@ -21,13 +21,33 @@ class _Static(NamedTuple):
     sampling_ratio: int
     aligned: bool
     layout: str
+    # With explicit mesh axes the gradient's type must repeat the features'
+    # sharding, which the kernel's result need not have.
+    features_sharding: object = None
 
     def forward(self):
-        return {k: v for k, v in self._asdict().items() if k != "features_shape"}
+        return {k: v for k, v in self._asdict().items()
+                if k not in ("features_shape", "features_sharding")}
+
+
+def _sharding_of(features):
+    return getattr(jax.typeof(features), "sharding", None)
+
+
+def _like_features(grad, sharding):
+    if sharding is None or sharding.mesh.empty or jax.typeof(grad).sharding.spec == sharding.spec:
+        return grad
+    return jax.sharding.reshard(grad, sharding)
+
+
+def _pooled(features, rois, static):
+    # Outside the custom_vjp, so that the cast's transpose sums the gradient
+    # of features shared across shard_map devices (see match_vma).
+    return _pooled_vjp(*match_vma(features, rois), static)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _pooled(features, rois, static):
+def _pooled_vjp(features, rois, static):
     return roi_forward_p.bind(features, rois, **static.forward())[0]
 
 
@@ -40,10 +60,11 @@ def _pooled_bwd(static, residuals, grad_out):
     rois, argmax = residuals
     grad = roi_backward_p.bind(grad_out, rois, *argmax, features_shape=static.features_shape,
                                **static.forward())
-    return grad.astype(grad_out.dtype), jnp.zeros_like(rois)
+    return _like_features(grad.astype(grad_out.dtype), static.features_sharding), \
+        jnp.zeros_like(rois)
 
 
-_pooled.defvjp(_pooled_fwd, _pooled_bwd)
+_pooled_vjp.defvjp(_pooled_fwd, _pooled_bwd)
 
 
 def roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
@@ -99,7 +120,8 @@ def roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
         output_size=_checks.output_size_pair(output_size),
         spatial_scale=_checks.spatial_scale_value(spatial_scale),
         sampling_ratio=_checks.sampling_ratio_value(sampling_ratio),
-        aligned=_checks.aligned_value(aligned), layout=layout)
+        aligned=_checks.aligned_value(aligned), layout=layout,
+        features_sharding=_sharding_of(features))
     if mode == "max":
         _checks.check_argmax_range(features, layout, op)
     return _pooled(features, rois, static)
@@ -128,6 +150,7 @@ def roi_pool(features, rois, output_size, spatial_scale=1.0, *, layout="NCHW"):
         op="pool", features_shape=tuple(features.shape),
         output_size=_checks.output_size_pair(output_size),
         spatial_scale=_checks.spatial_scale_value(spatial_scale),
-        sampling_ratio=0, aligned=False, layout=layout)
+        sampling_ratio=0, aligned=False, layout=layout,
+        features_sharding=_sharding_of(features))
     _checks.check_argmax_range(features, layout, "pool")
     return _pooled(features, rois, static)

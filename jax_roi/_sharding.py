@@ -1,0 +1,121 @@
+"""How the partitioner may split the custom calls across devices.
+
+XLA splits a custom call only through a partitioner registered for its
+target. The one jax_roi uses is XLA's batch partitioner (_ffi.py registers
+every target with it): a call that carries the frontend attribute
+`num_batch_dims = 1` is split along the leading dimension of every operand
+and result together, and gets every other dimension whole. That suits
+[N, L, 4] boxes, where features, boxes, outputs and feature gradients all
+lead with the image dimension N and each image is pooled on its own. It
+does not suit [K, 5] ROIs, whose batch index points anywhere in the
+features, so those calls never carry the attribute.
+
+Shardy, JAX's partitioner, plans the shardings around each call from an
+`sdy.sharding_rule` that names a factor for each dimension of every operand
+and result. The rule below tells it exactly what the batch partitioner
+will do: the factor "n" of per-image boxes may be split, every other
+factor must be whole on each device (a dimension split anyway is gathered
+before the call).
+"""
+
+from jax.extend.mlir.dialects import sdy
+from jax.interpreters import mlir
+from jax.sharding import PartitionSpec
+
+SPLIT = "n"  # the only factor the batch partitioner can split
+
+
+def _per_image(rois_shape):
+    return len(rois_shape) == 3
+
+
+def _features_factors(layout, per_image_boxes):
+    n = SPLIT if per_image_boxes else "b"  # b: images addressed by a global index
+    return (n, "c", "h", "w") if layout == "NCHW" else (n, "h", "w", "c")
+
+
+def _rois_factors(per_image_boxes):
+    return (SPLIT, "l", "xy") if per_image_boxes else ("k", "xy")
+
+
+def _pooled_factors(layout, per_image_boxes):
+    lead = (SPLIT, "l") if per_image_boxes else ("k",)
+    return lead + (("c", "ph", "pw") if layout == "NCHW" else ("ph", "pw", "c"))
+
+
+def _rule(operands, results):
+    """An OpShardingRuleAttr from (shape, factor names) pairs."""
+    sizes = {}
+    for shape, names in operands + results:
+        for size, name in zip(shape, names):
+            sizes.setdefault(name, size)
+    index = {name: i for i, name in enumerate(sizes)}
+
+    def mapping(names):
+        return sdy.TensorMappingAttr.get(
+            dim_mappings=[sdy.DimMappingAttr.get(factor_indices=[index[n]]) for n in names])
+
+    return sdy.OpShardingRuleAttr.get(
+        factor_sizes=list(sizes.values()),
+        operand_mappings=[mapping(names) for _, names in operands],
+        result_mappings=[mapping(names) for _, names in results],
+        need_replication_factors=[i for name, i in index.items() if name != SPLIT],
+        is_custom=True)
+
+
+def _attributes(operands, results, per_image_boxes):
+    attrs = {"sdy.sharding_rule": _rule(operands, results)}
+    if per_image_boxes:
+        attrs["mhlo.frontend_attributes"] = mlir.ir_attribute({"num_batch_dims": "1"})
+    return attrs
+
+
+def forward_attributes(features_shape, rois_shape, result_shapes, layout):
+    """Custom-call attributes of roi_forward(features, rois) -> out[, argmax]."""
+    boxes = _per_image(rois_shape)
+    pooled = _pooled_factors(layout, boxes)
+    return _attributes([(features_shape, _features_factors(layout, boxes)),
+                        (rois_shape, _rois_factors(boxes))],
+                       [(shape, pooled) for shape in result_shapes], boxes)
+
+
+def backward_attributes(pooled_shapes, rois_shape, features_shape, layout):
+    """Custom-call attributes of roi_backward(grad_out, rois[, argmax]) -> grad."""
+    boxes = _per_image(rois_shape)
+    pooled = _pooled_factors(layout, boxes)
+    operands = [(pooled_shapes[0], pooled), (rois_shape, _rois_factors(boxes))]
+    operands += [(shape, pooled) for shape in pooled_shapes[1:]]
+    return _attributes(operands, [(features_shape, _features_factors(layout, boxes))], boxes)
+
+
+# --------------------------------------------- result shardings of the avals
+#
+# With explicit mesh axes (what jax.make_mesh gives by default) every abstract
+# value carries its sharding, so the abstract evaluation names the results'
+# too: split along N as the inputs' N is for per-image boxes, whole otherwise,
+# which is what the partitioner will produce.
+
+def _result_sharding(operands, result_names):
+    base = next((s for s, _ in operands if not s.mesh.empty), operands[0][0])
+    split = next((entry for sharding, names in operands
+                  for entry, name in zip(sharding.spec, names)
+                  if name == SPLIT and entry is not None), None)
+    return base.update(spec=PartitionSpec(*(split if n == SPLIT else None
+                                            for n in result_names)))
+
+
+def forward_result_sharding(features, rois, layout):
+    """The sharding of roi_forward's results, from its inputs' avals."""
+    boxes = _per_image(rois.shape)
+    return _result_sharding([(features.sharding, _features_factors(layout, boxes)),
+                             (rois.sharding, _rois_factors(boxes))],
+                            _pooled_factors(layout, boxes))
+
+
+def backward_result_sharding(grad_out, rois, argmax, layout):
+    """The sharding of roi_backward's result, from its inputs' avals."""
+    boxes = _per_image(rois.shape)
+    pooled = _pooled_factors(layout, boxes)
+    operands = [(grad_out.sharding, pooled), (rois.sharding, _rois_factors(boxes))]
+    operands += [(a.sharding, pooled) for a in argmax]
+    return _result_sharding(operands, _features_factors(layout, boxes))

@@ -1,0 +1,265 @@
+"""The ops on 4 devices: jit over sharded inputs, shard_map, and vmap and jit
+inside them, with values and gradients equal to the single-device ones.
+
+A JAX process fixes its device count when its backend starts, and other
+test modules start it with one CPU device. So this module runs its checks
+in one child process started with 4 virtual CPU devices: the child
+(`python test_sharding.py`) computes facts about each case (collectives in
+the compiled HLO, shard shapes, errors against one device) and prints them
+as JSON, and the tests below assert on them.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+DEVICES = 4
+N, C, H, W, L, K = 4, 4, 7, 6, 3, 8     # N and C split over the 4 devices
+COLLECTIVES = ("all-gather", "all-to-all", "collective-permute", "all-reduce",
+               "reduce-scatter")
+
+
+# ------------------------------------------------ the child: computing facts
+
+def _compute_facts():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import AxisType, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import jax_roi
+
+    jax.config.update("jax_enable_x64", True)
+    assert jax.device_count() == DEVICES, jax.devices()
+    explicit = jax.make_mesh((DEVICES,), ("d",), axis_types=(AxisType.Explicit,))
+    auto = jax.make_mesh((DEVICES,), ("d",), axis_types=(AxisType.Auto,))
+    one_device = jax.devices()[0]
+    rng = np.random.default_rng(0)
+
+    def features(layout):
+        x = rng.standard_normal((N, C, H, W))
+        return jnp.asarray(x if layout == "NCHW" else x.transpose(0, 2, 3, 1))
+
+    def corners(shape):
+        xy = rng.uniform(-1.0, 2.0 * W, shape + (2, 2))
+        return np.concatenate([xy.min(-2), xy.max(-2)], -1)  # x1 <= x2, y1 <= y2
+
+    boxes = jnp.asarray(corners((N, L)))                                   # [N, L, 4]
+    rois = jnp.asarray(np.concatenate(
+        [rng.integers(0, N, (K, 1)).astype(np.float64), corners((K,))], 1))  # [K, 5]
+
+    ops = {
+        "align_avg": lambda lay: lambda x, r: jax_roi.roi_align(x, r, (2, 3), 0.5, 2, True,
+                                                                layout=lay),
+        "align_max": lambda lay: lambda x, r: jax_roi.roi_align(x, r, (2, 3), 0.5, -1, False,
+                                                                mode="max", layout=lay),
+        "pool": lambda lay: lambda x, r: jax_roi.roi_pool(x, r, (2, 3), 0.5, layout=lay),
+    }
+
+    def grad_of(fn):
+        return jax.grad(lambda x, r: 0.5 * jnp.sum(fn(x, r) ** 2))
+
+    def error(actual, expected):
+        expected = np.asarray(expected)
+        scale = max(1.0, float(np.abs(expected).max()))
+        return float(np.abs(np.asarray(actual) - expected).max()) / scale
+
+    def compiled(fn, *args):
+        text = jax.jit(fn).lower(*args).compile().as_text()
+        return {"collectives": [c for c in COLLECTIVES if c in text],
+                "kernels": text.count('custom_call_target="jax_roi_')}
+
+    def run(fn, x, r, mesh, x_spec, r_spec, reference=None):
+        """Facts about fn on sharded inputs against reference on one device."""
+        reference = reference or fn
+        xs = jax.device_put(x, NamedSharding(mesh, x_spec))
+        rs = jax.device_put(r, NamedSharding(mesh, r_spec))
+        x1, r1 = jax.device_put(x, one_device), jax.device_put(r, one_device)
+        out = jax.jit(fn)(xs, rs)
+        grad = jax.jit(grad_of(fn))(xs, rs)
+        return {
+            "forward": compiled(fn, xs, rs),
+            "backward": compiled(grad_of(fn), xs, rs),
+            "out_shard_shape": list(out.sharding.shard_shape(out.shape)),
+            "grad_shard_shape": list(grad.sharding.shard_shape(grad.shape)),
+            "value_error": error(out, jax.jit(reference)(x1, r1)),
+            "grad_error": error(grad, jax.jit(grad_of(reference))(x1, r1)),
+        }
+
+    def lowered(fn, x, r):
+        both = jax.jit(fn).lower(x, r).as_text() + jax.jit(grad_of(fn)).lower(x, r).as_text()
+        return {"calls": both.count("stablehlo.custom_call @jax_roi_"),
+                "num_batch_dims": both.count('num_batch_dims = "1"'),
+                "sharding_rules": both.count("sdy.sharding_rule")}
+
+    def smap(fn, mesh, in_specs, out_specs, check_vma=True):
+        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                             check_vma=check_vma)
+
+    def channel_spec(layout):
+        return P(None, "d") if layout == "NCHW" else P(None, None, None, "d")
+
+    nchw, nhwc = features("NCHW"), features("NHWC")
+    maps = jnp.stack([nchw, -2.0 * nchw])  # a vmapped axis of feature maps
+    cases = {
+        # jit over inputs sharded along the images: batch-partitioned
+        "jit_boxes_align_avg_nchw": lambda: run(
+            ops["align_avg"]("NCHW"), nchw, boxes, explicit, P("d"), P("d")),
+        "jit_boxes_align_max_nhwc": lambda: run(
+            ops["align_max"]("NHWC"), nhwc, boxes, auto, P("d"), P("d")),
+        "jit_boxes_pool_nchw": lambda: run(
+            ops["pool"]("NCHW"), nchw, boxes, explicit, P("d"), P("d")),
+        # jit patterns that are computed whole on each device, correctly
+        "jit_rois_sharded": lambda: run(
+            ops["align_avg"]("NHWC"), nhwc, rois, explicit, P(), P("d")),
+        "jit_channels_sharded": lambda: run(
+            ops["pool"]("NHWC"), nhwc, rois, explicit, channel_spec("NHWC"), P()),
+        "jit_features_sharded_rois_k5": lambda: run(
+            ops["align_max"]("NCHW"), nchw, rois, auto, P("d"), P()),
+        # shard_map
+        "smap_rois_sharded": lambda: run(
+            smap(ops["align_avg"]("NCHW"), explicit, (P(), P("d")), P("d")),
+            nchw, rois, explicit, P(), P("d"), ops["align_avg"]("NCHW")),
+        "smap_rois_sharded_unchecked": lambda: run(
+            smap(ops["pool"]("NHWC"), auto, (P(), P("d")), P("d"), check_vma=False),
+            nhwc, rois, auto, P(), P("d"), ops["pool"]("NHWC")),
+        "smap_boxes_sharded": lambda: run(
+            smap(ops["align_max"]("NHWC"), explicit, (P("d"), P("d")), P("d")),
+            nhwc, boxes, explicit, P("d"), P("d"), ops["align_max"]("NHWC")),
+        "smap_channels_sharded": lambda: run(
+            smap(ops["align_avg"]("NHWC"), explicit, (channel_spec("NHWC"), P()),
+                 P(None, None, None, "d")),
+            nhwc, rois, explicit, channel_spec("NHWC"), P(), ops["align_avg"]("NHWC")),
+        # vmap inside shard_map, jit inside shard_map and vmap
+        "smap_vmap_features": lambda: run(
+            smap(jax.vmap(ops["align_avg"]("NCHW"), (0, None)), explicit,
+                 (P(), P("d")), P(None, "d")),
+            maps, rois, explicit, P(), P("d"), jax.vmap(ops["align_avg"]("NCHW"), (0, None))),
+        "smap_vmap_boxes": lambda: run(
+            smap(jax.vmap(ops["pool"]("NCHW"), (0, None)), auto,
+                 (P(None, "d"), P("d")), P(None, "d")),
+            maps, boxes, auto, P(None, "d"), P("d"), jax.vmap(ops["pool"]("NCHW"), (0, None))),
+        "smap_jit": lambda: run(
+            smap(jax.jit(ops["align_max"]("NCHW")), explicit, (P(), P("d")), P("d")),
+            nchw, rois, explicit, P(), P("d"), ops["align_max"]("NCHW")),
+        "vmap_smap_jit": lambda: run(
+            jax.vmap(smap(jax.jit(ops["align_avg"]("NCHW")), auto, (P(), P("d")), P("d")),
+                     (0, None)),
+            maps, rois, auto, P(), P("d"), jax.vmap(ops["align_avg"]("NCHW"), (0, None))),
+        # what the lowering attaches
+        "lowered_boxes": lambda: lowered(ops["align_max"]("NHWC"), nhwc, boxes),
+        "lowered_rois": lambda: lowered(ops["align_max"]("NHWC"), nhwc, rois),
+    }
+
+    def gspmd_case():
+        jax.config.update("jax_use_shardy_partitioner", False)
+        try:
+            return run(ops["align_avg"]("NHWC"), nhwc, boxes, auto, P("d"), P("d"))
+        finally:
+            jax.config.update("jax_use_shardy_partitioner", True)
+
+    cases["jit_boxes_gspmd"] = gspmd_case
+
+    facts = {}
+    for name, case in cases.items():
+        try:
+            facts[name] = case()
+        except Exception as err:  # reported by the test of that case
+            facts[name] = {"error": f"{type(err).__name__}: {err}"}
+    return facts
+
+
+if __name__ == "__main__":
+    print(json.dumps(_compute_facts()))
+    sys.exit(0)
+
+
+# --------------------------------------------------- the parent: the tests
+
+@pytest.fixture(scope="module")
+def facts():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                        f" --xla_force_host_platform_device_count={DEVICES}").strip()
+    child = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, child.stderr[-4000:]
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def case(facts, name):
+    found = facts[name]
+    assert "error" not in found, found["error"]
+    return found
+
+
+def assert_equal_to_one_device(found):
+    assert found["value_error"] < 1e-12
+    assert found["grad_error"] < 1e-12
+
+
+BATCH_PARTITIONED = ["jit_boxes_align_avg_nchw", "jit_boxes_align_max_nhwc",
+                     "jit_boxes_pool_nchw", "jit_boxes_gspmd"]
+
+
+@pytest.mark.parametrize("name", BATCH_PARTITIONED)
+def test_jit_with_boxes_sharded_along_images_is_partitioned(facts, name):
+    found = case(facts, name)
+    # one kernel per device on its own images, no communication
+    assert found["forward"] == {"collectives": [], "kernels": 1}
+    assert found["backward"]["collectives"] == []
+    assert found["backward"]["kernels"] == 2  # the forward's argmax or values, the backward
+    out_shape = found["out_shard_shape"]
+    assert out_shape[:2] == [N // DEVICES, L]
+    assert found["grad_shard_shape"][0] == N // DEVICES
+    assert_equal_to_one_device(found)
+
+
+@pytest.mark.parametrize("name", ["jit_rois_sharded", "jit_channels_sharded",
+                                  "jit_features_sharded_rois_k5"])
+def test_jit_patterns_computed_whole_are_still_right(facts, name):
+    assert_equal_to_one_device(case(facts, name))
+
+
+def test_jit_gradient_has_the_features_sharding(facts):
+    # with explicit axes the gradient's type is the features' (channels split)
+    assert case(facts, "jit_channels_sharded")["grad_shard_shape"] == [N, H, W, C // DEVICES]
+
+
+def test_only_per_image_boxes_are_marked_batch_partitionable(facts):
+    # 3 calls: the forward, and the forward and backward inside grad
+    assert case(facts, "lowered_boxes") == {"calls": 3, "num_batch_dims": 3,
+                                            "sharding_rules": 3}
+    # a [K, 5] batch index addresses every image, so no leading-dimension split
+    assert case(facts, "lowered_rois") == {"calls": 3, "num_batch_dims": 0,
+                                           "sharding_rules": 3}
+
+
+@pytest.mark.parametrize("name", ["smap_rois_sharded", "smap_rois_sharded_unchecked",
+                                  "smap_boxes_sharded", "smap_channels_sharded"])
+def test_shard_map_values_and_gradients(facts, name):
+    # the gradient of features replicated over devices that hold different
+    # ROIs is the sum of the devices' parts: grad_error checks that sum
+    found = case(facts, name)
+    assert found["forward"]["collectives"] == []
+    assert_equal_to_one_device(found)
+    if "rois_sharded" in name:  # replicated features: their gradient is summed
+        assert found["backward"]["collectives"] == ["all-reduce"]
+
+
+def test_shard_map_output_shards(facts):
+    assert case(facts, "smap_rois_sharded")["out_shard_shape"][0] == K // DEVICES
+    assert case(facts, "smap_boxes_sharded")["out_shard_shape"][0] == N // DEVICES
+    assert case(facts, "smap_channels_sharded")["out_shard_shape"] == [K, 2, 3, C // DEVICES]
+
+
+@pytest.mark.parametrize("name", ["smap_vmap_features", "smap_vmap_boxes", "smap_jit",
+                                  "vmap_smap_jit"])
+def test_vmap_and_jit_inside_shard_map(facts, name):
+    found = case(facts, name)
+    assert found["forward"]["kernels"] == 1  # vmap stays one call
+    assert_equal_to_one_device(found)

@@ -23,7 +23,7 @@ template <typename G>
 struct AlignScratch {
   RoiTables<G> tables;
   RoiRun<G> run;
-  std::vector<G> acc;
+  std::vector<G> acc, value;
   std::vector<int32_t> arg;
 };
 
@@ -142,7 +142,8 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nchw(const Problem<G>& p, int64_t c0, 
 // C == 1), leaving per channel the best value and packed winner.
 template <typename T, typename G>
 void scan_max_bin(const RoiTables<G>& t, int64_t ph, int64_t pw, const Pixels<T>& px,
-                  int64_t C, G* __restrict__ best, int32_t* __restrict__ arg) {
+                  int64_t C, G* __restrict__ best, int32_t* __restrict__ arg,
+                  G* __restrict__ value) {
   for (int64_t c = 0; c < C; ++c) {
     best[c] = -std::numeric_limits<G>::infinity();
     arg[c] = -1;
@@ -166,11 +167,13 @@ void scan_max_bin(const RoiTables<G>& t, int64_t ph, int64_t pw, const Pixels<T>
       const T* __restrict__ v01 = px.at(w.y0, w.x1);
       const T* __restrict__ v10 = px.at(w.y1, w.x0);
       const T* __restrict__ v11 = px.at(w.y1, w.x1);
+      // Interpolate, then compare, in two simple loops that both vectorise.
+      for (int64_t c = 0; c < C; ++c)
+        value[c] = w.w00 * to_acc(v00[c]) + w.w01 * to_acc(v01[c]) + w.w10 * to_acc(v10[c]) +
+                   w.w11 * to_acc(v11[c]);
       for (int64_t c = 0; c < C; ++c) {
-        G v = w.w00 * to_acc(v00[c]) + w.w01 * to_acc(v01[c]) + w.w10 * to_acc(v10[c]) +
-              w.w11 * to_acc(v11[c]);
-        bool wins = v > best[c];  // first strict maximum; NaN never wins
-        best[c] = wins ? v : best[c];
+        bool wins = value[c] > best[c];  // first strict maximum; NaN never wins
+        best[c] = wins ? value[c] : best[c];
         arg[c] = wins ? packed : arg[c];
       }
     }
@@ -199,11 +202,13 @@ JAX_ROI_CPU_CLONES void align_max_forward_roi(const Problem<G>& p, int64_t k, co
   const int64_t lanes = s.channels_last ? C : 1;
   scratch.acc.resize(lanes);
   scratch.arg.resize(lanes);
+  scratch.value.resize(lanes);
   for (int64_t c0 = 0; c0 < C; c0 += lanes) {
     Pixels<T> px = image_pixels(s, features, r.batch, c0);
     for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
       for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
-        scan_max_bin(scratch.tables, ph, pw, px, lanes, scratch.acc.data(), scratch.arg.data());
+        scan_max_bin(scratch.tables, ph, pw, px, lanes, scratch.acc.data(), scratch.arg.data(),
+                     scratch.value.data());
         for (int64_t c = 0; c < lanes; ++c) {
           int64_t i = output_index(s, 0, c0 + c, ph, pw);
           roi_out[i] = from_acc<T>(scratch.acc[c]);
@@ -229,9 +234,9 @@ JAX_ROI_CPU_CLONES void align_max_forward_nchw(const Problem<G>& p, int64_t c0, 
         Pixels<T> px = image_pixels(s, features, std::max<int64_t>(batch, 0), c);
         for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
           for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
-            G best = G(0);
+            G best = G(0), value;
             int32_t arg = -1;
-            if (batch >= 0) scan_max_bin(run.tables[k - k0], ph, pw, px, 1, &best, &arg);
+            if (batch >= 0) scan_max_bin(run.tables[k - k0], ph, pw, px, 1, &best, &arg, &value);
             const int64_t i = output_index(s, k, c, ph, pw);
             out[i] = from_acc<T>(best);
             argmax[i] = arg;

@@ -5,6 +5,7 @@
 // sample, four corners each), so both agree to rounding.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -14,6 +15,10 @@
 #include "isa_clones.h"
 
 namespace jax_roi {
+
+// NCHW forward reads this many small planes per pass, when they fit here.
+constexpr int kPlaneGroup = 8;
+constexpr int64_t kPlaneGroupBytes = 512 << 10;
 
 // Axis entries tabulated at once for NCHW: about a megabyte, cache-sized.
 constexpr size_t kRunCapacity = 1 << 15;
@@ -101,39 +106,55 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nhwc(const Problem<G>& p, int64_t k, i
   }
 }
 
-// NCHW: channels [c0, c1) of every ROI, a run of ROIs at a time.
-template <typename T, typename G>
-JAX_ROI_CPU_CLONES void align_avg_forward_nchw(const Problem<G>& p, int64_t c0, int64_t c1, const T* features,
-                            T* out, AlignScratch<G>& scratch) {
+// NCHW: channels [cg, cg + kPlanes) of ROIs [k0, k1), whose tables are in
+// `run`. The planes share each sample's weights and offsets.
+template <int kPlanes, typename T, typename G>
+inline void align_avg_forward_planes(const Problem<G>& p, const RoiRun<G>& run, int64_t k0,
+                                     int64_t k1, int64_t cg, const T* features, T* out) {
   const Shape& s = p.shape;
-  const int64_t bins = s.pooled_h * s.pooled_w;
+  const int64_t bins = s.pooled_h * s.pooled_w, plane_size = s.height * s.width;
+  for (int64_t k = k0; k < k1; ++k) {
+    const int64_t batch = run.batch[k - k0];
+    const T* __restrict__ planes =
+        image_pixels(s, features, std::max<int64_t>(batch, 0), cg).data;
+    const G count = run.count[k - k0];
+    for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+      for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+        G sum[kPlanes] = {};
+        if (batch >= 0)
+          for_each_inside_sample(run.tables[k - k0], ph, pw, [&](const Bilinear<G>& w) {
+            const int64_t o00 = w.y0 * s.width + w.x0, o01 = w.y0 * s.width + w.x1;
+            const int64_t o10 = w.y1 * s.width + w.x0, o11 = w.y1 * s.width + w.x1;
+            for (int j = 0; j < kPlanes; ++j) {
+              const T* plane = planes + j * plane_size;
+              sum[j] += w.w00 * to_acc(plane[o00]) + w.w01 * to_acc(plane[o01]) +
+                        w.w10 * to_acc(plane[o10]) + w.w11 * to_acc(plane[o11]);
+            }
+          });
+        T* dst = out + output_index(s, k, cg, ph, pw);
+        for (int j = 0; j < kPlanes; ++j)
+          dst[j * bins] = from_acc<T>(batch >= 0 ? sum[j] / count : G(0));
+      }
+    }
+  }
+}
+
+// NCHW: channels [c0, c1) of every ROI, a run of ROIs at a time; small
+// planes go kPlaneGroup at a time when that many fit in the core's cache.
+template <typename T, typename G>
+JAX_ROI_CPU_CLONES void align_avg_forward_nchw(const Problem<G>& p, int64_t c0, int64_t c1,
+                                               const T* features, T* out,
+                                               AlignScratch<G>& scratch) {
+  const Shape& s = p.shape;
+  const bool grouped =
+      s.height * s.width * int64_t(sizeof(T)) * kPlaneGroup <= kPlaneGroupBytes;
   RoiRun<G>& run = scratch.run;
   for (int64_t k0 = 0; k0 < s.num_rois;) {
     const int64_t k1 = run.build(p, k0, kRunCapacity);
-    for (int64_t c = c0; c < c1; ++c) {
-      for (int64_t k = k0; k < k1; ++k) {
-        T* dst = out + output_index(s, k, c, 0, 0);
-        const int64_t batch = run.batch[k - k0];
-        if (batch < 0) {
-          for (int64_t b = 0; b < bins; ++b) dst[b] = from_acc<T>(G(0));
-          continue;
-        }
-        const T* __restrict__ plane = image_pixels(s, features, batch, c).data;
-        const G count = run.count[k - k0];
-        for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
-          for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
-            G sum = G(0);
-            for_each_inside_sample(run.tables[k - k0], ph, pw, [&](const Bilinear<G>& w) {
-              const T* row0 = plane + w.y0 * s.width;
-              const T* row1 = plane + w.y1 * s.width;
-              sum += w.w00 * to_acc(row0[w.x0]) + w.w01 * to_acc(row0[w.x1]) +
-                     w.w10 * to_acc(row1[w.x0]) + w.w11 * to_acc(row1[w.x1]);
-            });
-            dst[ph * s.pooled_w + pw] = from_acc<T>(sum / count);
-          }
-        }
-      }
-    }
+    int64_t c = c0;
+    for (; grouped && c + kPlaneGroup <= c1; c += kPlaneGroup)
+      align_avg_forward_planes<kPlaneGroup>(p, run, k0, k1, c, features, out);
+    for (; c < c1; ++c) align_avg_forward_planes<1>(p, run, k0, k1, c, features, out);
     k0 = k1;
   }
 }

@@ -307,36 +307,52 @@ JAX_ROI_CPU_CLONES void align_avg_backward_nhwc(const Problem<G>& p, int64_t k, 
   }
 }
 
+// NCHW: channels [cg, cg + kPlanes) of the gradient of ROIs [k0, k1).
+template <int kPlanes, typename T, typename G>
+inline void align_avg_backward_planes(const Problem<G>& p, const RoiRun<G>& run, int64_t k0,
+                                      int64_t k1, int64_t cg, const T* grad_out, G* grad) {
+  const Shape& s = p.shape;
+  const int64_t bins = s.pooled_h * s.pooled_w, plane_size = s.height * s.width;
+  for (int64_t k = k0; k < k1; ++k) {
+    const int64_t batch = run.batch[k - k0];
+    if (batch < 0) continue;
+    G* __restrict__ planes = gradient_at(s, grad, batch, 0, 0, cg);
+    const T* g = grad_out + output_index(s, k, cg, 0, 0);
+    for (int64_t b = 0; b < bins; ++b) {
+      G gb[kPlanes];
+      for (int j = 0; j < kPlanes; ++j) gb[j] = to_acc(g[j * bins + b]) / run.count[k - k0];
+      for_each_inside_sample(run.tables[k - k0], b / s.pooled_w, b % s.pooled_w,
+                             [&](const Bilinear<G>& w) {
+        const int64_t o00 = w.y0 * s.width + w.x0, o01 = w.y0 * s.width + w.x1;
+        const int64_t o10 = w.y1 * s.width + w.x0, o11 = w.y1 * s.width + w.x1;
+        for (int j = 0; j < kPlanes; ++j) {
+          G* plane = planes + j * plane_size;
+          plane[o00] += gb[j] * w.w00;
+          plane[o01] += gb[j] * w.w01;
+          plane[o10] += gb[j] * w.w10;
+          plane[o11] += gb[j] * w.w11;
+        }
+      });
+    }
+  }
+}
+
 // NCHW: every ROI's gradient into channels [c0, c1), a run of ROIs at a
 // time; each channel still receives its ROIs in ascending order.
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void align_avg_backward_nchw(const Problem<G>& p, int64_t c0, int64_t c1, const T* grad_out,
-                             G* grad, AlignScratch<G>& scratch) {
+JAX_ROI_CPU_CLONES void align_avg_backward_nchw(const Problem<G>& p, int64_t c0, int64_t c1,
+                                                const T* grad_out, G* grad,
+                                                AlignScratch<G>& scratch) {
   const Shape& s = p.shape;
+  const bool grouped =
+      s.height * s.width * int64_t(sizeof(G)) * kPlaneGroup <= kPlaneGroupBytes;
   RoiRun<G>& run = scratch.run;
   for (int64_t k0 = 0; k0 < s.num_rois;) {
     const int64_t k1 = run.build(p, k0, kRunCapacity);
-    for (int64_t c = c0; c < c1; ++c) {
-      for (int64_t k = k0; k < k1; ++k) {
-        const int64_t batch = run.batch[k - k0];
-        if (batch < 0) continue;
-        G* __restrict__ plane = gradient_at(s, grad, batch, 0, 0, c);
-        const T* g = grad_out + output_index(s, k, c, 0, 0);
-        for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
-          for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
-            const G gb = to_acc(g[ph * s.pooled_w + pw]) / run.count[k - k0];
-            for_each_inside_sample(run.tables[k - k0], ph, pw, [&](const Bilinear<G>& w) {
-              G* row0 = plane + w.y0 * s.width;
-              G* row1 = plane + w.y1 * s.width;
-              row0[w.x0] += gb * w.w00;
-              row0[w.x1] += gb * w.w01;
-              row1[w.x0] += gb * w.w10;
-              row1[w.x1] += gb * w.w11;
-            });
-          }
-        }
-      }
-    }
+    int64_t c = c0;
+    for (; grouped && c + kPlaneGroup <= c1; c += kPlaneGroup)
+      align_avg_backward_planes<kPlaneGroup>(p, run, k0, k1, c, grad_out, grad);
+    for (; c < c1; ++c) align_avg_backward_planes<1>(p, run, k0, k1, c, grad_out, grad);
     k0 = k1;
   }
 }

@@ -11,6 +11,7 @@
 #include "align_cpu.h"
 #include "parallel_for.h"
 #include "pool_cpu.h"
+#include "roi_order.h"
 
 namespace jax_roi {
 
@@ -38,10 +39,12 @@ struct CpuBackend {
                    });
       return ffi::Error::Success();
     }
+    const std::vector<int64_t> order = spatial_order(p);
     parallel_for(pool, s.num_rois, balanced_grain(pool, s.num_rois, 1, 8),
                  [&](int64_t begin, int64_t end) {
                    AlignScratch<G> scratch;
-                   for (int64_t k = begin; k < end; ++k) {
+                   for (int64_t i = begin; i < end; ++i) {
+                     const int64_t k = order[i];
                      if constexpr (op == Op::kAlignAvg)
                        align_avg_forward_nhwc(p, k, 0, s.channels, features, out, scratch);
                      else if constexpr (op == Op::kAlignMax)
@@ -66,6 +69,7 @@ struct CpuBackend {
     // threads never write to the same cache line.
     int64_t grain = balanced_grain(pool, s.channels, 1, 1);
     if (s.channels_last) grain = std::max<int64_t>(16, (grain + 15) / 16 * 16);
+    const std::vector<int64_t> order = s.channels_last ? spatial_order(p) : std::vector<int64_t>{};
     parallel_for(pool, s.channels, grain, [&](int64_t c0, int64_t c1) {
       AlignScratch<G> scratch;
       if (!s.channels_last) {  // every ROI, a run at a time
@@ -78,7 +82,7 @@ struct CpuBackend {
             pool_backward_roi(p, k, c0, c1, grad_out, argmax, grad);
         return;
       }
-      for (int64_t k = 0; k < s.num_rois; ++k) {
+      for (const int64_t k : order) {
         if constexpr (op == Op::kAlignAvg)
           align_avg_backward_nhwc(p, k, c0, c1, grad_out, grad, scratch);
         else if constexpr (op == Op::kAlignMax)

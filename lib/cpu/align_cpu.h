@@ -199,9 +199,14 @@ void scan_max_bin(const RoiTables<G>& t, int64_t ph, int64_t pw, const Pixels<T>
       }
     }
   }
+  const SampleRange &ry = t.y.ranges[ph], &rx = t.x.ranges[pw];
+  if (ry.complete && rx.complete) {  // every sample was scanned: settle_max, simplified
+    for (int64_t c = 0; c < C; ++c) best[c] = arg[c] < 0 ? G(0) : best[c];
+    return;
+  }
   for (int64_t c = 0; c < C; ++c) {
     int64_t packed = arg[c];
-    settle_max(t.y.ranges[ph], t.x.ranges[pw], &best[c], &packed);
+    settle_max(ry, rx, &best[c], &packed);
     arg[c] = static_cast<int32_t>(packed);
   }
 }
@@ -230,10 +235,11 @@ JAX_ROI_CPU_CLONES void align_max_forward_roi(const Problem<G>& p, int64_t k, co
       for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
         scan_max_bin(scratch.tables, ph, pw, px, lanes, scratch.acc.data(), scratch.arg.data(),
                      scratch.value.data());
+        // Lanes are contiguous in NHWC; in NCHW there is one.
+        const int64_t i = output_index(s, 0, c0, ph, pw);
         for (int64_t c = 0; c < lanes; ++c) {
-          int64_t i = output_index(s, 0, c0 + c, ph, pw);
-          roi_out[i] = from_acc<T>(scratch.acc[c]);
-          roi_arg[i] = scratch.arg[c];
+          roi_out[i + c] = from_acc<T>(scratch.acc[c]);
+          roi_arg[i + c] = scratch.arg[c];
         }
       }
     }

@@ -1,149 +1,12 @@
-"""jax_roi.reference against float64 NumPy loops written from the semantics notes."""
-
-import math
+"""jax_roi.reference against the float64 NumPy loops in numpy_reference."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-jax.config.update("jax_enable_x64", True)
-
-from jax_roi import reference  # noqa: E402
-
-# ------------------------------------------------------------ NumPy loops
-# Features are [N, C, H, W]; rois are [K, 5]. Each function returns the output
-# and the list of (output index, feature index, weight) terms that make its
-# vector-Jacobian product.
-
-
-def _bilinear(plane_h, plane_w, y, x):
-    """Corners (y, x, weight) of one sample; [] outside the map."""
-    if not (-1 <= y <= plane_h and -1 <= x <= plane_w):
-        return []
-    y, x = max(y, 0.0), max(x, 0.0)
-    y0, x0 = math.floor(y), math.floor(x)
-    if y0 >= plane_h - 1:
-        y0 = y1 = plane_h - 1
-        y = float(y0)
-    else:
-        y1 = y0 + 1
-    if x0 >= plane_w - 1:
-        x0 = x1 = plane_w - 1
-        x = float(x0)
-    else:
-        x1 = x0 + 1
-    ly, lx = y - y0, x - x0
-    hy, hx = 1 - ly, 1 - lx
-    return [(y0, x0, hy * hx), (y0, x1, hy * lx), (y1, x0, ly * hx), (y1, x1, ly * lx)]
-
-
-def _valid_batch(b, n, coords):
-    return math.isfinite(b) and 0 <= b < n and all(math.isfinite(v) for v in coords)
-
-
-def _pair(size):
-    return (size, size) if isinstance(size, int) else size
-
-
-def _first_max(values):
-    """Index of the first strict maximum, NaN never winning; None if none."""
-    best = None
-    for i, v in enumerate(values):
-        if not np.isnan(v) and (best is None or v > values[best]):
-            best = i
-    return best
-
-
-def _align_bins(box, plane_hw, out_hw, scale, ratio, aligned):
-    """(ph, pw, samples, count) for each bin; a sample is a list of corners."""
-    o = 0.5 if aligned else 0.0
-    xs, ys, xe, ye = (v * scale - o for v in box)
-    rw, rh = xe - xs, ye - ys
-    if not aligned:
-        rw, rh = max(rw, 1.0), max(rh, 1.0)
-    bh, bw = rh / out_hw[0], rw / out_hw[1]
-    gh = ratio if ratio > 0 else math.ceil(rh / out_hw[0])
-    gw = ratio if ratio > 0 else math.ceil(rw / out_hw[1])
-    for ph in range(out_hw[0]):
-        for pw in range(out_hw[1]):
-            samples = [
-                _bilinear(
-                    *plane_hw,
-                    ys + ph * bh + (iy + 0.5) * bh / gh,
-                    xs + pw * bw + (ix + 0.5) * bw / gw,
-                )
-                for iy in range(gh)
-                for ix in range(gw)
-            ]
-            yield ph, pw, samples, max(gh * gw, 1)
-
-
-def np_roi_align(feat, rois, out_hw, scale, ratio, aligned, mode):
-    n, c, h, w = feat.shape
-    out_hw = _pair(out_hw)
-    out = np.zeros((len(rois), c) + out_hw)
-    terms = []
-    for k, (b, *box) in enumerate(rois):
-        if not _valid_batch(b, n, box):
-            continue
-        b = int(b)
-        bins = _align_bins(box, (h, w), out_hw, scale, ratio, aligned)
-        for ph, pw, samples, count in bins:
-            for ch in range(c):
-                at = (k, ch, ph, pw)
-                plane = feat[b, ch]
-                with np.errstate(invalid="ignore"):  # 0 * inf, as in the formula
-                    values = [sum(wt * plane[y, x] for y, x, wt in s) for s in samples]
-                if mode == "avg":
-                    out[at] = sum(values) / count
-                    corners = [corner for s in samples for corner in s]
-                    terms += [(at, (b, ch, y, x), wt / count) for y, x, wt in corners]
-                    continue
-                best = _first_max(values)
-                if best is not None:
-                    out[at] = values[best]
-                    terms += [(at, (b, ch, y, x), wt) for y, x, wt in samples[best]]
-    return out, terms
-
-
-def _c_round(v):
-    return math.floor(v + 0.5) if v >= 0 else -math.floor(-v + 0.5)
-
-
-def np_roi_pool(feat, rois, out_hw, scale):
-    n, c, h, w = feat.shape
-    out_hw = _pair(out_hw)
-    out = np.zeros((len(rois), c) + out_hw)
-    terms = []
-    for k, (b, *box) in enumerate(rois):
-        if not _valid_batch(b, n, box):
-            continue
-        b = int(b)
-        xs, ys, xe, ye = (_c_round(v * scale) for v in box)
-        bh = max(ye - ys + 1, 1) / out_hw[0]
-        bw = max(xe - xs + 1, 1) / out_hw[1]
-        for ph in range(out_hw[0]):
-            h0 = min(max(math.floor(ph * bh) + ys, 0), h)
-            h1 = min(max(math.ceil((ph + 1) * bh) + ys, 0), h)
-            for pw in range(out_hw[1]):
-                w0 = min(max(math.floor(pw * bw) + xs, 0), w)
-                w1 = min(max(math.ceil((pw + 1) * bw) + xs, 0), w)
-                pixels = [(y, x) for y in range(h0, h1) for x in range(w0, w1)]
-                for ch in range(c):
-                    best = _first_max([feat[b, ch, y, x] for y, x in pixels])
-                    if best is not None:
-                        out[k, ch, ph, pw] = feat[(b, ch) + pixels[best]]
-                        terms.append(((k, ch, ph, pw), (b, ch) + pixels[best], 1.0))
-    return out, terms
-
-
-def np_vjp(terms, feat_shape, cot):
-    grad = np.zeros(feat_shape)
-    for out_idx, feat_idx, wt in terms:
-        grad[feat_idx] += wt * cot[out_idx]
-    return grad
-
+import numpy_reference as ref
+from jax_roi import reference
 
 # ------------------------------------------------------------ inputs
 
@@ -187,7 +50,7 @@ def run(fn, *args):
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_roi_align_matches_numpy(mode, aligned, ratio, layout):
     feat = features()
-    want, _ = np_roi_align(feat, ROIS, (3, 2), SCALE, ratio, aligned, mode)
+    want = ref.roi_align(feat, ROIS, (3, 2), SCALE, ratio, aligned, mode=mode)
     got = run(
         lambda f, r: reference.roi_align(
             f, r, (3, 2), SCALE, ratio, aligned, mode=mode, layout=layout
@@ -213,7 +76,8 @@ def test_roi_align_max_nan_and_ties():
     feat[1, 0, :, :4] = np.nan
     feat[1, 1, 1:3, 2:4] = -np.inf
     for ratio in (-1, 2):
-        want, _ = np_roi_align(feat, ROIS, (3, 2), SCALE, ratio, True, "max")
+        with np.errstate(invalid="ignore"):  # 0 * -inf, as in the formula
+            want = ref.roi_align(feat, ROIS, (3, 2), SCALE, ratio, True, mode="max")
         got = reference.roi_align(feat, ROIS, (3, 2), SCALE, ratio, True, mode="max")
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
@@ -221,10 +85,11 @@ def test_roi_align_max_nan_and_ties():
 def test_roi_align_max_grid_bounds_the_adaptive_grid():
     feat = features(2, (1, 2, 40, 44))
     rois = np.array([[0, 0.5, 1.0, 38.0, 42.5]])  # adaptive grid 21 x 19
-    want, _ = np_roi_align(feat, rois, 2, 1.0, -1, False, "avg")
+    want = ref.roi_align(feat, rois, 2, 1.0, -1, False)
     exact = reference.roi_align(feat, rois, 2, max_grid=21)
+    # past max_grid the grid is clamped: sampling_ratio=max_grid for that ROI
     clamped = reference.roi_align(feat, rois, 2, max_grid=8)
-    coarse, _ = np_roi_align(feat, rois, 2, 1.0, 8, False, "avg")
+    coarse = ref.roi_align(feat, rois, 2, 1.0, 8, False)
     np.testing.assert_allclose(exact, want, rtol=1e-12)
     np.testing.assert_allclose(clamped, coarse, rtol=1e-12)
 
@@ -269,7 +134,7 @@ def test_roi_pool_matches_numpy(layout):
     feat = features(4)
     feat[0, 1, 1:4, 2:6] = 0.5  # ties
     feat[1, 0, 2:5, :] = np.nan
-    want, _ = np_roi_pool(feat, POOL_ROIS, (3, 2), SCALE)
+    want, _ = ref.roi_pool(feat, POOL_ROIS, (3, 2), SCALE)
     got = run(
         lambda f, r: reference.roi_pool(f, r, (3, 2), SCALE, layout=layout),
         to_layout(feat, layout),
@@ -283,7 +148,7 @@ def test_roi_pool_rounds_half_away_from_zero():
     feat[0, 0, 0, 2] = 1.0  # column 2: inside [2, ...) only if 2.5 rounded down
     rois = np.array([[0, 2.5, 0.0, 4.0, 0.0]])
     got = reference.roi_pool(feat, rois, 1)
-    want, _ = np_roi_pool(feat, rois, (1, 1), 1.0)
+    want, _ = ref.roi_pool(feat, rois, (1, 1), 1.0)
     assert want[0, 0, 0, 0] == 0.0
     np.testing.assert_array_equal(got, want)
 
@@ -308,19 +173,26 @@ def test_batched_rois_format_and_chunking():
         np.testing.assert_allclose(got.reshape(want.shape), want, atol=1e-12)
 
 
+# name: (NumPy forward, NumPy VJP, jax_roi.reference function, its layout);
+# the NumPy side works on NCHW features
 GRADIENT_CASES = {
     "align-avg": (
-        lambda f: np_roi_align(f, ROIS, (3, 2), SCALE, -1, True, "avg"),
+        lambda f: ref.roi_align(f, ROIS, (3, 2), SCALE, -1, True),
+        lambda f, dy: ref.roi_align_vjp(f, ROIS, (3, 2), SCALE, -1, True, dy),
         lambda f: reference.roi_align(f, ROIS, (3, 2), SCALE, -1, True, layout="NHWC"),
         "NHWC",
     ),
     "align-max": (
-        lambda f: np_roi_align(f, ROIS, (3, 2), SCALE, 2, False, "max"),
+        lambda f: ref.roi_align(f, ROIS, (3, 2), SCALE, 2, False, mode="max"),
+        lambda f, dy: ref.roi_align_vjp(
+            f, ROIS, (3, 2), SCALE, 2, False, dy, mode="max"
+        ),
         lambda f: reference.roi_align(f, ROIS, (3, 2), SCALE, 2, False, mode="max"),
         "NCHW",
     ),
     "pool": (
-        lambda f: np_roi_pool(f, POOL_ROIS, (3, 2), SCALE),
+        lambda f: ref.roi_pool(f, POOL_ROIS, (3, 2), SCALE)[0],
+        lambda f, dy: ref.roi_pool_vjp(f, POOL_ROIS, (3, 2), SCALE, dy),
         lambda f: reference.roi_pool(f, POOL_ROIS, (3, 2), SCALE),
         "NCHW",
     ),
@@ -329,31 +201,31 @@ GRADIENT_CASES = {
 
 @pytest.mark.parametrize("case", sorted(GRADIENT_CASES))
 def test_gradient_is_the_numpy_vjp(case):
-    np_fn, fn, layout = GRADIENT_CASES[case]
+    np_fn, np_vjp, fn, layout = GRADIENT_CASES[case]
     feat = features(6)
     if case == "pool":
         feat[:, :, 1:5, 2:7] = 3.0  # tied maxima: the first one gets the gradient
-    want_out, terms = np_fn(feat)
+    want_out = np_fn(feat)
     out, vjp = jax.vjp(jax.jit(fn), to_layout(feat, layout))
     cot = np.random.default_rng(7).standard_normal(want_out.shape)
     (got,) = vjp(jnp.asarray(to_layout(cot, layout)))
     out = from_layout(np.asarray(out), layout)
     got = from_layout(np.asarray(got), layout)
     np.testing.assert_allclose(out, want_out, atol=1e-12)
-    np.testing.assert_allclose(got, np_vjp(terms, feat.shape, cot), atol=1e-12)
+    np.testing.assert_allclose(got, np_vjp(feat, cot), atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_low_precision_features(dtype):
     low = jnp.asarray(features(8), dtype)
     feat = np.asarray(low, np.float64)  # the same values, exactly
-    want, _ = np_roi_align(feat, ROIS, 2, SCALE, 2, True, "avg")
+    want = ref.roi_align(feat, ROIS, 2, SCALE, 2, True)
     got = reference.roi_align(low, ROIS.astype(np.float32), 2, SCALE, 2, True)
     assert got.dtype == dtype
     tol = 1e-6 if dtype == jnp.float32 else 1e-2  # float32 sums, rounded to dtype
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=tol, atol=tol)
     pooled = reference.roi_pool(low, POOL_ROIS, 2, SCALE)
-    want, _ = np_roi_pool(feat, POOL_ROIS, 2, SCALE)
+    want, _ = ref.roi_pool(feat, POOL_ROIS, 2, SCALE)
     assert pooled.dtype == dtype
     np.testing.assert_array_equal(np.asarray(pooled, np.float64), want)
 
@@ -363,7 +235,7 @@ def test_vmap_over_images():
     fn = jax.jit(jax.vmap(lambda f: reference.roi_align(f, ROIS, 2, SCALE, 2, True)))
     got = np.asarray(fn(feats))
     for i in range(2):
-        want, _ = np_roi_align(feats[i], ROIS, (2, 2), SCALE, 2, True, "avg")
+        want = ref.roi_align(feats[i], ROIS, (2, 2), SCALE, 2, True)
         np.testing.assert_allclose(got[i], want, atol=1e-12)
 
 

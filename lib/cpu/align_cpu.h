@@ -162,7 +162,7 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nchw(const Problem<G>& p, int64_t c0, 
 // Scans bin (ph, pw) for channels [0, C) of `px` (NHWC: all at once; NCHW:
 // C == 1), leaving per channel the best value and packed winner.
 template <typename T, typename G>
-void scan_max_bin(const RoiTables<G>& t, int64_t ph, int64_t pw, const Pixels<T>& px,
+JAX_ROI_ALWAYS_INLINE void scan_max_bin(const RoiTables<G>& t, int64_t ph, int64_t pw, const Pixels<T>& px,
                   int64_t C, G* __restrict__ best, int32_t* __restrict__ arg,
                   G* __restrict__ value) {
   for (int64_t c = 0; c < C; ++c) {

@@ -8,3 +8,11 @@
 #else
 #define JAX_ROI_CPU_CLONES
 #endif
+
+// For helpers of the cloned loops that are too large for the inliner's
+// taste: outside the clones they would run as baseline code.
+#if defined(__GNUC__)
+#define JAX_ROI_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define JAX_ROI_ALWAYS_INLINE inline
+#endif

@@ -80,36 +80,58 @@ JAX_ROI_CPU_CLONES void pool_forward_nhwc(const Problem<G>& p, int64_t k, const 
   }
 }
 
-// NCHW: channels [c0, c1) of every ROI, a run of ROIs at a time.
+// NCHW: channels [cg, cg + kPlanes) of ROIs [k0, k1): the planes share
+// each bin's window walk.
+template <int kPlanes, typename T, typename G>
+JAX_ROI_ALWAYS_INLINE void pool_forward_planes(const Problem<G>& p, const PoolRun<G>& run,
+                                               int64_t k0, int64_t k1, int64_t cg,
+                                               const T* features, T* out, int32_t* argmax) {
+  const Shape& s = p.shape;
+  const int64_t bins = s.pooled_h * s.pooled_w, plane_size = s.height * s.width;
+  for (int64_t k = k0; k < k1; ++k) {
+    const int64_t batch = run.batch[k - k0];
+    const T* __restrict__ planes =
+        image_pixels(s, features, std::max<int64_t>(batch, 0), cg).data;
+    const PixelWindow* win = run.windows.data() + (k - k0) * bins;
+    const int64_t i = output_index(s, k, cg, 0, 0);
+    for (int64_t b = 0; b < bins; ++b) {
+      G best[kPlanes];
+      int32_t arg[kPlanes];
+      for (int j = 0; j < kPlanes; ++j) best[j] = -std::numeric_limits<G>::infinity(), arg[j] = -1;
+      for (int64_t h = win[b].h0; h < win[b].h1; ++h) {
+        for (int64_t w = win[b].w0; w < win[b].w1; ++w) {
+          const int32_t pixel = static_cast<int32_t>(h * s.width + w);
+          for (int j = 0; j < kPlanes; ++j) {
+            G value = to_acc(planes[j * plane_size + pixel]);
+            bool wins = value > best[j];  // first strict maximum; NaN never wins
+            best[j] = wins ? value : best[j];
+            arg[j] = wins ? pixel : arg[j];
+          }
+        }
+      }
+      for (int j = 0; j < kPlanes; ++j) {
+        out[i + j * bins + b] = from_acc<T>(arg[j] < 0 ? G(0) : best[j]);
+        argmax[i + j * bins + b] = arg[j];
+      }
+    }
+  }
+}
+
+// NCHW: channels [c0, c1) of every ROI, a run of ROIs at a time, eight
+// planes per pass when they fit in the core's cache together.
 template <typename T, typename G>
 JAX_ROI_CPU_CLONES void pool_forward_nchw(const Problem<G>& p, int64_t c0, int64_t c1,
                                           const T* features, T* out, int32_t* argmax,
                                           PoolRun<G>& run) {
   const Shape& s = p.shape;
-  const int64_t bins = s.pooled_h * s.pooled_w;
+  const bool grouped =
+      s.height * s.width * int64_t(sizeof(T)) * kPlaneGroup <= kPlaneGroupBytes;
   for (int64_t k0 = 0; k0 < s.num_rois;) {
     const int64_t k1 = run.build(p, k0, kPoolRunCapacity);
-    for (int64_t c = c0; c < c1; ++c) {
-      for (int64_t k = k0; k < k1; ++k) {
-        const int64_t batch = run.batch[k - k0];
-        const T* __restrict__ plane = image_pixels(s, features, std::max<int64_t>(batch, 0), c).data;
-        const PixelWindow* win = run.windows.data() + (k - k0) * bins;
-        const int64_t i = output_index(s, k, c, 0, 0);
-        for (int64_t b = 0; b < bins; ++b) {
-          G best = -std::numeric_limits<G>::infinity();
-          int32_t arg = -1;
-          for (int64_t h = win[b].h0; h < win[b].h1; ++h) {
-            const T* row = plane + h * s.width;
-            for (int64_t w = win[b].w0; w < win[b].w1; ++w) {
-              G value = to_acc(row[w]);
-              if (value > best) best = value, arg = static_cast<int32_t>(h * s.width + w);
-            }
-          }
-          out[i + b] = from_acc<T>(arg < 0 ? G(0) : best);
-          argmax[i + b] = arg;
-        }
-      }
-    }
+    int64_t c = c0;
+    for (; grouped && c + kPlaneGroup <= c1; c += kPlaneGroup)
+      pool_forward_planes<kPlaneGroup>(p, run, k0, k1, c, features, out, argmax);
+    for (; c < c1; ++c) pool_forward_planes<1>(p, run, k0, k1, c, features, out, argmax);
     k0 = k1;
   }
 }

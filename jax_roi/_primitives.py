@@ -24,9 +24,6 @@ from jax.interpreters import ad, batching, mlir, xla
 from . import _ffi, _sharding
 from ._checks import geometry_dtype
 
-OPS = ("align_avg", "align_max", "pool")
-
-
 def has_argmax(op):
     return op != "align_avg"
 
@@ -45,9 +42,11 @@ def _channels(features_shape, layout):
     return features_shape[1] if layout == "NCHW" else features_shape[3]
 
 
-def _attributes(op, spatial_scale, sampling_ratio, aligned, layout):
-    # The handlers decode f64, i64 and bool attributes.
-    attrs = {"channels_last": layout == "NHWC", "spatial_scale": np.float64(spatial_scale)}
+def kernel_attributes(op, direction, spatial_scale, sampling_ratio, aligned, layout):
+    """The attributes a kernel's handler binds, typed as it decodes them (f64, i64, bool)."""
+    attrs = {"channels_last": layout == "NHWC"}
+    if not (op == "pool" and direction == "backward"):  # the argmax says everything there
+        attrs["spatial_scale"] = np.float64(spatial_scale)
     if op != "pool":
         attrs["sampling_ratio"] = np.int64(sampling_ratio)
         attrs["aligned"] = bool(aligned)
@@ -127,7 +126,7 @@ def _forward_lowering(ctx, features, rois, *, op, output_size, spatial_scale, sa
         extra_attributes=_sharding.forward_attributes(
             features_aval.shape, rois_aval.shape, [a.shape for a in ctx.avals_out], layout))
     return rule(ctx, features, rois,
-                **_attributes(op, spatial_scale, sampling_ratio, aligned, layout))
+                **kernel_attributes(op, "forward", spatial_scale, sampling_ratio, aligned, layout))
 
 
 # ----------------------------------------------------------------- backward
@@ -156,9 +155,7 @@ def _backward_lowering(ctx, grad_out, rois, *argmax, op, features_shape, output_
         extra_attributes=_sharding.backward_attributes(
             [grad_aval.shape] + [a.shape for a in argmax_avals], rois_aval.shape,
             ctx.avals_out[0].shape, layout))
-    attrs = _attributes(op, spatial_scale, sampling_ratio, aligned, layout)
-    if op == "pool":
-        del attrs["spatial_scale"]  # the argmax says everything
+    attrs = kernel_attributes(op, "backward", spatial_scale, sampling_ratio, aligned, layout)
     return rule(ctx, grad_out, rois, *argmax, **attrs)
 
 

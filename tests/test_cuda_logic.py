@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jax_roi import _ffi, _jax_roi_cuda_logic
-from jax_roi._primitives import _attributes, roi_backward_p, roi_forward_p
+from jax_roi._primitives import kernel_attributes, roi_backward_p, roi_forward_p
 
 PREFIX = "jax_roi_cuda_logic_"
 _ffi.register(_jax_roi_cuda_logic.registrations(), "cpu", prefix=PREFIX)
@@ -36,23 +36,21 @@ def problem(layout, dtype, roi_format, seed=0):
     return jnp.asarray(x, dtype), jnp.asarray(rois, geometry)
 
 
+def serial_call(direction, static, reference, *args):
+    attrs = kernel_attributes(static["op"], direction, static["spatial_scale"],
+                              static["sampling_ratio"], static["aligned"], static["layout"])
+    return jax.ffi.ffi_call(PREFIX + static["op"] + "_" + direction, reference)(*args, **attrs)
+
+
 def serial_forward(features, rois, static):
     reference = jax.eval_shape(lambda: roi_forward_p.bind(features, rois, **static))
-    call = jax.ffi.ffi_call(PREFIX + static["op"] + "_forward", reference)
-    return call(features, rois, **_attributes(static["op"], static["spatial_scale"],
-                                              static["sampling_ratio"], static["aligned"],
-                                              static["layout"]))
+    return serial_call("forward", static, reference, features, rois)
 
 
 def serial_backward(grad_out, rois, argmax, features_shape, static):
     reference = jax.eval_shape(lambda: roi_backward_p.bind(
         grad_out, rois, *argmax, features_shape=features_shape, **static))
-    attrs = _attributes(static["op"], static["spatial_scale"], static["sampling_ratio"],
-                        static["aligned"], static["layout"])
-    if static["op"] == "pool":
-        del attrs["spatial_scale"]
-    return jax.ffi.ffi_call(PREFIX + static["op"] + "_backward", reference)(
-        grad_out, rois, *argmax, **attrs)
+    return serial_call("backward", static, reference, grad_out, rois, *argmax)
 
 
 @pytest.mark.parametrize("roi_format", ["k5", "nl4"])

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <limits>
 #include <vector>
 
@@ -22,6 +23,27 @@ constexpr int64_t kPlaneGroupBytes = 512 << 10;
 
 // Axis entries tabulated at once for NCHW: about a megabyte, cache-sized.
 constexpr size_t kRunCapacity = 1 << 15;
+
+// The NCHW driver: ROIs [0, K) in runs that `run` tabulates (up to
+// `capacity` entries each), and for each run channels [c0, c1) in groups of
+// kPlaneGroup planes when that many fit in the core's cache, else singly.
+// planes(k0, k1, c, std::integral_constant<int, n>) handles one group.
+template <typename G, typename Run, typename Planes>
+JAX_ROI_ALWAYS_INLINE void for_each_run_and_plane_group(const Problem<G>& p, int64_t c0,
+                                                        int64_t c1, int64_t element_bytes,
+                                                        Run& run, size_t capacity,
+                                                        const Planes& planes) {
+  const Shape& s = p.shape;
+  const bool grouped = s.height * s.width * element_bytes * kPlaneGroup <= kPlaneGroupBytes;
+  for (int64_t k0 = 0; k0 < s.num_rois;) {
+    const int64_t k1 = run.build(p, k0, capacity);
+    int64_t c = c0;
+    for (; grouped && c + kPlaneGroup <= c1; c += kPlaneGroup)
+      planes(k0, k1, c, std::integral_constant<int, kPlaneGroup>{});
+    for (; c < c1; ++c) planes(k0, k1, c, std::integral_constant<int, 1>{});
+    k0 = k1;
+  }
+}
 
 // Buffers one thread reuses from ROI to ROI.
 template <typename G>
@@ -139,24 +161,16 @@ inline void align_avg_forward_planes(const Problem<G>& p, const RoiRun<G>& run, 
   }
 }
 
-// NCHW: channels [c0, c1) of every ROI, a run of ROIs at a time; small
-// planes go kPlaneGroup at a time when that many fit in the core's cache.
+// NCHW: channels [c0, c1) of every ROI.
 template <typename T, typename G>
 JAX_ROI_CPU_CLONES void align_avg_forward_nchw(const Problem<G>& p, int64_t c0, int64_t c1,
                                                const T* features, T* out,
                                                AlignScratch<G>& scratch) {
-  const Shape& s = p.shape;
-  const bool grouped =
-      s.height * s.width * int64_t(sizeof(T)) * kPlaneGroup <= kPlaneGroupBytes;
-  RoiRun<G>& run = scratch.run;
-  for (int64_t k0 = 0; k0 < s.num_rois;) {
-    const int64_t k1 = run.build(p, k0, kRunCapacity);
-    int64_t c = c0;
-    for (; grouped && c + kPlaneGroup <= c1; c += kPlaneGroup)
-      align_avg_forward_planes<kPlaneGroup>(p, run, k0, k1, c, features, out);
-    for (; c < c1; ++c) align_avg_forward_planes<1>(p, run, k0, k1, c, features, out);
-    k0 = k1;
-  }
+  for_each_run_and_plane_group(p, c0, c1, sizeof(T), scratch.run, kRunCapacity,
+                               [&](int64_t k0, int64_t k1, int64_t c, auto planes) {
+                                 align_avg_forward_planes<decltype(planes)::value>(
+                                     p, scratch.run, k0, k1, c, features, out);
+                               });
 }
 
 // Scans bin (ph, pw) for channels [0, C) of `px` (NHWC: all at once; NCHW:
@@ -343,24 +357,17 @@ inline void align_avg_backward_planes(const Problem<G>& p, const RoiRun<G>& run,
   }
 }
 
-// NCHW: every ROI's gradient into channels [c0, c1), a run of ROIs at a
-// time; each channel still receives its ROIs in ascending order.
+// NCHW: every ROI's gradient into channels [c0, c1); each channel still
+// receives its ROIs in ascending order.
 template <typename T, typename G>
 JAX_ROI_CPU_CLONES void align_avg_backward_nchw(const Problem<G>& p, int64_t c0, int64_t c1,
                                                 const T* grad_out, G* grad,
                                                 AlignScratch<G>& scratch) {
-  const Shape& s = p.shape;
-  const bool grouped =
-      s.height * s.width * int64_t(sizeof(G)) * kPlaneGroup <= kPlaneGroupBytes;
-  RoiRun<G>& run = scratch.run;
-  for (int64_t k0 = 0; k0 < s.num_rois;) {
-    const int64_t k1 = run.build(p, k0, kRunCapacity);
-    int64_t c = c0;
-    for (; grouped && c + kPlaneGroup <= c1; c += kPlaneGroup)
-      align_avg_backward_planes<kPlaneGroup>(p, run, k0, k1, c, grad_out, grad);
-    for (; c < c1; ++c) align_avg_backward_planes<1>(p, run, k0, k1, c, grad_out, grad);
-    k0 = k1;
-  }
+  for_each_run_and_plane_group(p, c0, c1, sizeof(G), scratch.run, kRunCapacity,
+                               [&](int64_t k0, int64_t k1, int64_t c, auto planes) {
+                                 align_avg_backward_planes<decltype(planes)::value>(
+                                     p, scratch.run, k0, k1, c, grad_out, grad);
+                               });
 }
 
 // The gradient of bin (ph, pw), channel c, of ROI k through its winner.

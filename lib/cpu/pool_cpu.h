@@ -117,23 +117,16 @@ JAX_ROI_ALWAYS_INLINE void pool_forward_planes(const Problem<G>& p, const PoolRu
   }
 }
 
-// NCHW: channels [c0, c1) of every ROI, a run of ROIs at a time, eight
-// planes per pass when they fit in the core's cache together.
+// NCHW: channels [c0, c1) of every ROI.
 template <typename T, typename G>
 JAX_ROI_CPU_CLONES void pool_forward_nchw(const Problem<G>& p, int64_t c0, int64_t c1,
                                           const T* features, T* out, int32_t* argmax,
                                           PoolRun<G>& run) {
-  const Shape& s = p.shape;
-  const bool grouped =
-      s.height * s.width * int64_t(sizeof(T)) * kPlaneGroup <= kPlaneGroupBytes;
-  for (int64_t k0 = 0; k0 < s.num_rois;) {
-    const int64_t k1 = run.build(p, k0, kPoolRunCapacity);
-    int64_t c = c0;
-    for (; grouped && c + kPlaneGroup <= c1; c += kPlaneGroup)
-      pool_forward_planes<kPlaneGroup>(p, run, k0, k1, c, features, out, argmax);
-    for (; c < c1; ++c) pool_forward_planes<1>(p, run, k0, k1, c, features, out, argmax);
-    k0 = k1;
-  }
+  for_each_run_and_plane_group(p, c0, c1, sizeof(T), run, kPoolRunCapacity,
+                               [&](int64_t k0, int64_t k1, int64_t c, auto planes) {
+                                 pool_forward_planes<decltype(planes)::value>(
+                                     p, run, k0, k1, c, features, out, argmax);
+                               });
 }
 
 // Channels [c0, c1) of ROI k's gradient: each bin's to its winning pixel.

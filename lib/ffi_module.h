@@ -16,6 +16,14 @@
     targets["align_max_backward"] = JAX_ROI_CAPSULE(Prefix##AlignMaxBackward); \
     targets["pool_forward"] = JAX_ROI_CAPSULE(Prefix##PoolForward);            \
     targets["pool_backward"] = JAX_ROI_CAPSULE(Prefix##PoolBackward);          \
+    targets["align_avg_levels_forward"] =                                    \
+        JAX_ROI_CAPSULE(Prefix##AlignAvgLevelsForward);                      \
+    targets["align_avg_levels_backward"] =                                   \
+        JAX_ROI_CAPSULE(Prefix##AlignAvgLevelsBackward);                     \
+    targets["align_max_levels_forward"] =                                    \
+        JAX_ROI_CAPSULE(Prefix##AlignMaxLevelsForward);                      \
+    targets["align_max_levels_backward"] =                                   \
+        JAX_ROI_CAPSULE(Prefix##AlignMaxLevelsBackward);                     \
     return targets;                                                          \
   }
 

@@ -24,24 +24,24 @@ constexpr int64_t kPlaneGroupBytes = 512 << 10;
 // Axis entries tabulated at once for NCHW: about a megabyte, cache-sized.
 constexpr size_t kRunCapacity = 1 << 15;
 
-// The NCHW driver: ROIs [0, K) in runs that `run` tabulates (up to
+// The NCHW driver: the listed ROIs in runs that `run` tabulates (up to
 // `capacity` entries each), and for each run channels [c0, c1) in groups of
 // kPlaneGroup planes when that many fit in the core's cache, else singly.
-// planes(k0, k1, c, std::integral_constant<int, n>) handles one group.
+// planes(c, std::integral_constant<int, n>) handles one group of `run`.
 template <typename G, typename Run, typename Planes>
-JAX_ROI_ALWAYS_INLINE void for_each_run_and_plane_group(const Problem<G>& p, int64_t c0,
+JAX_ROI_ALWAYS_INLINE void for_each_run_and_plane_group(const Problem<G>& p,
+                                                        const RoiList& list, int64_t c0,
                                                         int64_t c1, int64_t element_bytes,
                                                         Run& run, size_t capacity,
                                                         const Planes& planes) {
   const Shape& s = p.shape;
   const bool grouped = s.height * s.width * element_bytes * kPlaneGroup <= kPlaneGroupBytes;
-  for (int64_t k0 = 0; k0 < s.num_rois;) {
-    const int64_t k1 = run.build(p, k0, capacity);
+  for (int64_t j = 0; j < list.size;) {
+    j = run.build(p, list, j, capacity);
     int64_t c = c0;
     for (; grouped && c + kPlaneGroup <= c1; c += kPlaneGroup)
-      planes(k0, k1, c, std::integral_constant<int, kPlaneGroup>{});
-    for (; c < c1; ++c) planes(k0, k1, c, std::integral_constant<int, 1>{});
-    k0 = k1;
+      planes(c, std::integral_constant<int, kPlaneGroup>{});
+    for (; c < c1; ++c) planes(c, std::integral_constant<int, 1>{});
   }
 }
 
@@ -128,23 +128,23 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nhwc(const Problem<G>& p, int64_t k, i
   }
 }
 
-// NCHW: channels [cg, cg + kPlanes) of ROIs [k0, k1), whose tables are in
-// `run`. The planes share each sample's weights and offsets.
+// NCHW: channels [cg, cg + kPlanes) of the ROIs of `run`. The planes share
+// each sample's weights and offsets.
 template <int kPlanes, typename T, typename G>
-inline void align_avg_forward_planes(const Problem<G>& p, const RoiRun<G>& run, int64_t k0,
-                                     int64_t k1, int64_t cg, const T* features, T* out) {
+inline void align_avg_forward_planes(const Problem<G>& p, const RoiRun<G>& run, int64_t cg,
+                                     const T* features, T* out) {
   const Shape& s = p.shape;
   const int64_t bins = s.pooled_h * s.pooled_w, plane_size = s.height * s.width;
-  for (int64_t k = k0; k < k1; ++k) {
-    const int64_t batch = run.batch[k - k0];
+  for (int64_t slot = 0; slot < run.size(); ++slot) {
+    const int64_t batch = run.batch[slot];
     const T* __restrict__ planes =
         image_pixels(s, features, std::max<int64_t>(batch, 0), cg).data;
-    const G count = run.count[k - k0];
+    const G count = run.count[slot];
     for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
       for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
         G sum[kPlanes] = {};
         if (batch >= 0)
-          for_each_inside_sample(run.tables[k - k0], ph, pw, [&](const Bilinear<G>& w) {
+          for_each_inside_sample(run.tables[slot], ph, pw, [&](const Bilinear<G>& w) {
             const int64_t o00 = w.y0 * s.width + w.x0, o01 = w.y0 * s.width + w.x1;
             const int64_t o10 = w.y1 * s.width + w.x0, o11 = w.y1 * s.width + w.x1;
             for (int j = 0; j < kPlanes; ++j) {
@@ -153,7 +153,7 @@ inline void align_avg_forward_planes(const Problem<G>& p, const RoiRun<G>& run, 
                         w.w10 * to_acc(plane[o10]) + w.w11 * to_acc(plane[o11]);
             }
           });
-        T* dst = out + output_index(s, k, cg, ph, pw);
+        T* dst = out + output_index(s, run.roi[slot], cg, ph, pw);
         for (int j = 0; j < kPlanes; ++j)
           dst[j * bins] = from_acc<T>(batch >= 0 ? sum[j] / count : G(0));
       }
@@ -161,15 +161,15 @@ inline void align_avg_forward_planes(const Problem<G>& p, const RoiRun<G>& run, 
   }
 }
 
-// NCHW: channels [c0, c1) of every ROI.
+// NCHW: channels [c0, c1) of the listed ROIs.
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void align_avg_forward_nchw(const Problem<G>& p, int64_t c0, int64_t c1,
-                                               const T* features, T* out,
-                                               AlignScratch<G>& scratch) {
-  for_each_run_and_plane_group(p, c0, c1, sizeof(T), scratch.run, kRunCapacity,
-                               [&](int64_t k0, int64_t k1, int64_t c, auto planes) {
+JAX_ROI_CPU_CLONES void align_avg_forward_nchw(const Problem<G>& p, const RoiList& list,
+                                               int64_t c0, int64_t c1, const T* features,
+                                               T* out, AlignScratch<G>& scratch) {
+  for_each_run_and_plane_group(p, list, c0, c1, sizeof(T), scratch.run, kRunCapacity,
+                               [&](int64_t c, auto planes) {
                                  align_avg_forward_planes<decltype(planes)::value>(
-                                     p, scratch.run, k0, k1, c, features, out);
+                                     p, scratch.run, c, features, out);
                                });
 }
 
@@ -260,32 +260,32 @@ JAX_ROI_CPU_CLONES void align_max_forward_roi(const Problem<G>& p, int64_t k, co
   }
 }
 
-// NCHW: channels [c0, c1) of every ROI, a run of ROIs at a time.
+// NCHW: channels [c0, c1) of the listed ROIs, a run of ROIs at a time.
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void align_max_forward_nchw(const Problem<G>& p, int64_t c0, int64_t c1,
-                                               const T* features, T* out, int32_t* argmax,
+JAX_ROI_CPU_CLONES void align_max_forward_nchw(const Problem<G>& p, const RoiList& list,
+                                               int64_t c0, int64_t c1, const T* features,
+                                               T* out, int32_t* argmax,
                                                AlignScratch<G>& scratch) {
   const Shape& s = p.shape;
   RoiRun<G>& run = scratch.run;
-  for (int64_t k0 = 0; k0 < s.num_rois;) {
-    const int64_t k1 = run.build(p, k0, kRunCapacity);
+  for (int64_t j = 0; j < list.size;) {
+    j = run.build(p, list, j, kRunCapacity);
     for (int64_t c = c0; c < c1; ++c) {
-      for (int64_t k = k0; k < k1; ++k) {
-        const int64_t batch = run.batch[k - k0];
+      for (int64_t slot = 0; slot < run.size(); ++slot) {
+        const int64_t batch = run.batch[slot];
         Pixels<T> px = image_pixels(s, features, std::max<int64_t>(batch, 0), c);
         for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
           for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
             G best = G(0), value;
             int32_t arg = -1;
-            if (batch >= 0) scan_max_bin(run.tables[k - k0], ph, pw, px, 1, &best, &arg, &value);
-            const int64_t i = output_index(s, k, c, ph, pw);
+            if (batch >= 0) scan_max_bin(run.tables[slot], ph, pw, px, 1, &best, &arg, &value);
+            const int64_t i = output_index(s, run.roi[slot], c, ph, pw);
             out[i] = from_acc<T>(best);
             argmax[i] = arg;
           }
         }
       }
     }
-    k0 = k1;
   }
 }
 
@@ -327,21 +327,21 @@ JAX_ROI_CPU_CLONES void align_avg_backward_nhwc(const Problem<G>& p, int64_t k, 
   }
 }
 
-// NCHW: channels [cg, cg + kPlanes) of the gradient of ROIs [k0, k1).
+// NCHW: channels [cg, cg + kPlanes) of the gradient of the ROIs of `run`.
 template <int kPlanes, typename T, typename G>
-inline void align_avg_backward_planes(const Problem<G>& p, const RoiRun<G>& run, int64_t k0,
-                                      int64_t k1, int64_t cg, const T* grad_out, G* grad) {
+inline void align_avg_backward_planes(const Problem<G>& p, const RoiRun<G>& run, int64_t cg,
+                                      const T* grad_out, G* grad) {
   const Shape& s = p.shape;
   const int64_t bins = s.pooled_h * s.pooled_w, plane_size = s.height * s.width;
-  for (int64_t k = k0; k < k1; ++k) {
-    const int64_t batch = run.batch[k - k0];
+  for (int64_t slot = 0; slot < run.size(); ++slot) {
+    const int64_t batch = run.batch[slot];
     if (batch < 0) continue;
     G* __restrict__ planes = gradient_at(s, grad, batch, 0, 0, cg);
-    const T* g = grad_out + output_index(s, k, cg, 0, 0);
+    const T* g = grad_out + output_index(s, run.roi[slot], cg, 0, 0);
     for (int64_t b = 0; b < bins; ++b) {
       G gb[kPlanes];
-      for (int j = 0; j < kPlanes; ++j) gb[j] = to_acc(g[j * bins + b]) / run.count[k - k0];
-      for_each_inside_sample(run.tables[k - k0], b / s.pooled_w, b % s.pooled_w,
+      for (int j = 0; j < kPlanes; ++j) gb[j] = to_acc(g[j * bins + b]) / run.count[slot];
+      for_each_inside_sample(run.tables[slot], b / s.pooled_w, b % s.pooled_w,
                              [&](const Bilinear<G>& w) {
         const int64_t o00 = w.y0 * s.width + w.x0, o01 = w.y0 * s.width + w.x1;
         const int64_t o10 = w.y1 * s.width + w.x0, o11 = w.y1 * s.width + w.x1;
@@ -357,16 +357,16 @@ inline void align_avg_backward_planes(const Problem<G>& p, const RoiRun<G>& run,
   }
 }
 
-// NCHW: every ROI's gradient into channels [c0, c1); each channel still
-// receives its ROIs in ascending order.
+// NCHW: the listed ROIs' gradient into channels [c0, c1); each channel
+// receives its ROIs in list order.
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void align_avg_backward_nchw(const Problem<G>& p, int64_t c0, int64_t c1,
-                                                const T* grad_out, G* grad,
-                                                AlignScratch<G>& scratch) {
-  for_each_run_and_plane_group(p, c0, c1, sizeof(G), scratch.run, kRunCapacity,
-                               [&](int64_t k0, int64_t k1, int64_t c, auto planes) {
+JAX_ROI_CPU_CLONES void align_avg_backward_nchw(const Problem<G>& p, const RoiList& list,
+                                                int64_t c0, int64_t c1, const T* grad_out,
+                                                G* grad, AlignScratch<G>& scratch) {
+  for_each_run_and_plane_group(p, list, c0, c1, sizeof(G), scratch.run, kRunCapacity,
+                               [&](int64_t c, auto planes) {
                                  align_avg_backward_planes<decltype(planes)::value>(
-                                     p, scratch.run, k0, k1, c, grad_out, grad);
+                                     p, scratch.run, c, grad_out, grad);
                                });
 }
 
@@ -403,23 +403,23 @@ JAX_ROI_CPU_CLONES void align_max_backward_nhwc(const Problem<G>& p, int64_t k, 
         scatter_max_winner(p, scratch.tables, r.batch, k, c, ph, pw, grad_out, argmax, grad);
 }
 
-// NCHW: every ROI's gradient into channels [c0, c1), a run at a time.
+// NCHW: the listed ROIs' gradient into channels [c0, c1), a run at a time.
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void align_max_backward_nchw(const Problem<G>& p, int64_t c0, int64_t c1,
-                                                const T* grad_out, const int32_t* argmax,
-                                                G* grad, AlignScratch<G>& scratch) {
+JAX_ROI_CPU_CLONES void align_max_backward_nchw(const Problem<G>& p, const RoiList& list,
+                                                int64_t c0, int64_t c1, const T* grad_out,
+                                                const int32_t* argmax, G* grad,
+                                                AlignScratch<G>& scratch) {
   const Shape& s = p.shape;
   RoiRun<G>& run = scratch.run;
-  for (int64_t k0 = 0; k0 < s.num_rois;) {
-    const int64_t k1 = run.build(p, k0, kRunCapacity);
+  for (int64_t j = 0; j < list.size;) {
+    j = run.build(p, list, j, kRunCapacity);
     for (int64_t c = c0; c < c1; ++c)
-      for (int64_t k = k0; k < k1; ++k)
-        if (run.batch[k - k0] >= 0)
+      for (int64_t slot = 0; slot < run.size(); ++slot)
+        if (run.batch[slot] >= 0)
           for (int64_t ph = 0; ph < s.pooled_h; ++ph)
             for (int64_t pw = 0; pw < s.pooled_w; ++pw)
-              scatter_max_winner(p, run.tables[k - k0], run.batch[k - k0], k, c, ph, pw,
-                                 grad_out, argmax, grad);
-    k0 = k1;
+              scatter_max_winner(p, run.tables[slot], run.batch[slot], run.roi[slot], c, ph,
+                                 pw, grad_out, argmax, grad);
   }
 }
 

@@ -45,28 +45,38 @@ struct RoiTables {
   }
 };
 
-// The axis tables of a run of consecutive ROIs, for NCHW kernels that loop
+// The ROIs a call visits, in order (see roi_order.h): all of them for one
+// map, or those of one level for a pyramid.
+struct RoiList {
+  const int64_t* ids;
+  int64_t size;
+};
+
+// The axis tables of a run of ROIs from a list, for NCHW kernels that loop
 // over channels outermost: a channel plane then stays in cache while every
 // ROI of the run reads it, and the tables are small enough to stay too.
 template <typename G>
 struct RoiRun {
   std::vector<RoiTables<G>> tables;  // per ROI of the run; reused between runs
+  std::vector<int64_t> roi;          // per ROI: its index in the problem
   std::vector<int64_t> batch;        // per ROI, -1 when it reads nothing
   std::vector<G> count;              // per ROI: the divisor of "avg"
-  int64_t roi_begin = 0, roi_end = 0;
 
-  // Tabulates ROIs from k0 on until `capacity` axis entries are reached
-  // (at least one ROI); returns the end of the run.
-  int64_t build(const Problem<G>& p, int64_t k0, size_t capacity) {
+  int64_t size() const { return static_cast<int64_t>(roi.size()); }
+
+  // Tabulates the ROIs of `list` from position j0 on until `capacity` axis
+  // entries are reached (at least one ROI); returns the end of the run.
+  int64_t build(const Problem<G>& p, const RoiList& list, int64_t j0, size_t capacity) {
     const Shape& s = p.shape;
+    roi.clear();
     batch.clear();
     count.clear();
-    roi_begin = k0;
     size_t entries = 0;
-    int64_t k = k0;
-    for (; k < s.num_rois && (k == k0 || entries < capacity); ++k) {
-      if (tables.size() <= static_cast<size_t>(k - k0)) tables.emplace_back();
-      RoiTables<G>& t = tables[k - k0];
+    int64_t j = j0;
+    for (; j < list.size && (j == j0 || entries < capacity); ++j) {
+      if (tables.size() <= static_cast<size_t>(j - j0)) tables.emplace_back();
+      RoiTables<G>& t = tables[j - j0];
+      const int64_t k = list.ids[j];
       Roi<G> r = load_roi(p.rois, k);
       bool reads = r.valid && s.height > 0 && s.width > 0;
       AlignRoi<G> a{};
@@ -75,11 +85,11 @@ struct RoiRun {
         t.build(a, s);
         entries += t.y.samples.size() + t.x.samples.size();
       }
+      roi.push_back(k);
       batch.push_back(reads ? r.batch : -1);
       count.push_back(a.count);
     }
-    roi_end = k;
-    return k;
+    return j;
   }
 };
 

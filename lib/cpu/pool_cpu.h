@@ -13,28 +13,34 @@
 
 namespace jax_roi {
 
-// The bins' pixel windows of a run of ROIs; `batch` is -1 for a ROI that
-// reads nothing.
+// The bins' pixel windows of a run of ROIs from a list; `batch` is -1 for
+// a ROI that reads nothing.
 template <typename G>
 struct PoolRun {
-  std::vector<PixelWindow> windows;  // (roi - roi_begin) * bins + bin
+  std::vector<PixelWindow> windows;  // slot * bins + bin
+  std::vector<int64_t> roi;          // per slot: the ROI's index in the problem
   std::vector<int64_t> batch;
 
-  int64_t build(const Problem<G>& p, int64_t k0, size_t capacity) {
+  int64_t size() const { return static_cast<int64_t>(roi.size()); }
+
+  int64_t build(const Problem<G>& p, const RoiList& list, int64_t j0, size_t capacity) {
     const Shape& s = p.shape;
     windows.clear();
+    roi.clear();
     batch.clear();
-    int64_t k = k0;
-    for (; k < s.num_rois && (k == k0 || windows.size() < capacity); ++k) {
+    int64_t j = j0;
+    for (; j < list.size && (j == j0 || windows.size() < capacity); ++j) {
+      const int64_t k = list.ids[j];
       Roi<G> r = load_roi(p.rois, k);
+      roi.push_back(k);
       batch.push_back(r.valid ? r.batch : -1);
-      PoolRoi<G> roi = pool_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w);
+      PoolRoi<G> roi_box = pool_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w);
       for (int64_t ph = 0; ph < s.pooled_h; ++ph)
         for (int64_t pw = 0; pw < s.pooled_w; ++pw)
-          windows.push_back(r.valid ? pool_bin(roi, ph, pw, s.height, s.width)
+          windows.push_back(r.valid ? pool_bin(roi_box, ph, pw, s.height, s.width)
                                     : PixelWindow{0, 0, 0, 0});
     }
-    return k;
+    return j;
   }
 };
 
@@ -80,20 +86,20 @@ JAX_ROI_CPU_CLONES void pool_forward_nhwc(const Problem<G>& p, int64_t k, const 
   }
 }
 
-// NCHW: channels [cg, cg + kPlanes) of ROIs [k0, k1): the planes share
+// NCHW: channels [cg, cg + kPlanes) of the ROIs of `run`: the planes share
 // each bin's window walk.
 template <int kPlanes, typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void pool_forward_planes(const Problem<G>& p, const PoolRun<G>& run,
-                                               int64_t k0, int64_t k1, int64_t cg,
-                                               const T* features, T* out, int32_t* argmax) {
+                                               int64_t cg, const T* features, T* out,
+                                               int32_t* argmax) {
   const Shape& s = p.shape;
   const int64_t bins = s.pooled_h * s.pooled_w, plane_size = s.height * s.width;
-  for (int64_t k = k0; k < k1; ++k) {
-    const int64_t batch = run.batch[k - k0];
+  for (int64_t slot = 0; slot < run.size(); ++slot) {
+    const int64_t batch = run.batch[slot];
     const T* __restrict__ planes =
         image_pixels(s, features, std::max<int64_t>(batch, 0), cg).data;
-    const PixelWindow* win = run.windows.data() + (k - k0) * bins;
-    const int64_t i = output_index(s, k, cg, 0, 0);
+    const PixelWindow* win = run.windows.data() + slot * bins;
+    const int64_t i = output_index(s, run.roi[slot], cg, 0, 0);
     for (int64_t b = 0; b < bins; ++b) {
       G best[kPlanes];
       int32_t arg[kPlanes];
@@ -117,15 +123,15 @@ JAX_ROI_ALWAYS_INLINE void pool_forward_planes(const Problem<G>& p, const PoolRu
   }
 }
 
-// NCHW: channels [c0, c1) of every ROI.
+// NCHW: channels [c0, c1) of the listed ROIs.
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void pool_forward_nchw(const Problem<G>& p, int64_t c0, int64_t c1,
-                                          const T* features, T* out, int32_t* argmax,
-                                          PoolRun<G>& run) {
-  for_each_run_and_plane_group(p, c0, c1, sizeof(T), run, kPoolRunCapacity,
-                               [&](int64_t k0, int64_t k1, int64_t c, auto planes) {
+JAX_ROI_CPU_CLONES void pool_forward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0,
+                                          int64_t c1, const T* features, T* out,
+                                          int32_t* argmax, PoolRun<G>& run) {
+  for_each_run_and_plane_group(p, list, c0, c1, sizeof(T), run, kPoolRunCapacity,
+                               [&](int64_t c, auto planes) {
                                  pool_forward_planes<decltype(planes)::value>(
-                                     p, run, k0, k1, c, features, out, argmax);
+                                     p, run, c, features, out, argmax);
                                });
 }
 

@@ -1,7 +1,9 @@
-// The CPU backend: ROI-at-a-time kernels over XLA's thread pool. Forward
-// splits the ROIs among threads; backward splits the channels, so each
-// thread owns the gradient elements it writes and adds into them in a fixed
-// order: the gradient is bitwise reproducible, with no atomics.
+// The CPU backend: ROI-at-a-time kernels over XLA's thread pool. NCHW
+// forward splits the channels among threads and NHWC forward the ROIs;
+// backward splits the channels, so each thread owns the gradient elements
+// it writes and adds into them in a fixed order: the gradient is bitwise
+// reproducible, with no atomics. A pyramid is its levels one after another,
+// each visiting only its own ROIs.
 #pragma once
 
 #include <algorithm>
@@ -21,30 +23,66 @@ struct CpuBackend {
   template <Op op, typename T, typename G>
   static ffi::Error forward(Context& pool, const Problem<G>& p, const T* features, T* out,
                             int32_t* argmax) {
+    const std::vector<int64_t> order = spatial_order(p);
+    forward_listed<op>(pool, p, {order.data(), p.shape.num_rois}, features, out, argmax);
+    return ffi::Error::Success();
+  }
+
+  template <Op op, typename T, typename G>
+  static ffi::Error backward(Context& pool, const Problem<G>& p, const T* grad_out,
+                             const int32_t* argmax, G* grad) {
+    const std::vector<int64_t> order = spatial_order(p);
+    backward_listed<op>(pool, p, {order.data(), p.shape.num_rois}, grad_out, argmax, grad);
+    return ffi::Error::Success();
+  }
+
+  template <Op op, typename T, typename G>
+  static ffi::Error forward_levels(Context& pool, const LevelProblems<G>& lp,
+                                   const PerLevel<const T>& features, T* out,
+                                   int32_t* argmax) {
+    const LevelOrder order = level_order(lp);
+    for (int l = 0; l < lp.count; ++l)
+      forward_listed<op>(pool, lp.level[l], order.list(l), features.data[l], out, argmax);
+    return ffi::Error::Success();
+  }
+
+  template <Op op, typename T, typename G>
+  static ffi::Error backward_levels(Context& pool, const LevelProblems<G>& lp, const T* grad_out,
+                                    const int32_t* argmax, const PerLevel<G>& grads) {
+    const LevelOrder order = level_order(lp);
+    for (int l = 0; l < lp.count; ++l)
+      backward_listed<op>(pool, lp.level[l], order.list(l), grad_out, argmax, grads.data[l]);
+    return ffi::Error::Success();
+  }
+
+ private:
+  // Writes the output rows of the listed ROIs, and only those.
+  template <Op op, typename T, typename G>
+  static void forward_listed(Context& pool, const Problem<G>& p, const RoiList& list,
+                             const T* features, T* out, int32_t* argmax) {
     const Shape& s = p.shape;
-    if (s.output_count() == 0) return ffi::Error::Success();
+    if (list.size == 0 || s.channels == 0 || s.pooled_h * s.pooled_w == 0) return;
     if (!s.channels_last) {
       // Channels outermost, so each plane is read from memory once per run of ROIs.
       parallel_for(pool, s.channels, balanced_grain(pool, s.channels, 1, 4),
                    [&](int64_t c0, int64_t c1) {
                      AlignScratch<G> scratch;
                      if constexpr (op == Op::kAlignAvg) {
-                       align_avg_forward_nchw(p, c0, c1, features, out, scratch);
+                       align_avg_forward_nchw(p, list, c0, c1, features, out, scratch);
                      } else if constexpr (op == Op::kAlignMax) {
-                       align_max_forward_nchw(p, c0, c1, features, out, argmax, scratch);
+                       align_max_forward_nchw(p, list, c0, c1, features, out, argmax, scratch);
                      } else {
                        PoolRun<G> run;
-                       pool_forward_nchw(p, c0, c1, features, out, argmax, run);
+                       pool_forward_nchw(p, list, c0, c1, features, out, argmax, run);
                      }
                    });
-      return ffi::Error::Success();
+      return;
     }
-    const std::vector<int64_t> order = spatial_order(p);
-    parallel_for(pool, s.num_rois, balanced_grain(pool, s.num_rois, 1, 8),
+    parallel_for(pool, list.size, balanced_grain(pool, list.size, 1, 8),
                  [&](int64_t begin, int64_t end) {
                    AlignScratch<G> scratch;
-                   for (int64_t i = begin; i < end; ++i) {
-                     const int64_t k = order[i];
+                   for (int64_t j = begin; j < end; ++j) {
+                     const int64_t k = list.ids[j];
                      if constexpr (op == Op::kAlignAvg)
                        align_avg_forward_nhwc(p, k, 0, s.channels, features, out, scratch);
                      else if constexpr (op == Op::kAlignMax)
@@ -53,36 +91,36 @@ struct CpuBackend {
                        pool_forward_nhwc(p, k, features, out, argmax, scratch.acc, scratch.arg);
                    }
                  });
-    return ffi::Error::Success();
   }
 
+  // Zeroes the whole gradient, then adds the listed ROIs' contributions.
   template <Op op, typename T, typename G>
-  static ffi::Error backward(Context& pool, const Problem<G>& p, const T* grad_out,
-                             const int32_t* argmax, G* grad) {
+  static void backward_listed(Context& pool, const Problem<G>& p, const RoiList& list,
+                              const T* grad_out, const int32_t* argmax, G* grad) {
     const Shape& s = p.shape;
     const int64_t n = s.feature_count();
     parallel_for(pool, n, balanced_grain(pool, n, 1 << 16, 1), [&](int64_t begin, int64_t end) {
       std::fill(grad + begin, grad + end, G(0));
     });
-    if (s.output_count() == 0) return ffi::Error::Success();
+    if (list.size == 0 || n == 0 || s.pooled_h * s.pooled_w == 0) return;
     // One block of channels per thread; in NHWC a multiple of 16, so that
     // threads never write to the same cache line.
     int64_t grain = balanced_grain(pool, s.channels, 1, 1);
     if (s.channels_last) grain = std::max<int64_t>(16, (grain + 15) / 16 * 16);
-    const std::vector<int64_t> order = s.channels_last ? spatial_order(p) : std::vector<int64_t>{};
     parallel_for(pool, s.channels, grain, [&](int64_t c0, int64_t c1) {
       AlignScratch<G> scratch;
-      if (!s.channels_last) {  // every ROI, a run at a time
+      if (!s.channels_last) {  // a run of ROIs at a time
         if constexpr (op == Op::kAlignAvg)
-          align_avg_backward_nchw(p, c0, c1, grad_out, grad, scratch);
+          align_avg_backward_nchw(p, list, c0, c1, grad_out, grad, scratch);
         else if constexpr (op == Op::kAlignMax)
-          align_max_backward_nchw(p, c0, c1, grad_out, argmax, grad, scratch);
+          align_max_backward_nchw(p, list, c0, c1, grad_out, argmax, grad, scratch);
         else
-          for (int64_t k = 0; k < s.num_rois; ++k)
-            pool_backward_roi(p, k, c0, c1, grad_out, argmax, grad);
+          for (int64_t j = 0; j < list.size; ++j)
+            pool_backward_roi(p, list.ids[j], c0, c1, grad_out, argmax, grad);
         return;
       }
-      for (const int64_t k : order) {
+      for (int64_t j = 0; j < list.size; ++j) {
+        const int64_t k = list.ids[j];
         if constexpr (op == Op::kAlignAvg)
           align_avg_backward_nhwc(p, k, c0, c1, grad_out, grad, scratch);
         else if constexpr (op == Op::kAlignMax)
@@ -91,7 +129,6 @@ struct CpuBackend {
           pool_backward_roi(p, k, c0, c1, grad_out, argmax, grad);
       }
     });
-    return ffi::Error::Success();
   }
 };
 

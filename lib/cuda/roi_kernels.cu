@@ -36,6 +36,22 @@ __global__ void backward_kernel(Problem<G> p, const T* grad_out, const int32_t* 
     backward_element<op>(p, i, grad_out, argmax, grad_features, AtomicAdd{});
 }
 
+template <Op op, typename T, typename G>
+__global__ void forward_levels_kernel(LevelProblems<G> lp, PerLevel<const T> features, T* out,
+                                      int32_t* argmax) {
+  int64_t n = lp.level[0].shape.output_count();
+  for (int64_t i = first_index(); i < n; i += grid_stride())
+    forward_level_element<op>(lp, i, features, out, argmax);
+}
+
+template <Op op, typename T, typename G>
+__global__ void backward_levels_kernel(LevelProblems<G> lp, const T* grad_out,
+                                       const int32_t* argmax, PerLevel<G> grads) {
+  int64_t n = lp.level[0].shape.output_count();
+  for (int64_t i = first_index(); i < n; i += grid_stride())
+    backward_level_element<op>(lp, i, grad_out, argmax, grads, AtomicAdd{});
+}
+
 unsigned blocks_for(int64_t n) {
   return static_cast<unsigned>(std::min(kMaxBlocks, (n + kThreadsPerBlock - 1) / kThreadsPerBlock));
 }
@@ -73,11 +89,44 @@ ffi::Error CudaBackend::backward(Context& stream, const Problem<G>& p, const T* 
   return last_error("backward kernel launch");
 }
 
+template <Op op, typename T, typename G>
+ffi::Error CudaBackend::forward_levels(Context& stream, const LevelProblems<G>& lp,
+                                       const PerLevel<const T>& features, T* out,
+                                       int32_t* argmax) {
+  int64_t n = lp.level[0].shape.output_count();
+  if (n == 0) return ffi::Error::Success();
+  forward_levels_kernel<op, T, G><<<blocks_for(n), kThreadsPerBlock, 0, stream>>>(
+      lp, features, out, argmax);
+  return last_error("pyramid forward kernel launch");
+}
+
+template <Op op, typename T, typename G>
+ffi::Error CudaBackend::backward_levels(Context& stream, const LevelProblems<G>& lp,
+                                        const T* grad_out, const int32_t* argmax,
+                                        const PerLevel<G>& grads) {
+  for (int l = 0; l < lp.count; ++l) {
+    int64_t features = lp.level[l].shape.feature_count();
+    if (features == 0) continue;
+    cudaMemsetAsync(grads.data[l], 0, sizeof(G) * features, stream);
+    if (auto e = last_error("zeroing the gradient"); e.failure()) return e;
+  }
+  int64_t n = lp.level[0].shape.output_count();
+  if (n == 0) return ffi::Error::Success();
+  backward_levels_kernel<op, T, G><<<blocks_for(n), kThreadsPerBlock, 0, stream>>>(
+      lp, grad_out, argmax, grads);
+  return last_error("pyramid backward kernel launch");
+}
+
 #define JAX_ROI_INSTANTIATE(OP, T)                                                        \
   template ffi::Error CudaBackend::forward<OP, T, acc_t<T>>(                              \
       Context&, const Problem<acc_t<T>>&, const T*, T*, int32_t*);                        \
   template ffi::Error CudaBackend::backward<OP, T, acc_t<T>>(                             \
-      Context&, const Problem<acc_t<T>>&, const T*, const int32_t*, acc_t<T>*);
+      Context&, const Problem<acc_t<T>>&, const T*, const int32_t*, acc_t<T>*);        \
+  template ffi::Error CudaBackend::forward_levels<OP, T, acc_t<T>>(                       \
+      Context&, const LevelProblems<acc_t<T>>&, const PerLevel<const T>&, T*, int32_t*);  \
+  template ffi::Error CudaBackend::backward_levels<OP, T, acc_t<T>>(                      \
+      Context&, const LevelProblems<acc_t<T>>&, const T*, const int32_t*,                 \
+      const PerLevel<acc_t<T>>&);
 
 #define JAX_ROI_INSTANTIATE_TYPES(OP)   \
   JAX_ROI_INSTANTIATE(OP, float)        \

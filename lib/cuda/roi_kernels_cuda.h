@@ -23,6 +23,16 @@ struct CudaBackend {
   template <Op op, typename T, typename G>
   static ffi::Error backward(Context& stream, const Problem<G>& p, const T* grad_out,
                              const int32_t* argmax, G* grad_features);
+
+  // A pyramid: one launch over the output, each element on its ROI's level.
+  template <Op op, typename T, typename G>
+  static ffi::Error forward_levels(Context& stream, const LevelProblems<G>& lp,
+                                   const PerLevel<const T>& features, T* out, int32_t* argmax);
+
+  template <Op op, typename T, typename G>
+  static ffi::Error backward_levels(Context& stream, const LevelProblems<G>& lp,
+                                    const T* grad_out, const int32_t* argmax,
+                                    const PerLevel<G>& grads);
 };
 
 }  // namespace jax_roi

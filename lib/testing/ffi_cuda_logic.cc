@@ -34,6 +34,25 @@ struct SerialBackend {
       backward_element<op>(p, i, grad_out, argmax, grad_features, SerialAdd{});
     return ffi::Error::Success();
   }
+
+  template <Op op, typename T, typename G>
+  static ffi::Error forward_levels(Context&, const LevelProblems<G>& lp,
+                                   const PerLevel<const T>& features, T* out,
+                                   int32_t* argmax) {
+    for (int64_t i = 0; i < lp.level[0].shape.output_count(); ++i)
+      forward_level_element<op>(lp, i, features, out, argmax);
+    return ffi::Error::Success();
+  }
+
+  template <Op op, typename T, typename G>
+  static ffi::Error backward_levels(Context&, const LevelProblems<G>& lp, const T* grad_out,
+                                    const int32_t* argmax, const PerLevel<G>& grads) {
+    for (int l = 0; l < lp.count; ++l)
+      std::fill(grads.data[l], grads.data[l] + lp.level[l].shape.feature_count(), G(0));
+    for (int64_t i = 0; i < lp.level[0].shape.output_count(); ++i)
+      backward_level_element<op>(lp, i, grad_out, argmax, grads, SerialAdd{});
+    return ffi::Error::Success();
+  }
 };
 
 }  // namespace jax_roi

@@ -88,6 +88,33 @@ def backward_attributes(pooled_shapes, rois_shape, features_shape, layout):
     return _attributes(operands, [(features_shape, _features_factors(layout, boxes))], boxes)
 
 
+# A pyramid call (_levels.py) always has per-image boxes, and levels [N, L];
+# each map has its own spatial factors.
+
+def _map_factors(layout, i):
+    return (SPLIT, "c", f"h{i}", f"w{i}") if layout == "NCHW" else (SPLIT, f"h{i}", f"w{i}", "c")
+
+
+def _levels_operands(map_shapes, rois_shape, layout):
+    return ([(rois_shape, _rois_factors(True)), (rois_shape[:2], (SPLIT, "l"))],
+            [(shape, _map_factors(layout, i)) for i, shape in enumerate(map_shapes)])
+
+
+def levels_forward_attributes(map_shapes, rois_shape, result_shapes, layout):
+    """Custom-call attributes of roi_levels_forward(boxes, levels, *maps)."""
+    geometry, maps = _levels_operands(map_shapes, rois_shape, layout)
+    pooled = _pooled_factors(layout, True)
+    return _attributes(geometry + maps, [(shape, pooled) for shape in result_shapes], True)
+
+
+def levels_backward_attributes(pooled_shapes, rois_shape, map_shapes, layout):
+    """Custom-call attributes of roi_levels_backward(grad_out, boxes, levels[, argmax])."""
+    geometry, maps = _levels_operands(map_shapes, rois_shape, layout)
+    pooled = _pooled_factors(layout, True)
+    grad_out, *argmax = [(shape, pooled) for shape in pooled_shapes]
+    return _attributes([grad_out] + geometry + argmax, maps, True)
+
+
 # --------------------------------------------- result shardings of the avals
 #
 # With explicit mesh axes (what jax.make_mesh gives by default) every abstract
@@ -119,3 +146,17 @@ def backward_result_sharding(grad_out, rois, argmax, layout):
     operands = [(grad_out.sharding, pooled), (rois.sharding, _rois_factors(boxes))]
     operands += [(a.sharding, pooled) for a in argmax]
     return _result_sharding(operands, _features_factors(layout, boxes))
+
+
+def levels_forward_result_sharding(maps, rois, layout):
+    """The sharding of roi_levels_forward's results."""
+    return _result_sharding([(rois.sharding, _rois_factors(True))]
+                            + [(m.sharding, _map_factors(layout, i)) for i, m in enumerate(maps)],
+                            _pooled_factors(layout, True))
+
+
+def levels_backward_result_shardings(grad_out, rois, map_shapes, layout):
+    """The shardings of roi_levels_backward's results, one per map."""
+    operands = [(grad_out.sharding, _pooled_factors(layout, True)),
+                (rois.sharding, _rois_factors(True))]
+    return [_result_sharding(operands, _map_factors(layout, i)) for i in range(len(map_shapes))]

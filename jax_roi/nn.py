@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from . import _checks
+from ._levels import MAX_LEVELS, LevelStatic, roi_align_levels
 from .ops import roi_align, roi_pool
 
 
@@ -55,6 +56,8 @@ def _pyramid_levels(scales):
             raise ValueError(
                 f"scales must be powers of two (such as 1/4 or 1/8); got {scale!r} in {scales!r}")
         levels.append(-round(exponent))
+    if len(scales) > MAX_LEVELS:
+        raise ValueError(f"scales may name at most {MAX_LEVELS} maps; got {len(scales)}")
     if len(set(levels)) != len(levels):
         raise ValueError(f"scales must be distinct; got {scales!r}")
     if levels != list(range(levels[0], levels[0] + len(levels))):
@@ -141,37 +144,18 @@ def _box_levels(boxes, settings):
 
 
 def _multi_scale_roi_align(features, boxes, settings):
-    """Each box pooled once, by roi_align on its own level's map.
-
-    Every level is its own kernel call over the whole box list, in which the
-    boxes of other levels carry the batch index -1: the kernel skips them
-    (it writes their zeros and samples nothing, and sends them no gradient),
-    so the sampling work, forward and backward, is done once per box. What
-    grows with boxes x levels is only that zero fill and the select joining
-    the levels' outputs.
-
-    Why not one call over the maps padded to a common size and stacked as
-    images: the kernel reads a point in ``(H - 1, H]`` as the last row and a
-    point beyond ``H`` as 0, a jump at ``y = H`` that no padding reproduces
-    (bilinear reads are continuous away from the tensor's own edge), so a box
-    touching a padded map's edge would not equal roi_align on its map.
-    """
+    """Each box pooled once, by roi_align on its own level's map, in one
+    kernel call that reads every map in place (see _levels.py)."""
     maps, boxes = _pyramid_inputs(features, boxes, settings)
-    n, num_boxes = boxes.shape[:2]
-    index = _level_indices(boxes, settings)
-    images = jnp.broadcast_to(jnp.arange(n, dtype=boxes.dtype)[:, None], (n, num_boxes))
-    out = None
-    for i, (level_map, scale) in enumerate(zip(maps, settings["scales"])):
-        here = index == i
-        batch = jnp.where(here, images, -1.0)
-        rois = jnp.concatenate([batch[..., None], boxes], axis=-1).reshape(-1, 5)
-        pooled = roi_align(level_map, rois, settings["output_size"], scale,
-                           settings["sampling_ratio"], settings["aligned"],
-                           mode=settings["mode"], layout=settings["layout"])
-        pooled = pooled.reshape((n, num_boxes) + pooled.shape[1:])
-        mask = here.reshape(here.shape + (1,) * (pooled.ndim - 2))
-        out = pooled if out is None else jnp.where(mask, pooled, out)
-    return out
+    layout, mode = settings["layout"], settings["mode"]
+    if mode == "max":
+        for level_map in maps:
+            _checks.check_argmax_range(level_map, layout, "align_max")
+    static = LevelStatic(
+        op="align_" + mode, map_shapes=tuple(tuple(m.shape) for m in maps),
+        output_size=settings["output_size"], spatial_scales=settings["scales"],
+        sampling_ratio=settings["sampling_ratio"], aligned=settings["aligned"], layout=layout)
+    return roi_align_levels(maps, boxes, _level_indices(boxes, settings), static)
 
 
 # ------------------------------------------------------------------ modules
@@ -236,13 +220,9 @@ class MultiScaleRoIAlign(nnx.Module):
     NaN area go to the finest level; ``level_indices(boxes)`` tells which map
     each box is read from.
 
-    Each box is sampled once, at its own level: every level is one kernel
-    call over all boxes in which the other levels' boxes are marked invalid,
-    so the kernel skips them. The only work that grows with boxes x levels is
-    writing the skipped boxes' zeros and selecting each box's level from the
-    outputs. (A single call over maps padded to one size would not be exact:
-    the kernel's border rule reads points in ``(H - 1, H]`` as the last row
-    and points beyond ``H`` as zero, which padding cannot reproduce.)
+    One kernel call pools every box from its own level's map, reading the
+    maps in place: work and memory grow with the number of boxes, not with
+    boxes x levels, forward and backward. At most eight levels.
     """
 
     def __init__(self, output_size, scales, sampling_ratio=-1, aligned=False,

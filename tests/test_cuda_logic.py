@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jax_roi import _ffi, _jax_roi_cuda_logic
+from jax_roi._levels import level_kernel_attributes, roi_levels_backward_p, roi_levels_forward_p
 from jax_roi._primitives import kernel_attributes, roi_backward_p, roi_forward_p
 
 PREFIX = "jax_roi_cuda_logic_"
@@ -102,3 +103,62 @@ def test_channel_blocked_nhwc_kernels_match(op):
     static = dict(op=op, output_size=(3, 3), spatial_scale=0.5, sampling_ratio=2,
                   aligned=True, layout="NHWC")
     assert_kernels_agree(features, jnp.asarray(rois, jnp.float32), static)
+
+
+# ------------------------------------------------------------- pyramids
+
+def pyramid_problem(layout, dtype, seed=3):
+    rng = np.random.default_rng(seed)
+    n, c = 2, 10
+    sizes = [(17, 21), (9, 11), (5, 6)]
+    maps = [rng.standard_normal((n, c, h, w) if layout == "NCHW" else (n, h, w, c))
+            for h, w in sizes]
+    x1, y1 = rng.uniform(-4, 30, (2, 2, 7))
+    boxes = np.stack([x1, y1, x1 + rng.uniform(1, 40, (2, 7)),
+                      y1 + rng.uniform(1, 30, (2, 7))], axis=-1)
+    boxes[1, 2] = [np.nan, 0, 4, 4]
+    # every level, and indices outside [0, 3) that the kernels clamp
+    levels = np.array([[0, 1, 2, 0, 1, 2, -1], [2, 1, 0, 7, 1, 0, 2]], np.int32)
+    geometry = jnp.float64 if dtype == jnp.float64 else jnp.float32
+    return [jnp.asarray(m, dtype) for m in maps], jnp.asarray(boxes, geometry), jnp.asarray(levels)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("op,sampling_ratio,aligned", [("align_avg", -1, True),
+                                                       ("align_max", 2, False)])
+def test_cuda_pyramid_element_functions_match_cpu_kernels(op, sampling_ratio, aligned, dtype,
+                                                          layout):
+    maps, boxes, levels = pyramid_problem(layout, dtype)
+    static = dict(op=op, output_size=(2, 3), spatial_scales=(0.5, 0.25, 0.125),
+                  sampling_ratio=sampling_ratio, aligned=aligned, layout=layout)
+    attrs = {d: level_kernel_attributes(op, d, static["spatial_scales"], sampling_ratio, aligned,
+                                        layout) for d in ("forward", "backward")}
+    tol = TOLERANCE[dtype]
+
+    cpu = roi_levels_forward_p.bind(boxes, levels, *maps, **static)
+    reference = jax.eval_shape(lambda: roi_levels_forward_p.bind(boxes, levels, *maps, **static))
+    serial = jax.ffi.ffi_call(PREFIX + op + "_levels_forward", reference)(
+        boxes, levels, *maps, **attrs["forward"])
+    np.testing.assert_allclose(np.asarray(serial[0], np.float64), np.asarray(cpu[0], np.float64),
+                               rtol=tol, atol=tol)
+    for a, b in zip(cpu[1:], serial[1:]):
+        np.testing.assert_array_equal(a, b)
+    assert np.all(np.asarray(cpu[0], np.float64)[1, 2] == 0)  # the NaN box
+    # -1 reads level 0 and 7 level 2: the same as the clamped indices
+    clamped = roi_levels_forward_p.bind(boxes, jnp.clip(levels, 0, 2), *maps, **static)
+    np.testing.assert_array_equal(np.asarray(clamped[0], np.float64),
+                                  np.asarray(cpu[0], np.float64))
+
+    grad_out = jnp.asarray(np.random.default_rng(4).standard_normal(cpu[0].shape), dtype)
+    map_shapes = tuple(m.shape for m in maps)
+    cpu_grads = roi_levels_backward_p.bind(grad_out, boxes, levels, *cpu[1:],
+                                           map_shapes=map_shapes, **static)
+    reference = jax.eval_shape(lambda: roi_levels_backward_p.bind(
+        grad_out, boxes, levels, *cpu[1:], map_shapes=map_shapes, **static))
+    serial_grads = jax.ffi.ffi_call(PREFIX + op + "_levels_backward", reference)(
+        grad_out, boxes, levels, *cpu[1:], **attrs["backward"])
+    grad_tol = 1e-12 if dtype == jnp.float64 else 1e-5
+    for a, b in zip(serial_grads, cpu_grads):
+        np.testing.assert_allclose(a, b, rtol=grad_tol, atol=grad_tol)
+        assert np.any(np.asarray(b) != 0)

@@ -281,6 +281,74 @@ def test_multiscale_gradient_reaches_only_the_chosen_level():
         np.testing.assert_allclose(g, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_multiscale_is_one_kernel_call_whose_buffers_do_not_grow_with_levels(mode):
+    rng = np.random.default_rng(5)
+    maps = pyramid(rng, image=128, c=8)
+    boxes = jnp.concatenate([level_boxes(rng, image=128)] * 4, axis=1)
+    m = roi_nn.MultiScaleRoIAlign(4, SCALES, canonical_scale=64, mode=mode)
+    assert len(set(np.asarray(m.level_indices(boxes)).ravel())) == 4
+    out_bytes = jax.eval_shape(m, maps, boxes).size * 4
+    argmax_bytes = out_bytes if mode == "max" else 0
+    small = boxes.size * 4  # e.g. the level indices
+
+    forward = jax.jit(m).lower(maps, boxes).compile()
+    assert forward.as_text().count('custom_call_target="jax_roi_') == 1
+    assert forward.as_text().count(f'custom_call_target="jax_roi_align_{mode}_levels_forward"') == 1
+    assert forward.memory_analysis().temp_size_in_bytes <= argmax_bytes + small
+
+    # the gradient: the output, its cotangent and the argmax at most, and
+    # each map's gradient is its own result
+    backward = jax.jit(jax.grad(lambda fs: jnp.sum(m(fs, boxes) ** 2))).lower(maps).compile()
+    assert backward.as_text().count('custom_call_target="jax_roi_') == 2
+    assert backward.memory_analysis().temp_size_in_bytes <= 2 * out_bytes + argmax_bytes + small
+
+
+def test_multiscale_higher_derivatives():
+    rng = np.random.default_rng(6)
+    maps = pyramid(rng, n=1)
+    boxes = level_boxes(rng)[:1]
+    kwargs = dict(output_size=2, sampling_ratio=2, aligned=True)
+    m = roi_nn.MultiScaleRoIAlign(scales=SCALES, canonical_scale=64, **kwargs)
+    index = m.level_indices(boxes)
+
+    def per_level(fs):  # every level over every box, then each box's own level
+        out = 0.0
+        for i, (f, scale) in enumerate(zip(fs, SCALES)):
+            pooled = jax_roi.roi_align(f, boxes, 2, scale, 2, True, layout="NHWC")
+            out = out + jnp.where((index == i)[..., None, None, None], pooled, 0.0)
+        return out
+
+    vectors = pyramid(np.random.default_rng(7), n=1)
+    # a Hessian-vector product of a quartic loss (reverse over reverse),
+    # against the per-level ops
+    loss = lambda fn: lambda fs: jnp.sum(fn(fs) ** 4)
+    dot = lambda a, b: sum(jnp.vdot(x, y) for x, y in zip(a, b))
+    hvp = lambda fn: jax.grad(lambda fs: dot(jax.grad(loss(fn))(fs), vectors))(maps)
+    for got, expected in zip(hvp(lambda fs: m(fs, boxes)), hvp(per_level)):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+        assert np.any(np.asarray(expected) != 0)
+
+    m_max = roi_nn.MultiScaleRoIAlign(scales=SCALES, canonical_scale=64, mode="max", output_size=2)
+    max_loss = lambda fs: jnp.sum(m_max(fs, boxes) ** 2)
+    with pytest.raises(NotImplementedError, match="mode='max'"):
+        jax.grad(lambda fs: dot(jax.grad(max_loss)(fs), vectors))(maps)
+
+
+def test_multiscale_16_bit_maps():
+    rng = np.random.default_rng(8)
+    maps = [m.astype(jnp.bfloat16) for m in pyramid(rng)]
+    boxes = level_boxes(rng)
+    m = roi_nn.MultiScaleRoIAlign(3, SCALES, canonical_scale=64, aligned=True)
+    out = m(maps, boxes)
+    assert out.dtype == jnp.bfloat16
+    expected = multiscale_reference(maps, boxes, m.level_indices(boxes), dict(
+        output_size=3, aligned=True), "NHWC")
+    np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(expected, np.float32))
+    grads = jax.grad(lambda fs: jnp.sum(m(fs, boxes).astype(jnp.float32)))(maps)
+    assert [g.dtype for g in grads] == [jnp.bfloat16] * 4
+
+
 @pytest.mark.parametrize("kwargs,error,words", [
     (dict(scales=(0.25, 0.1)), ValueError, "powers of two"),
     (dict(scales=(0.25, 0.25)), ValueError, "distinct"),
@@ -296,6 +364,7 @@ def test_multiscale_gradient_reaches_only_the_chosen_level():
     (dict(scales=SCALES, mode="sum"), ValueError, "mode"),
     (dict(scales=SCALES, layout="CHW"), ValueError, "layout"),
     (dict(scales=SCALES, aligned=None), TypeError, "aligned"),
+    (dict(scales=tuple(2.0 ** -k for k in range(9))), ValueError, "at most 8"),
 ])
 @pytest.mark.parametrize("cls", [roi_nn.MultiScaleRoIAlign, roi_linen.MultiScaleRoIAlign])
 def test_multiscale_argument_errors(cls, kwargs, error, words):

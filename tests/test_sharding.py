@@ -155,6 +155,32 @@ def _compute_facts():
         "lowered_rois": lambda: lowered(ops["align_max"]("NHWC"), nhwc, rois),
     }
 
+    def pyramid_case(mesh, mode):
+        """MultiScaleRoIAlign over maps and boxes split along the images."""
+        from jax_roi import nn as roi_nn
+        module = roi_nn.MultiScaleRoIAlign((2, 3), (1 / 2, 1 / 4, 1 / 8), sampling_ratio=2,
+                                           canonical_scale=8, canonical_level=2, mode=mode)
+        pyramid = [jnp.asarray(rng.standard_normal((N, 4 * H >> i, 4 * W >> i, C)))
+                   for i in range(1, 4)]
+        image_boxes = jnp.asarray(corners((N, 6)) * 4)
+        loss = lambda fs, b: 0.5 * jnp.sum(module(fs, b) ** 2)
+        split = NamedSharding(mesh, P("d"))
+        fs, bs = jax.device_put(pyramid, split), jax.device_put(image_boxes, split)
+        one = jax.device_put((pyramid, image_boxes), one_device)
+        out, grads = jax.jit(module)(fs, bs), jax.jit(jax.grad(loss))(fs, bs)
+        return {
+            "levels_used": len(set(np.asarray(module.level_indices(image_boxes)).ravel())),
+            "forward": compiled(module, fs, bs),
+            "backward": compiled(jax.grad(loss), fs, bs),
+            "out_shard_shape": list(out.sharding.shard_shape(out.shape)),
+            "grad_shard_shapes": [list(g.sharding.shard_shape(g.shape)) for g in grads],
+            "value_error": error(out, jax.jit(module)(*one)),
+            "grad_error": max(error(g, e) for g, e in zip(grads, jax.jit(jax.grad(loss))(*one))),
+        }
+
+    cases["jit_pyramid_avg_explicit"] = lambda: pyramid_case(explicit, "avg")
+    cases["jit_pyramid_max_auto"] = lambda: pyramid_case(auto, "max")
+
     def gspmd_case():
         jax.config.update("jax_use_shardy_partitioner", False)
         try:
@@ -216,6 +242,18 @@ def test_jit_with_boxes_sharded_along_images_is_partitioned(facts, name):
     out_shape = found["out_shard_shape"]
     assert out_shape[:2] == [N // DEVICES, L]
     assert found["grad_shard_shape"][0] == N // DEVICES
+    assert_equal_to_one_device(found)
+
+
+@pytest.mark.parametrize("name", ["jit_pyramid_avg_explicit", "jit_pyramid_max_auto"])
+def test_jit_pyramid_with_images_sharded_is_partitioned(facts, name):
+    found = case(facts, name)
+    assert found["levels_used"] == 3
+    # one pyramid kernel per device, forward and backward, no communication
+    assert found["forward"] == {"collectives": [], "kernels": 1}
+    assert found["backward"] == {"collectives": [], "kernels": 2}
+    assert found["out_shard_shape"] == [N // DEVICES, 6, 2, 3, C]
+    assert [shape[0] for shape in found["grad_shard_shapes"]] == [N // DEVICES] * 3
     assert_equal_to_one_device(found)
 
 

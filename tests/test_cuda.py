@@ -65,3 +65,26 @@ def test_gpu_vmap_is_one_call_and_matches_loop(op):
     expected = np.stack([np.asarray(OPS[op](m, rois, "NHWC")) for m in maps])
     np.testing.assert_allclose(np.asarray(batched(maps)), expected, rtol=1e-6, atol=1e-6)
     assert batched.lower(maps).as_text().count("stablehlo.custom_call @jax_roi_") == 1
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_gpu_pyramid_matches_cpu(mode, layout):
+    from jax_roi import nn as roi_nn
+    rng = np.random.default_rng(1)
+    sizes = [(32, 28), (16, 14), (8, 7)]
+    maps = [rng.standard_normal((2, 8, h, w) if layout == "NCHW" else (2, h, w, 8))
+            .astype(np.float32) for h, w in sizes]
+    x1, y1 = rng.uniform(-8, 100, (2, 2, 30))
+    side = rng.uniform(4, 100, (2, 30))
+    boxes = np.stack([x1, y1, x1 + side, y1 + side], -1).astype(np.float32)
+    m = roi_nn.MultiScaleRoIAlign(4, (1 / 4, 1 / 8, 1 / 16), canonical_scale=32,
+                                  canonical_level=3, mode=mode, layout=layout)
+    loss = lambda fs, b: jnp.sum(m(fs, b) ** 2)
+    results = {}
+    for device in (CPU, GPU):
+        fs, b = jax.device_put((maps, boxes), device)
+        results[device] = [np.asarray(a) for a in
+                           [jax.jit(m)(fs, b)] + list(jax.jit(jax.grad(loss))(fs, b))]
+    for cpu, gpu in zip(results[CPU], results[GPU]):
+        np.testing.assert_allclose(gpu, cpu, rtol=1e-5, atol=1e-5)

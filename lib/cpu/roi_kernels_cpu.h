@@ -11,6 +11,7 @@
 
 #include "../ffi_problem.h"
 #include "align_cpu.h"
+#include "huge_pages.h"
 #include "parallel_for.h"
 #include "pool_cpu.h"
 #include "roi_order.h"
@@ -23,6 +24,7 @@ struct CpuBackend {
   template <Op op, typename T, typename G>
   static ffi::Error forward(Context& pool, const Problem<G>& p, const T* features, T* out,
                             int32_t* argmax) {
+    advise_outputs(p.shape, out, argmax);
     const std::vector<int64_t> order = spatial_order(p);
     forward_listed<op>(pool, p, {order.data(), p.shape.num_rois}, features, out, argmax);
     return ffi::Error::Success();
@@ -40,6 +42,7 @@ struct CpuBackend {
   static ffi::Error forward_levels(Context& pool, const LevelProblems<G>& lp,
                                    const PerLevel<const T>& features, T* out,
                                    int32_t* argmax) {
+    advise_outputs(lp.level[0].shape, out, argmax);
     const LevelOrder order = level_order(lp);
     for (int l = 0; l < lp.count; ++l)
       forward_listed<op>(pool, lp.level[l], order.list(l), features.data[l], out, argmax);
@@ -56,6 +59,12 @@ struct CpuBackend {
   }
 
  private:
+  template <typename T>
+  static void advise_outputs(const Shape& s, const T* out, const int32_t* argmax) {
+    advise_huge_pages(out, sizeof(T) * s.output_count());
+    if (argmax) advise_huge_pages(argmax, sizeof(int32_t) * s.output_count());
+  }
+
   // Writes the output rows of the listed ROIs, and only those.
   template <Op op, typename T, typename G>
   static void forward_listed(Context& pool, const Problem<G>& p, const RoiList& list,
@@ -99,6 +108,7 @@ struct CpuBackend {
                               const T* grad_out, const int32_t* argmax, G* grad) {
     const Shape& s = p.shape;
     const int64_t n = s.feature_count();
+    advise_huge_pages(grad, sizeof(G) * n);
     parallel_for(pool, n, balanced_grain(pool, n, 1 << 16, 1), [&](int64_t begin, int64_t end) {
       std::fill(grad + begin, grad + end, G(0));
     });

@@ -22,7 +22,7 @@ OPS = [("align_avg", 2, True), ("align_avg", -1, False), ("align_max", 0, True),
 
 def problem(layout, dtype, roi_format, seed=0):
     rng = np.random.default_rng(seed)
-    n, c, h, w = 2, 10, 9, 11  # 10 channels: a group of eight planes and a remainder
+    n, c, h, w = 2, 21, 9, 11  # 21 channels: a 16-lane NCHW tile and a remainder
     x = rng.standard_normal((n, c, h, w) if layout == "NCHW" else (n, h, w, c))
     geometry = jnp.float64 if dtype == jnp.float64 else jnp.float32
     x1, y1 = rng.uniform(-4, 2 * w, (2, 6)), rng.uniform(-4, 2 * h, (2, 6))

@@ -14,6 +14,7 @@
 #include "../roi_elements.h"
 #include "axis_table.h"
 #include "isa_clones.h"
+#include "lane_tile.h"
 
 namespace jax_roi {
 
@@ -50,6 +51,7 @@ template <typename G>
 struct AlignScratch {
   RoiTables<G> tables;
   RoiRun<G> run;
+  LaneTile<G> tile;
   std::vector<G> acc, value;
   std::vector<int32_t> arg;
 };
@@ -128,49 +130,61 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nhwc(const Problem<G>& p, int64_t k, i
   }
 }
 
-// NCHW: channels [cg, cg + kPlanes) of the ROIs of `run`. The planes share
-// each sample's weights and offsets.
-template <int kPlanes, typename T, typename G>
-inline void align_avg_forward_planes(const Problem<G>& p, const RoiRun<G>& run, int64_t cg,
-                                     const T* features, T* out) {
+// NCHW: channels [c0, c0 + lanes) of ROI `slot` of `run`, from `tile`.
+template <typename T, typename G>
+JAX_ROI_ALWAYS_INLINE void align_avg_forward_lanes(const Problem<G>& p, const RoiRun<G>& run,
+                                                   int64_t slot, const LaneTile<G>& tile,
+                                                   int64_t c0, int lanes, T* out) {
   const Shape& s = p.shape;
-  const int64_t bins = s.pooled_h * s.pooled_w, plane_size = s.height * s.width;
-  for (int64_t slot = 0; slot < run.size(); ++slot) {
-    const int64_t batch = run.batch[slot];
-    const T* __restrict__ planes =
-        image_pixels(s, features, std::max<int64_t>(batch, 0), cg).data;
-    const G count = run.count[slot];
-    for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
-      for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
-        G sum[kPlanes] = {};
-        if (batch >= 0)
-          for_each_inside_sample(run.tables[slot], ph, pw, [&](const Bilinear<G>& w) {
-            const int64_t o00 = w.y0 * s.width + w.x0, o01 = w.y0 * s.width + w.x1;
-            const int64_t o10 = w.y1 * s.width + w.x0, o11 = w.y1 * s.width + w.x1;
-            for (int j = 0; j < kPlanes; ++j) {
-              const T* plane = planes + j * plane_size;
-              sum[j] += w.w00 * to_acc(plane[o00]) + w.w01 * to_acc(plane[o01]) +
-                        w.w10 * to_acc(plane[o10]) + w.w11 * to_acc(plane[o11]);
-            }
-          });
-        T* dst = out + output_index(s, run.roi[slot], cg, ph, pw);
-        for (int j = 0; j < kPlanes; ++j)
-          dst[j * bins] = from_acc<T>(batch >= 0 ? sum[j] / count : G(0));
-      }
+  const int64_t bins = s.pooled_h * s.pooled_w;
+  const bool reads = run.batch[slot] >= 0;
+  const G count = run.count[slot];
+  T* dst = out + output_index(s, run.roi[slot], c0, 0, 0);
+  for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+    for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+      G sum[kLanes] = {};
+      if (reads)
+        for_each_inside_sample(run.tables[slot], ph, pw, [&](const Bilinear<G>& w) {
+          const G* __restrict__ v00 = tile.at(s.width, w.y0, w.x0);
+          const G* __restrict__ v01 = tile.at(s.width, w.y0, w.x1);
+          const G* __restrict__ v10 = tile.at(s.width, w.y1, w.x0);
+          const G* __restrict__ v11 = tile.at(s.width, w.y1, w.x1);
+          for (int j = 0; j < kLanes; ++j)
+            sum[j] += w.w00 * v00[j] + w.w01 * v01[j] + w.w10 * v10[j] + w.w11 * v11[j];
+        });
+      const int64_t b = ph * s.pooled_w + pw;
+      for (int j = 0; j < lanes; ++j) dst[j * bins + b] = from_acc<T>(reads ? sum[j] / count : G(0));
     }
   }
 }
 
-// NCHW: channels [c0, c1) of the listed ROIs.
+// NCHW: channels [c0, c1) of the listed ROIs: for each run of ROIs, kLanes
+// channels at a time through a tile of each image the run reads.
+template <typename G, typename Run, typename Lanes>
+JAX_ROI_ALWAYS_INLINE void for_each_run_and_lane_group(const Problem<G>& p, const RoiList& list,
+                                                       int64_t c0, int64_t c1, Run& run,
+                                                       size_t capacity, const Lanes& lanes) {
+  for (int64_t j = 0; j < list.size;) {
+    j = run.build(p, list, j, capacity);
+    for (int64_t c = c0; c < c1; c += kLanes)
+      lanes(c, static_cast<int>(std::min<int64_t>(kLanes, c1 - c)));
+  }
+}
+
 template <typename T, typename G>
 JAX_ROI_CPU_CLONES void align_avg_forward_nchw(const Problem<G>& p, const RoiList& list,
                                                int64_t c0, int64_t c1, const T* features,
                                                T* out, AlignScratch<G>& scratch) {
-  for_each_run_and_plane_group(p, list, c0, c1, sizeof(T), scratch.run, kRunCapacity,
-                               [&](int64_t c, auto planes) {
-                                 align_avg_forward_planes<decltype(planes)::value>(
-                                     p, scratch.run, c, features, out);
-                               });
+  RoiRun<G>& run = scratch.run;
+  LaneTile<G>& tile = scratch.tile;
+  for_each_run_and_lane_group(p, list, c0, c1, run, kRunCapacity, [&](int64_t c, int lanes) {
+    for (int64_t slot = 0; slot < run.size(); ++slot) {
+      const int64_t batch = run.batch[slot];
+      if (batch >= 0 && (tile.batch != batch || tile.channel != c))
+        tile.load(p.shape, features, batch, c, lanes);
+      align_avg_forward_lanes(p, run, slot, tile, c, lanes, out);
+    }
+  });
 }
 
 // Scans bin (ph, pw) for channels [0, C) of `px` (NHWC: all at once; NCHW:

@@ -341,47 +341,53 @@ JAX_ROI_CPU_CLONES void align_avg_backward_nhwc(const Problem<G>& p, int64_t k, 
   }
 }
 
-// NCHW: channels [cg, cg + kPlanes) of the gradient of the ROIs of `run`.
-template <int kPlanes, typename T, typename G>
-inline void align_avg_backward_planes(const Problem<G>& p, const RoiRun<G>& run, int64_t cg,
-                                      const T* grad_out, G* grad) {
+// NCHW: the gradient of ROI `slot` of `run` into a tile of channels
+// [c0, c0 + lanes) of its image.
+template <typename T, typename G>
+JAX_ROI_ALWAYS_INLINE void align_avg_backward_lanes(const Problem<G>& p, const RoiRun<G>& run,
+                                                    int64_t slot, int64_t c0, int lanes,
+                                                    const T* grad_out, LaneTile<G>& tile) {
   const Shape& s = p.shape;
-  const int64_t bins = s.pooled_h * s.pooled_w, plane_size = s.height * s.width;
-  for (int64_t slot = 0; slot < run.size(); ++slot) {
-    const int64_t batch = run.batch[slot];
-    if (batch < 0) continue;
-    G* __restrict__ planes = gradient_at(s, grad, batch, 0, 0, cg);
-    const T* g = grad_out + output_index(s, run.roi[slot], cg, 0, 0);
-    for (int64_t b = 0; b < bins; ++b) {
-      G gb[kPlanes];
-      for (int j = 0; j < kPlanes; ++j) gb[j] = to_acc(g[j * bins + b]) / run.count[slot];
-      for_each_inside_sample(run.tables[slot], b / s.pooled_w, b % s.pooled_w,
-                             [&](const Bilinear<G>& w) {
-        const int64_t o00 = w.y0 * s.width + w.x0, o01 = w.y0 * s.width + w.x1;
-        const int64_t o10 = w.y1 * s.width + w.x0, o11 = w.y1 * s.width + w.x1;
-        for (int j = 0; j < kPlanes; ++j) {
-          G* plane = planes + j * plane_size;
-          plane[o00] += gb[j] * w.w00;
-          plane[o01] += gb[j] * w.w01;
-          plane[o10] += gb[j] * w.w10;
-          plane[o11] += gb[j] * w.w11;
-        }
-      });
-    }
+  const int64_t bins = s.pooled_h * s.pooled_w;
+  const T* src = grad_out + output_index(s, run.roi[slot], c0, 0, 0);
+  for (int64_t b = 0; b < bins; ++b) {
+    G g[kLanes] = {};
+    for (int j = 0; j < lanes; ++j) g[j] = to_acc(src[j * bins + b]) / run.count[slot];
+    for_each_inside_sample(run.tables[slot], b / s.pooled_w, b % s.pooled_w,
+                           [&](const Bilinear<G>& w) {
+      G* __restrict__ d00 = tile.at(s.width, w.y0, w.x0);
+      G* __restrict__ d01 = tile.at(s.width, w.y0, w.x1);
+      G* __restrict__ d10 = tile.at(s.width, w.y1, w.x0);
+      G* __restrict__ d11 = tile.at(s.width, w.y1, w.x1);
+      for (int j = 0; j < kLanes; ++j) d00[j] += g[j] * w.w00;
+      for (int j = 0; j < kLanes; ++j) d01[j] += g[j] * w.w01;
+      for (int j = 0; j < kLanes; ++j) d10[j] += g[j] * w.w10;
+      for (int j = 0; j < kLanes; ++j) d11[j] += g[j] * w.w11;
+    });
   }
 }
 
-// NCHW: the listed ROIs' gradient into channels [c0, c1); each channel
-// receives its ROIs in list order.
+// NCHW: the listed ROIs' gradient into channels [c0, c1), accumulated in a
+// tile per image and added to the gradient when the run moves on; each
+// channel receives its ROIs in list order.
 template <typename T, typename G>
 JAX_ROI_CPU_CLONES void align_avg_backward_nchw(const Problem<G>& p, const RoiList& list,
                                                 int64_t c0, int64_t c1, const T* grad_out,
                                                 G* grad, AlignScratch<G>& scratch) {
-  for_each_run_and_plane_group(p, list, c0, c1, sizeof(G), scratch.run, kRunCapacity,
-                               [&](int64_t c, auto planes) {
-                                 align_avg_backward_planes<decltype(planes)::value>(
-                                     p, scratch.run, c, grad_out, grad);
-                               });
+  RoiRun<G>& run = scratch.run;
+  LaneTile<G>& tile = scratch.tile;
+  for_each_run_and_lane_group(p, list, c0, c1, run, kRunCapacity, [&](int64_t c, int lanes) {
+    for (int64_t slot = 0; slot < run.size(); ++slot) {
+      const int64_t batch = run.batch[slot];
+      if (batch < 0) continue;
+      if (tile.batch != batch || tile.channel != c) {
+        tile.flush_into(p.shape, grad, lanes);
+        tile.load_zeros(p.shape, batch, c);
+      }
+      align_avg_backward_lanes(p, run, slot, c, lanes, grad_out, tile);
+    }
+    tile.flush_into(p.shape, grad, lanes);
+  });
 }
 
 // The gradient of bin (ph, pw), channel c, of ROI k through its winner.

@@ -18,32 +18,33 @@
 
 namespace jax_roi {
 
-// NCHW forward reads this many small planes per pass, when they fit here.
-constexpr int kPlaneGroup = 8;
-constexpr int64_t kPlaneGroupBytes = 512 << 10;
-
 // Axis entries tabulated at once for NCHW: about a megabyte, cache-sized.
 constexpr size_t kRunCapacity = 1 << 15;
 
 // The NCHW driver: the listed ROIs in runs that `run` tabulates (up to
-// `capacity` entries each), and for each run channels [c0, c1) in groups of
-// kPlaneGroup planes when that many fit in the core's cache, else singly.
-// planes(c, std::integral_constant<int, n>) handles one group of `run`.
-template <typename G, typename Run, typename Planes>
-JAX_ROI_ALWAYS_INLINE void for_each_run_and_plane_group(const Problem<G>& p,
-                                                        const RoiList& list, int64_t c0,
-                                                        int64_t c1, int64_t element_bytes,
-                                                        Run& run, size_t capacity,
-                                                        const Planes& planes) {
-  const Shape& s = p.shape;
-  const bool grouped = s.height * s.width * element_bytes * kPlaneGroup <= kPlaneGroupBytes;
+// `capacity` entries each), and for each run channels [c0, c1) kLanes at a
+// time: lanes(c, n) handles channels [c, c + n) of the run's ROIs.
+template <typename G, typename Run, typename Lanes>
+JAX_ROI_ALWAYS_INLINE void for_each_run_and_lane_group(const Problem<G>& p, const RoiList& list,
+                                                       int64_t c0, int64_t c1, Run& run,
+                                                       size_t capacity, const Lanes& lanes) {
   for (int64_t j = 0; j < list.size;) {
     j = run.build(p, list, j, capacity);
-    int64_t c = c0;
-    for (; grouped && c + kPlaneGroup <= c1; c += kPlaneGroup)
-      planes(c, std::integral_constant<int, kPlaneGroup>{});
-    for (; c < c1; ++c) planes(c, std::integral_constant<int, 1>{});
+    for (int64_t c = c0; c < c1; c += kLanes)
+      lanes(c, static_cast<int>(std::min<int64_t>(kLanes, c1 - c)));
   }
+}
+
+// One step of a running maximum: the first strict maximum wins and NaN
+// never does. Written as selects of loaded values, so that loops of it
+// vectorise as compares and blends (not masked stores).
+template <typename G>
+JAX_ROI_ALWAYS_INLINE void take_if_greater(G value, int32_t index, G* best, int32_t* arg) {
+  const G b = *best;
+  const int32_t a = *arg;
+  const int32_t wins = -static_cast<int32_t>(value > b);
+  *best = value > b ? value : b;
+  *arg = (index & wins) | (a & ~wins);
 }
 
 // Buffers one thread reuses from ROI to ROI.
@@ -73,7 +74,7 @@ Pixels<T> image_pixels(const Shape& s, const T* base, int64_t batch, int64_t cha
 
 // Calls f(w) for every in-map bilinear sample of bin (ph, pw), in scan order.
 template <typename G, typename F>
-void for_each_inside_sample(const RoiTables<G>& t, int64_t ph, int64_t pw, const F& f) {
+JAX_ROI_ALWAYS_INLINE void for_each_inside_sample(const RoiTables<G>& t, int64_t ph, int64_t pw, const F& f) {
   const AxisWeights<G>* ys = t.y.begin(ph);
   const AxisWeights<G>* xs = t.x.begin(pw);
   for (int64_t a = 0, ny = t.y.count(ph); a < ny; ++a) {
@@ -113,7 +114,7 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nhwc(const Problem<G>& p, int64_t k, i
     for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
       for (int64_t c = 0; c < width; ++c) sum[c] = G(0);
       if (reads) {
-        for_each_inside_sample(scratch.tables, ph, pw, [&](const Bilinear<G>& w) {
+        for_each_inside_sample(scratch.tables, ph, pw, [&](const Bilinear<G>& w) JAX_ROI_INLINE_LAMBDA {
           const T* __restrict__ v00 = px.at(w.y0, w.x0);
           const T* __restrict__ v01 = px.at(w.y0, w.x1);
           const T* __restrict__ v10 = px.at(w.y1, w.x0);
@@ -144,7 +145,7 @@ JAX_ROI_ALWAYS_INLINE void align_avg_forward_lanes(const Problem<G>& p, const Ro
     for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
       G sum[kLanes] = {};
       if (reads)
-        for_each_inside_sample(run.tables[slot], ph, pw, [&](const Bilinear<G>& w) {
+        for_each_inside_sample(run.tables[slot], ph, pw, [&](const Bilinear<G>& w) JAX_ROI_INLINE_LAMBDA {
           const G* __restrict__ v00 = tile.at(s.width, w.y0, w.x0);
           const G* __restrict__ v01 = tile.at(s.width, w.y0, w.x1);
           const G* __restrict__ v10 = tile.at(s.width, w.y1, w.x0);
@@ -158,26 +159,14 @@ JAX_ROI_ALWAYS_INLINE void align_avg_forward_lanes(const Problem<G>& p, const Ro
   }
 }
 
-// NCHW: channels [c0, c1) of the listed ROIs: for each run of ROIs, kLanes
-// channels at a time through a tile of each image the run reads.
-template <typename G, typename Run, typename Lanes>
-JAX_ROI_ALWAYS_INLINE void for_each_run_and_lane_group(const Problem<G>& p, const RoiList& list,
-                                                       int64_t c0, int64_t c1, Run& run,
-                                                       size_t capacity, const Lanes& lanes) {
-  for (int64_t j = 0; j < list.size;) {
-    j = run.build(p, list, j, capacity);
-    for (int64_t c = c0; c < c1; c += kLanes)
-      lanes(c, static_cast<int>(std::min<int64_t>(kLanes, c1 - c)));
-  }
-}
-
+// NCHW: channels [c0, c1) of the listed ROIs, through tiles of kLanes channels.
 template <typename T, typename G>
 JAX_ROI_CPU_CLONES void align_avg_forward_nchw(const Problem<G>& p, const RoiList& list,
                                                int64_t c0, int64_t c1, const T* features,
                                                T* out, AlignScratch<G>& scratch) {
   RoiRun<G>& run = scratch.run;
   LaneTile<G>& tile = scratch.tile;
-  for_each_run_and_lane_group(p, list, c0, c1, run, kRunCapacity, [&](int64_t c, int lanes) {
+  for_each_run_and_lane_group(p, list, c0, c1, run, kRunCapacity, [&](int64_t c, int lanes) JAX_ROI_INLINE_LAMBDA {
     for (int64_t slot = 0; slot < run.size(); ++slot) {
       const int64_t batch = run.batch[slot];
       if (batch >= 0 && (tile.batch != batch || tile.channel != c))
@@ -205,11 +194,8 @@ JAX_ROI_ALWAYS_INLINE void scan_max_bin(const RoiTables<G>& t, int64_t ph, int64
       const int32_t packed = static_cast<int32_t>(a * nx + b);  // pack_sample, relative
       Bilinear<G> w = bilinear(ys[a], xs[b]);
       if (!w.inside) {
-        for (int64_t c = 0; c < C; ++c) {
-          bool wins = G(0) > best[c];
-          best[c] = wins ? G(0) : best[c];
-          arg[c] = wins ? packed : arg[c];
-        }
+#pragma GCC unroll 1  // unrolled, a fixed-length loop becomes scalar branches
+        for (int64_t c = 0; c < C; ++c) take_if_greater(G(0), packed, &best[c], &arg[c]);
         continue;
       }
       const T* __restrict__ v00 = px.at(w.y0, w.x0);
@@ -220,11 +206,8 @@ JAX_ROI_ALWAYS_INLINE void scan_max_bin(const RoiTables<G>& t, int64_t ph, int64
       for (int64_t c = 0; c < C; ++c)
         value[c] = w.w00 * to_acc(v00[c]) + w.w01 * to_acc(v01[c]) + w.w10 * to_acc(v10[c]) +
                    w.w11 * to_acc(v11[c]);
-      for (int64_t c = 0; c < C; ++c) {
-        bool wins = value[c] > best[c];  // first strict maximum; NaN never wins
-        best[c] = wins ? value[c] : best[c];
-        arg[c] = wins ? packed : arg[c];
-      }
+#pragma GCC unroll 1
+      for (int64_t c = 0; c < C; ++c) take_if_greater(value[c], packed, &best[c], &arg[c]);
     }
   }
   const SampleRange &ry = t.y.ranges[ph], &rx = t.x.ranges[pw];
@@ -274,33 +257,40 @@ JAX_ROI_CPU_CLONES void align_max_forward_roi(const Problem<G>& p, int64_t k, co
   }
 }
 
-// NCHW: channels [c0, c1) of the listed ROIs, a run of ROIs at a time.
+// NCHW: channels [c0, c1) of the listed ROIs, through tiles of kLanes channels.
 template <typename T, typename G>
 JAX_ROI_CPU_CLONES void align_max_forward_nchw(const Problem<G>& p, const RoiList& list,
                                                int64_t c0, int64_t c1, const T* features,
                                                T* out, int32_t* argmax,
                                                AlignScratch<G>& scratch) {
   const Shape& s = p.shape;
+  const int64_t bins = s.pooled_h * s.pooled_w;
   RoiRun<G>& run = scratch.run;
-  for (int64_t j = 0; j < list.size;) {
-    j = run.build(p, list, j, kRunCapacity);
-    for (int64_t c = c0; c < c1; ++c) {
-      for (int64_t slot = 0; slot < run.size(); ++slot) {
-        const int64_t batch = run.batch[slot];
-        Pixels<T> px = image_pixels(s, features, std::max<int64_t>(batch, 0), c);
-        for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
-          for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
-            G best = G(0), value;
-            int32_t arg = -1;
-            if (batch >= 0) scan_max_bin(run.tables[slot], ph, pw, px, 1, &best, &arg, &value);
-            const int64_t i = output_index(s, run.roi[slot], c, ph, pw);
-            out[i] = from_acc<T>(best);
-            argmax[i] = arg;
-          }
+  LaneTile<G>& tile = scratch.tile;
+  for_each_run_and_lane_group(p, list, c0, c1, run, kRunCapacity, [&](int64_t c, int lanes) JAX_ROI_INLINE_LAMBDA {
+    for (int64_t slot = 0; slot < run.size(); ++slot) {
+      const int64_t batch = run.batch[slot];
+      if (batch >= 0 && (tile.batch != batch || tile.channel != c))
+        tile.load(s, features, batch, c, lanes);
+      const Pixels<G> px{tile.data.data(), kLanes, s.width * kLanes};
+      const int64_t i = output_index(s, run.roi[slot], c, 0, 0);
+      for (int64_t b = 0; b < bins; ++b) {
+        G best[kLanes], value[kLanes];
+        int32_t arg[kLanes];
+        if (batch >= 0) {
+          scan_max_bin(run.tables[slot], b / s.pooled_w, b % s.pooled_w, px, kLanes, best, arg,
+                       value);
+        } else {
+          std::fill(best, best + kLanes, G(0));
+          std::fill(arg, arg + kLanes, -1);
+        }
+        for (int j = 0; j < lanes; ++j) {
+          out[i + j * bins + b] = from_acc<T>(best[j]);
+          argmax[i + j * bins + b] = arg[j];
         }
       }
     }
-  }
+  });
 }
 
 // ----------------------------------------------------------------- backward
@@ -327,7 +317,7 @@ JAX_ROI_CPU_CLONES void align_avg_backward_nhwc(const Problem<G>& p, int64_t k, 
     for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
       const T* src = grad_out + output_index(s, k, c0, ph, pw);
       for (int64_t c = 0; c < width; ++c) g[c] = to_acc(src[c]) / a.count;
-      for_each_inside_sample(scratch.tables, ph, pw, [&](const Bilinear<G>& w) {
+      for_each_inside_sample(scratch.tables, ph, pw, [&](const Bilinear<G>& w) JAX_ROI_INLINE_LAMBDA {
         G* __restrict__ d00 = gradient_at(s, grad, r.batch, w.y0, w.x0, c0);
         G* __restrict__ d01 = gradient_at(s, grad, r.batch, w.y0, w.x1, c0);
         G* __restrict__ d10 = gradient_at(s, grad, r.batch, w.y1, w.x0, c0);
@@ -354,7 +344,7 @@ JAX_ROI_ALWAYS_INLINE void align_avg_backward_lanes(const Problem<G>& p, const R
     G g[kLanes] = {};
     for (int j = 0; j < lanes; ++j) g[j] = to_acc(src[j * bins + b]) / run.count[slot];
     for_each_inside_sample(run.tables[slot], b / s.pooled_w, b % s.pooled_w,
-                           [&](const Bilinear<G>& w) {
+                           [&](const Bilinear<G>& w) JAX_ROI_INLINE_LAMBDA {
       G* __restrict__ d00 = tile.at(s.width, w.y0, w.x0);
       G* __restrict__ d01 = tile.at(s.width, w.y0, w.x1);
       G* __restrict__ d10 = tile.at(s.width, w.y1, w.x0);
@@ -376,7 +366,7 @@ JAX_ROI_CPU_CLONES void align_avg_backward_nchw(const Problem<G>& p, const RoiLi
                                                 G* grad, AlignScratch<G>& scratch) {
   RoiRun<G>& run = scratch.run;
   LaneTile<G>& tile = scratch.tile;
-  for_each_run_and_lane_group(p, list, c0, c1, run, kRunCapacity, [&](int64_t c, int lanes) {
+  for_each_run_and_lane_group(p, list, c0, c1, run, kRunCapacity, [&](int64_t c, int lanes) JAX_ROI_INLINE_LAMBDA {
     for (int64_t slot = 0; slot < run.size(); ++slot) {
       const int64_t batch = run.batch[slot];
       if (batch < 0) continue;

@@ -11,8 +11,11 @@
 
 // For helpers of the cloned loops that are too large for the inliner's
 // taste: outside the clones they would run as baseline code.
+// JAX_ROI_INLINE_LAMBDA does the same for a lambda: [&](...) JAX_ROI_INLINE_LAMBDA {...}.
 #if defined(__GNUC__)
 #define JAX_ROI_ALWAYS_INLINE inline __attribute__((always_inline))
+#define JAX_ROI_INLINE_LAMBDA __attribute__((always_inline))
 #else
 #define JAX_ROI_ALWAYS_INLINE inline
+#define JAX_ROI_INLINE_LAMBDA
 #endif

@@ -69,12 +69,7 @@ JAX_ROI_CPU_CLONES void pool_forward_nhwc(const Problem<G>& p, int64_t k, const 
         for (int64_t w = win.w0; w < win.w1; ++w) {
           const T* __restrict__ v = px.at(h, w);
           const int32_t pixel = static_cast<int32_t>(h * s.width + w);
-          for (int64_t c = 0; c < C; ++c) {
-            G value = to_acc(v[c]);
-            bool wins = value > best[c];  // first strict maximum; NaN never wins
-            best[c] = wins ? value : best[c];
-            arg[c] = wins ? pixel : arg[c];
-          }
+          for (int64_t c = 0; c < C; ++c) take_if_greater(to_acc(v[c]), pixel, &best[c], &arg[c]);
         }
       }
       const int64_t i = output_index(s, k, 0, ph, pw);
@@ -86,53 +81,47 @@ JAX_ROI_CPU_CLONES void pool_forward_nhwc(const Problem<G>& p, int64_t k, const 
   }
 }
 
-// NCHW: channels [cg, cg + kPlanes) of the ROIs of `run`: the planes share
-// each bin's window walk.
-template <int kPlanes, typename T, typename G>
-JAX_ROI_ALWAYS_INLINE void pool_forward_planes(const Problem<G>& p, const PoolRun<G>& run,
-                                               int64_t cg, const T* features, T* out,
-                                               int32_t* argmax) {
+// NCHW: channels [c0, c0 + lanes) of ROI `slot` of `run`, from `tile`.
+template <typename T, typename G>
+JAX_ROI_ALWAYS_INLINE void pool_forward_lanes(const Problem<G>& p, const PoolRun<G>& run,
+                                              int64_t slot, const LaneTile<G>& tile,
+                                              int64_t c0, int lanes, T* out, int32_t* argmax) {
   const Shape& s = p.shape;
-  const int64_t bins = s.pooled_h * s.pooled_w, plane_size = s.height * s.width;
-  for (int64_t slot = 0; slot < run.size(); ++slot) {
-    const int64_t batch = run.batch[slot];
-    const T* __restrict__ planes =
-        image_pixels(s, features, std::max<int64_t>(batch, 0), cg).data;
-    const PixelWindow* win = run.windows.data() + slot * bins;
-    const int64_t i = output_index(s, run.roi[slot], cg, 0, 0);
-    for (int64_t b = 0; b < bins; ++b) {
-      G best[kPlanes];
-      int32_t arg[kPlanes];
-      for (int j = 0; j < kPlanes; ++j) best[j] = -std::numeric_limits<G>::infinity(), arg[j] = -1;
-      for (int64_t h = win[b].h0; h < win[b].h1; ++h) {
-        for (int64_t w = win[b].w0; w < win[b].w1; ++w) {
-          const int32_t pixel = static_cast<int32_t>(h * s.width + w);
-          for (int j = 0; j < kPlanes; ++j) {
-            G value = to_acc(planes[j * plane_size + pixel]);
-            bool wins = value > best[j];  // first strict maximum; NaN never wins
-            best[j] = wins ? value : best[j];
-            arg[j] = wins ? pixel : arg[j];
-          }
-        }
+  const int64_t bins = s.pooled_h * s.pooled_w;
+  const PixelWindow* win = run.windows.data() + slot * bins;
+  const int64_t i = output_index(s, run.roi[slot], c0, 0, 0);
+  for (int64_t b = 0; b < bins; ++b) {
+    G best[kLanes];
+    int32_t arg[kLanes];
+    for (int j = 0; j < kLanes; ++j) best[j] = -std::numeric_limits<G>::infinity(), arg[j] = -1;
+    for (int64_t h = win[b].h0; h < win[b].h1; ++h) {
+      for (int64_t w = win[b].w0; w < win[b].w1; ++w) {
+        const G* __restrict__ v = tile.at(s.width, h, w);
+        const int32_t pixel = static_cast<int32_t>(h * s.width + w);
+#pragma GCC unroll 1  // unrolled, the loop becomes scalar branches, not blends
+        for (int j = 0; j < kLanes; ++j) take_if_greater(v[j], pixel, &best[j], &arg[j]);
       }
-      for (int j = 0; j < kPlanes; ++j) {
-        out[i + j * bins + b] = from_acc<T>(arg[j] < 0 ? G(0) : best[j]);
-        argmax[i + j * bins + b] = arg[j];
-      }
+    }
+    for (int j = 0; j < lanes; ++j) {
+      out[i + j * bins + b] = from_acc<T>(arg[j] < 0 ? G(0) : best[j]);
+      argmax[i + j * bins + b] = arg[j];
     }
   }
 }
 
-// NCHW: channels [c0, c1) of the listed ROIs.
+// NCHW: channels [c0, c1) of the listed ROIs, through tiles of kLanes channels.
 template <typename T, typename G>
 JAX_ROI_CPU_CLONES void pool_forward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0,
                                           int64_t c1, const T* features, T* out,
-                                          int32_t* argmax, PoolRun<G>& run) {
-  for_each_run_and_plane_group(p, list, c0, c1, sizeof(T), run, kPoolRunCapacity,
-                               [&](int64_t c, auto planes) {
-                                 pool_forward_planes<decltype(planes)::value>(
-                                     p, run, c, features, out, argmax);
-                               });
+                                          int32_t* argmax, PoolRun<G>& run, LaneTile<G>& tile) {
+  for_each_run_and_lane_group(p, list, c0, c1, run, kPoolRunCapacity, [&](int64_t c, int lanes) JAX_ROI_INLINE_LAMBDA {
+    for (int64_t slot = 0; slot < run.size(); ++slot) {
+      const int64_t batch = run.batch[slot];
+      if (batch >= 0 && (tile.batch != batch || tile.channel != c))
+        tile.load(p.shape, features, batch, c, lanes);
+      pool_forward_lanes(p, run, slot, tile, c, lanes, out, argmax);
+    }
+  });
 }
 
 // Channels [c0, c1) of ROI k's gradient: each bin's to its winning pixel.

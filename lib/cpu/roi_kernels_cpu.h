@@ -82,7 +82,8 @@ struct CpuBackend {
                        align_max_forward_nchw(p, list, c0, c1, features, out, argmax, scratch);
                      } else {
                        PoolRun<G> run;
-                       pool_forward_nchw(p, list, c0, c1, features, out, argmax, run);
+                       pool_forward_nchw(p, list, c0, c1, features, out, argmax, run,
+                                         scratch.tile);
                      }
                    });
       return;

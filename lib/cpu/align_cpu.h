@@ -1,8 +1,9 @@
 // roi_align on the CPU, one ROI at a time: its axis tables are built once
 // and serve every channel. In NHWC the innermost loop runs over contiguous
-// channels and vectorises; in NCHW it runs over a ROI's bins in one plane.
-// Sums are formed in the same order as the element functions (sample by
-// sample, four corners each), so both agree to rounding.
+// channels and vectorises; in NCHW it runs over kLanes channels of a tile.
+// "avg" sums a bin's taps (axis_table.h), the element functions its samples
+// corner by corner, so both agree to rounding; "max" compares samples in
+// the element functions' order, so its winners agree exactly.
 #pragma once
 
 #include <algorithm>
@@ -53,6 +54,7 @@ struct AlignScratch {
   RoiTables<G> tables;
   RoiRun<G> run;
   LaneTile<G> tile;
+  OutputBlock<G> block;
   std::vector<G> acc, value;
   std::vector<int32_t> arg;
 };
@@ -72,16 +74,15 @@ Pixels<T> image_pixels(const Shape& s, const T* base, int64_t batch, int64_t cha
   return {base + image + channel * s.height * s.width, 1, s.width};
 }
 
-// Calls f(w) for every in-map bilinear sample of bin (ph, pw), in scan order.
+// Calls f(y, x, weight) for every tap of bin (ph, pw): each pixel its
+// in-map samples touch, with their summed bilinear weights.
 template <typename G, typename F>
-JAX_ROI_ALWAYS_INLINE void for_each_inside_sample(const RoiTables<G>& t, int64_t ph, int64_t pw, const F& f) {
-  const AxisWeights<G>* ys = t.y.begin(ph);
-  const AxisWeights<G>* xs = t.x.begin(pw);
-  for (int64_t a = 0, ny = t.y.count(ph); a < ny; ++a) {
-    if (!ys[a].inside) continue;
-    for (int64_t b = 0, nx = t.x.count(pw); b < nx; ++b)
-      if (xs[b].inside) f(bilinear(ys[a], xs[b]));
-  }
+JAX_ROI_ALWAYS_INLINE void for_each_tap(const RoiTables<G>& t, int64_t ph, int64_t pw, const F& f) {
+  const AxisTap<G>* ys = t.y.taps_begin(ph);
+  const AxisTap<G>* xs = t.x.taps_begin(pw);
+  const int64_t ny = t.y.tap_count(ph), nx = t.x.tap_count(pw);
+  for (int64_t a = 0; a < ny; ++a)
+    for (int64_t b = 0; b < nx; ++b) f(ys[a].index, xs[b].index, ys[a].weight * xs[b].weight);
 }
 
 template <typename G>
@@ -114,14 +115,9 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nhwc(const Problem<G>& p, int64_t k, i
     for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
       for (int64_t c = 0; c < width; ++c) sum[c] = G(0);
       if (reads) {
-        for_each_inside_sample(scratch.tables, ph, pw, [&](const Bilinear<G>& w) JAX_ROI_INLINE_LAMBDA {
-          const T* __restrict__ v00 = px.at(w.y0, w.x0);
-          const T* __restrict__ v01 = px.at(w.y0, w.x1);
-          const T* __restrict__ v10 = px.at(w.y1, w.x0);
-          const T* __restrict__ v11 = px.at(w.y1, w.x1);
-          for (int64_t c = 0; c < width; ++c)
-            sum[c] += w.w00 * to_acc(v00[c]) + w.w01 * to_acc(v01[c]) +
-                      w.w10 * to_acc(v10[c]) + w.w11 * to_acc(v11[c]);
+        for_each_tap(scratch.tables, ph, pw, [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
+          const T* __restrict__ v = px.at(y, x);
+          for (int64_t c = 0; c < width; ++c) sum[c] += w * to_acc(v[c]);
         });
         for (int64_t c = 0; c < width; ++c) sum[c] /= a.count;
       }
@@ -131,30 +127,25 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nhwc(const Problem<G>& p, int64_t k, i
   }
 }
 
-// NCHW: channels [c0, c0 + lanes) of ROI `slot` of `run`, from `tile`.
-template <typename T, typename G>
+// NCHW: channels [c0, c0 + lanes) of ROI `slot` of `run`, from `tile`,
+// into `block`.
+template <typename G>
 JAX_ROI_ALWAYS_INLINE void align_avg_forward_lanes(const Problem<G>& p, const RoiRun<G>& run,
                                                    int64_t slot, const LaneTile<G>& tile,
-                                                   int64_t c0, int lanes, T* out) {
+                                                   OutputBlock<G>& block) {
   const Shape& s = p.shape;
-  const int64_t bins = s.pooled_h * s.pooled_w;
   const bool reads = run.batch[slot] >= 0;
   const G count = run.count[slot];
-  T* dst = out + output_index(s, run.roi[slot], c0, 0, 0);
   for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
     for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
-      G sum[kLanes] = {};
-      if (reads)
-        for_each_inside_sample(run.tables[slot], ph, pw, [&](const Bilinear<G>& w) JAX_ROI_INLINE_LAMBDA {
-          const G* __restrict__ v00 = tile.at(s.width, w.y0, w.x0);
-          const G* __restrict__ v01 = tile.at(s.width, w.y0, w.x1);
-          const G* __restrict__ v10 = tile.at(s.width, w.y1, w.x0);
-          const G* __restrict__ v11 = tile.at(s.width, w.y1, w.x1);
-          for (int j = 0; j < kLanes; ++j)
-            sum[j] += w.w00 * v00[j] + w.w01 * v01[j] + w.w10 * v10[j] + w.w11 * v11[j];
+      LaneVector<G> sum = {};
+      if (reads) {
+        for_each_tap(run.tables[slot], ph, pw, [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
+          sum += w * load_lanes(tile.at(s.width, y, x));
         });
-      const int64_t b = ph * s.pooled_w + pw;
-      for (int j = 0; j < lanes; ++j) dst[j * bins + b] = from_acc<T>(reads ? sum[j] / count : G(0));
+        sum /= count;
+      }
+      block.put(ph * s.pooled_w + pw, sum);
     }
   }
 }
@@ -166,12 +157,15 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nchw(const Problem<G>& p, const RoiLis
                                                T* out, AlignScratch<G>& scratch) {
   RoiRun<G>& run = scratch.run;
   LaneTile<G>& tile = scratch.tile;
+  OutputBlock<G>& block = scratch.block;
+  block.resize(p.shape.pooled_h * p.shape.pooled_w);
   for_each_run_and_lane_group(p, list, c0, c1, run, kRunCapacity, [&](int64_t c, int lanes) JAX_ROI_INLINE_LAMBDA {
     for (int64_t slot = 0; slot < run.size(); ++slot) {
       const int64_t batch = run.batch[slot];
       if (batch >= 0 && (tile.batch != batch || tile.channel != c))
         tile.load(p.shape, features, batch, c, lanes);
-      align_avg_forward_lanes(p, run, slot, tile, c, lanes, out);
+      align_avg_forward_lanes(p, run, slot, tile, block);
+      block.write(out + output_index(p.shape, run.roi[slot], c, 0, 0), lanes);
     }
   });
 }
@@ -317,42 +311,29 @@ JAX_ROI_CPU_CLONES void align_avg_backward_nhwc(const Problem<G>& p, int64_t k, 
     for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
       const T* src = grad_out + output_index(s, k, c0, ph, pw);
       for (int64_t c = 0; c < width; ++c) g[c] = to_acc(src[c]) / a.count;
-      for_each_inside_sample(scratch.tables, ph, pw, [&](const Bilinear<G>& w) JAX_ROI_INLINE_LAMBDA {
-        G* __restrict__ d00 = gradient_at(s, grad, r.batch, w.y0, w.x0, c0);
-        G* __restrict__ d01 = gradient_at(s, grad, r.batch, w.y0, w.x1, c0);
-        G* __restrict__ d10 = gradient_at(s, grad, r.batch, w.y1, w.x0, c0);
-        G* __restrict__ d11 = gradient_at(s, grad, r.batch, w.y1, w.x1, c0);
-        for (int64_t c = 0; c < width; ++c) d00[c] += g[c] * w.w00;
-        for (int64_t c = 0; c < width; ++c) d01[c] += g[c] * w.w01;
-        for (int64_t c = 0; c < width; ++c) d10[c] += g[c] * w.w10;
-        for (int64_t c = 0; c < width; ++c) d11[c] += g[c] * w.w11;
+      for_each_tap(scratch.tables, ph, pw, [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
+        G* __restrict__ d = gradient_at(s, grad, r.batch, y, x, c0);
+        for (int64_t c = 0; c < width; ++c) d[c] += g[c] * w;
       });
     }
   }
 }
 
-// NCHW: the gradient of ROI `slot` of `run` into a tile of channels
-// [c0, c0 + lanes) of its image.
-template <typename T, typename G>
+// NCHW: the gradient of ROI `slot` of `run`, read from `block`, into a
+// tile of its image.
+template <typename G>
 JAX_ROI_ALWAYS_INLINE void align_avg_backward_lanes(const Problem<G>& p, const RoiRun<G>& run,
-                                                    int64_t slot, int64_t c0, int lanes,
-                                                    const T* grad_out, LaneTile<G>& tile) {
+                                                    int64_t slot, const OutputBlock<G>& block,
+                                                    LaneTile<G>& tile) {
   const Shape& s = p.shape;
   const int64_t bins = s.pooled_h * s.pooled_w;
-  const T* src = grad_out + output_index(s, run.roi[slot], c0, 0, 0);
+  const G count = run.count[slot];
   for (int64_t b = 0; b < bins; ++b) {
-    G g[kLanes] = {};
-    for (int j = 0; j < lanes; ++j) g[j] = to_acc(src[j * bins + b]) / run.count[slot];
-    for_each_inside_sample(run.tables[slot], b / s.pooled_w, b % s.pooled_w,
-                           [&](const Bilinear<G>& w) JAX_ROI_INLINE_LAMBDA {
-      G* __restrict__ d00 = tile.at(s.width, w.y0, w.x0);
-      G* __restrict__ d01 = tile.at(s.width, w.y0, w.x1);
-      G* __restrict__ d10 = tile.at(s.width, w.y1, w.x0);
-      G* __restrict__ d11 = tile.at(s.width, w.y1, w.x1);
-      for (int j = 0; j < kLanes; ++j) d00[j] += g[j] * w.w00;
-      for (int j = 0; j < kLanes; ++j) d01[j] += g[j] * w.w01;
-      for (int j = 0; j < kLanes; ++j) d10[j] += g[j] * w.w10;
-      for (int j = 0; j < kLanes; ++j) d11[j] += g[j] * w.w11;
+    const LaneVector<G> g = block.get(b) / count;
+    for_each_tap(run.tables[slot], b / s.pooled_w, b % s.pooled_w,
+                 [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
+      G* d = tile.at(s.width, y, x);
+      store_lanes(d, load_lanes(d) + g * w);
     });
   }
 }
@@ -366,6 +347,8 @@ JAX_ROI_CPU_CLONES void align_avg_backward_nchw(const Problem<G>& p, const RoiLi
                                                 G* grad, AlignScratch<G>& scratch) {
   RoiRun<G>& run = scratch.run;
   LaneTile<G>& tile = scratch.tile;
+  OutputBlock<G>& block = scratch.block;
+  block.resize(p.shape.pooled_h * p.shape.pooled_w);
   for_each_run_and_lane_group(p, list, c0, c1, run, kRunCapacity, [&](int64_t c, int lanes) JAX_ROI_INLINE_LAMBDA {
     for (int64_t slot = 0; slot < run.size(); ++slot) {
       const int64_t batch = run.batch[slot];
@@ -374,7 +357,8 @@ JAX_ROI_CPU_CLONES void align_avg_backward_nchw(const Problem<G>& p, const RoiLi
         tile.flush_into(p.shape, grad, lanes);
         tile.load_zeros(p.shape, batch, c);
       }
-      align_avg_backward_lanes(p, run, slot, c, lanes, grad_out, tile);
+      block.read(grad_out + output_index(p.shape, run.roi[slot], c, 0, 0), lanes);
+      align_avg_backward_lanes(p, run, slot, block, tile);
     }
     tile.flush_into(p.shape, grad, lanes);
   });

@@ -2,6 +2,13 @@
 // sample range and each sample's interpolation indices and weights. A bin's
 // bilinear samples are the products of its y and x entries, so a ROI costs
 // O(PH*gh + PW*gw) table entries and every channel reuses them.
+//
+// For "avg" the table also merges a bin's samples into taps: each pixel
+// index the bin's inside samples touch, once, with their weights summed.
+// Bilinear weights factor into a y and an x weight, so a bin's average is
+// the sum over y taps and x taps of wy * wx * pixel: the same sum as sample
+// by sample (to rounding), with fewer terms wherever samples share pixels
+// (4 instead of 16 for a 2 x 2 grid in a bin under a pixel wide).
 #pragma once
 
 #include <cstdint>
@@ -12,26 +19,67 @@
 namespace jax_roi {
 
 template <typename G>
+struct AxisTap {
+  int64_t index;
+  G weight;
+};
+
+template <typename G>
 struct AxisTable {
   std::vector<AxisWeights<G>> samples;  // bin p's samples: [first[p], first[p+1])
   std::vector<int64_t> first;
   std::vector<SampleRange> ranges;
+  std::vector<AxisTap<G>> taps;  // bin p's taps: [tap_first[p], tap_first[p+1])
+  std::vector<int64_t> tap_first;
 
   void build(G roi_start, G bin_size, G grid, int64_t bins, int64_t extent) {
     samples.clear();
     first.assign(1, 0);
     ranges.clear();
+    taps.clear();
+    tap_first.assign(1, 0);
     for (int64_t p = 0; p < bins; ++p) {
       SampleRange r = sample_range(roi_start, p, bin_size, grid, extent);
-      for (int64_t t = r.lo; t < r.hi; ++t)
-        samples.push_back(axis_weights(sample_position(roi_start, p, bin_size, t, grid), extent));
+      for (int64_t t = r.lo; t < r.hi; ++t) {
+        AxisWeights<G> w = axis_weights(sample_position(roi_start, p, bin_size, t, grid), extent);
+        samples.push_back(w);
+        if (w.inside) {
+          add_tap(w.i0, w.w0);
+          add_tap(w.i1, w.w1);
+        }
+      }
       ranges.push_back(r);
       first.push_back(static_cast<int64_t>(samples.size()));
+      tap_first.push_back(static_cast<int64_t>(taps.size()));
     }
   }
 
   const AxisWeights<G>* begin(int64_t p) const { return samples.data() + first[p]; }
   int64_t count(int64_t p) const { return first[p + 1] - first[p]; }
+  const AxisTap<G>* taps_begin(int64_t p) const { return taps.data() + tap_first[p]; }
+  int64_t tap_count(int64_t p) const { return tap_first[p + 1] - tap_first[p]; }
+
+ private:
+  // Adds a weight to the current bin's tap for `index`. A tap is kept even
+  // when its weights sum to 0, so that a NaN or infinite pixel a sample
+  // touches still reaches the result, as it does sample by sample.
+  void add_tap(int64_t index, G weight) {
+    const int64_t bin_begin = tap_first.back();
+    const int64_t n = static_cast<int64_t>(taps.size());
+    // Sample positions grow within a bin, so a new index is the last or
+    // the one before it, or a new largest one.
+    if (n == bin_begin || index > taps[n - 1].index) {
+      taps.push_back({index, weight});
+      return;
+    }
+    for (int64_t i = n - 1; i >= bin_begin; --i) {
+      if (taps[i].index == index) {
+        taps[i].weight += weight;
+        return;
+      }
+    }
+    taps.push_back({index, weight});  // positions that fall (an inverted box)
+  }
 };
 
 // Both axes of one ROI.

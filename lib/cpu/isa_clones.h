@@ -4,7 +4,7 @@
 #pragma once
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define JAX_ROI_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define JAX_ROI_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define JAX_ROI_CPU_CLONES
 #endif

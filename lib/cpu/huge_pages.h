@@ -18,7 +18,7 @@ namespace jax_roi {
 inline void advise_huge_pages(const void* data, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
-  if (bytes < 4 * kHugePage) return;  // small results: not worth a system call
+  if (bytes < 2 * kHugePage) return;  // small results: not worth a system call
   const uintptr_t start = reinterpret_cast<uintptr_t>(data);
   const uintptr_t begin = (start + kHugePage - 1) & ~(kHugePage - 1);
   const uintptr_t end = (start + bytes) & ~(kHugePage - 1);

@@ -1,6 +1,7 @@
-// Hot CPU loops are compiled twice, for baseline x86-64 and for x86-64-v3
-// (AVX2 + FMA), and the loader picks the clone the processor supports, so a
-// wheel runs anywhere and uses 8-wide vectors where they exist.
+// Hot CPU loops are compiled three times, for baseline x86-64, x86-64-v3
+// (AVX2 + FMA) and x86-64-v4 (AVX-512), and the loader picks the best clone
+// the processor supports, so a wheel runs anywhere and uses 8- or 16-wide
+// vectors where they exist.
 #pragma once
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)

@@ -77,18 +77,9 @@ def op_for(module, w, mode, layout):
                                          w.aligned, mode=mode, layout=layout)
 
 
-def median_ms(fn, repeats):
-    fn()  # compiles
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
-
-def jax_timings(op, features, rois, repeats):
-    """Forward and backward (the VJP alone) times, and the forward's temp bytes."""
+def jax_calls(op, features, rois):
+    """Forward and backward (the VJP alone) as timed calls, and the forward's
+    temp bytes."""
     features, rois = jnp.asarray(features), jnp.asarray(rois)
     forward = jax.jit(op)
     out = forward(features, rois)
@@ -96,16 +87,15 @@ def jax_timings(op, features, rois, repeats):
     _, vjp = jax.vjp(lambda f: op(f, rois), features)
     backward = jax.jit(vjp)
     memory = forward.lower(features, rois).compile().memory_analysis()
-    temp = getattr(memory, "temp_size_in_bytes", None)
-    return {
-        "forward_ms": median_ms(lambda: forward(features, rois).block_until_ready(), repeats),
-        "backward_ms": median_ms(lambda: backward(cotangent)[0].block_until_ready(), repeats),
-        "temp_bytes": temp,
-        "output_bytes": out.size * out.dtype.itemsize,
+    calls = {
+        "forward": lambda: forward(features, rois).block_until_ready(),
+        "backward": lambda: backward(cotangent)[0].block_until_ready(),
     }
+    return calls, {"temp_bytes": getattr(memory, "temp_size_in_bytes", None),
+                   "output_bytes": out.size * out.dtype.itemsize}
 
 
-def torchvision_timings(w, mode, features_nchw, rois, repeats):
+def torchvision_calls(w, features_nchw, rois):
     import torch
     import torchvision
 
@@ -117,16 +107,34 @@ def torchvision_timings(w, mode, features_nchw, rois, repeats):
     else:
         op = lambda: torchvision.ops.roi_align(x, r, w.output, w.spatial_scale,
                                                w.sampling_ratio, w.aligned)
-    with torch.no_grad():
-        forward = median_ms(op, repeats)
     out = op()
     cotangent = torch.ones_like(out)
+
+    def forward():
+        with torch.no_grad():
+            op()
 
     def backward():
         x.grad = None
         out.backward(cotangent, retain_graph=True)
 
-    return {"forward_ms": forward, "backward_ms": median_ms(backward, repeats)}
+    return {"forward": forward, "backward": backward}
+
+
+def median_ms_in_rounds(calls, repeats):
+    """Median ms of each named call, timed in rounds that call each once (in
+    an order that rotates), so a slow spell of a shared machine weighs on
+    every implementation alike and the ratios stay fair."""
+    for call in calls.values():
+        call()  # compiles
+    names = list(calls)
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
 def torchvision_available():
@@ -156,12 +164,20 @@ def run(quick_run=False, repeats=5, with_torch=True, log=print):
         features, rois = make_inputs(w, layout, jnp.dtype(dtype))
         row = {"workload": w.name, "op": "roi_pool" if w.op == "pool" else f"roi_align/{mode}",
                "layout": layout, "dtype": dtype, "shape": asdict(w)}
-        row["jax_roi"] = jax_timings(op_for(jax_roi, w, mode, layout), features, rois, repeats)
-        row["xla"] = jax_timings(op_for(reference, w, mode, layout), features, rois, repeats)
+        calls, memory = {}, {}
+        for name, module in (("jax_roi", jax_roi), ("xla", reference)):
+            calls[name], memory[name] = jax_calls(op_for(module, w, mode, layout), features, rois)
         # torchvision has no max-pooling roi_align.
         if with_torch and dtype == "float32" and not (w.op == "align" and mode == "max"):
             nchw, _ = make_inputs(w, "NCHW", np.float32)
-            row["torchvision"] = torchvision_timings(w, mode, nchw, rois, repeats)
+            calls["torchvision"] = torchvision_calls(w, nchw, rois)
+        for name in calls:
+            row[name] = dict(memory.get(name, {}))
+        for direction in ("forward", "backward"):
+            medians = median_ms_in_rounds(
+                {name: c[direction] for name, c in calls.items()}, repeats)
+            for name, ms in medians.items():
+                row[name][f"{direction}_ms"] = ms
         results.append(row)
         log(format_row(row))
     return results
@@ -218,7 +234,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced sizes: runs in seconds")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per case (median)")
+    parser.add_argument("--repeats", type=int, default=9,
+                        help="timed rounds per case: each calls every implementation once")
     parser.add_argument("--out", default="bench-results",
                         help="directory for bench.json and bench.png")
     parser.add_argument("--no-torch", action="store_true",

@@ -22,3 +22,14 @@ def test_quick_benchmark_writes_its_report(tmp_path):
         for impl in ("jax_roi", "xla"):
             assert row[impl]["forward_ms"] > 0 and row[impl]["backward_ms"] > 0
         assert "torchvision" not in row
+
+
+def test_rounds_call_every_implementation_once_each_in_rotating_order():
+    from jax_roi.bench import median_ms_in_rounds
+
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in ("a", "b", "c")}
+    medians = median_ms_in_rounds(calls, repeats=3)
+    assert set(medians) == {"a", "b", "c"} and all(ms >= 0 for ms in medians.values())
+    # One warm-up call each, then rounds that start one name later each time.
+    assert order == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]

@@ -66,8 +66,9 @@ def test_cuda_element_functions_match_cpu_kernels(op, sampling_ratio, aligned, d
     assert_kernels_agree(features, rois, static)
 
 
-# The CPU kernels may fuse multiply-adds (as the GPU does): agreement is to
-# the rounding of the output dtype, and the argmax exactly.
+# The CPU kernels may fuse multiply-adds (as the GPU does) and sum "avg"
+# bins by pixel taps where the element functions go sample by sample:
+# agreement is to the rounding of the output dtype, and the argmax exactly.
 TOLERANCE = {jnp.float64: 1e-12, jnp.float32: 2e-6, jnp.float16: 2e-3, jnp.bfloat16: 1e-2}
 
 

@@ -295,6 +295,23 @@ def test_nan_features(op):
     _check(cfg.pop("op"), x, rois, (2, 3), F64, "NCHW", scale=1.0, **cfg)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("sr,aligned", [(1, False), (2, True), (-1, False)])
+def test_avg_bins_whose_samples_share_pixels(sr, aligned, dtype, layout):
+    # Bins under a pixel wide, whose samples share their corner pixels, and
+    # samples on whole pixels, whose second corner has weight 0: an infinite
+    # pixel there still makes the bin NaN, as sample by sample. 20 channels
+    # span two lane groups of the NCHW kernels, the second one partial.
+    rng = np.random.default_rng(11)
+    x = _features(rng, layout, dtype, shape=(N, 20, H, W))
+    x[(0, 3, 3, 5) if layout == "NHWC" else (0, 5, 3, 3)] = np.inf
+    rois = [[0, 0.5, 0.5, 2.5, 2.5], [1, 1.1, 2.2, 1.9, 2.6], [0, 2.0, 2.0, 3.0, 3.5],
+            [1, 0.2, 0.3, 5.4, 1.0], [0, 3.7, 4.1, 4.2, 6.9]]
+    _check("align", x, rois, (2, 2), dtype, layout, scale=1.0, sr=sr, aligned=aligned,
+           mode="avg")
+
+
 # ------------------------------------------------------------ ill-formed ROIs
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])

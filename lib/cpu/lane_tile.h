@@ -1,6 +1,6 @@
 // NCHW kernels read a few channels of one image at a time through a tile
 // that interleaves them: pixel (y, x) of lane j sits at ((y*W + x)*kLanes +
-// j). A bilinear sample then reads each corner's kLanes channels as one
+// j). Each tap or sample then reads a pixel's kLanes channels as one
 // vector, as NHWC does, instead of one scalar per plane. The tile holds the
 // accumulation type, so 16-bit maps are converted once.
 #pragma once

@@ -121,6 +121,9 @@ def torchvision_calls(w, features_nchw, rois):
     return {"forward": forward, "backward": backward}
 
 
+DEFAULT_REPEATS = 9
+
+
 def median_ms_in_rounds(calls, repeats):
     """Median ms of each named call, timed in rounds that call each once (in
     an order that rotates), so a slow spell of a shared machine weighs on
@@ -158,7 +161,7 @@ def cases(quick_run):
                 yield w, mode, "NHWC", "bfloat16"
 
 
-def run(quick_run=False, repeats=5, with_torch=True, log=print):
+def run(quick_run=False, repeats=DEFAULT_REPEATS, with_torch=True, log=print):
     results = []
     for w, mode, layout, dtype in cases(quick_run):
         features, rois = make_inputs(w, layout, jnp.dtype(dtype))
@@ -234,7 +237,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced sizes: runs in seconds")
-    parser.add_argument("--repeats", type=int, default=9,
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
                         help="timed rounds per case: each calls every implementation once")
     parser.add_argument("--out", default="bench-results",
                         help="directory for bench.json and bench.png")

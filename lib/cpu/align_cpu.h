@@ -127,8 +127,8 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nhwc(const Problem<G>& p, int64_t k, i
   }
 }
 
-// NCHW: channels [c0, c0 + lanes) of ROI `slot` of `run`, from `tile`,
-// into `block`.
+// NCHW: the tile's channels of ROI `slot` of `run`, from `tile`, into
+// `block`.
 template <typename G>
 JAX_ROI_ALWAYS_INLINE void align_avg_forward_lanes(const Problem<G>& p, const RoiRun<G>& run,
                                                    int64_t slot, const LaneTile<G>& tile,

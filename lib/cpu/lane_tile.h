@@ -95,7 +95,8 @@ struct LaneTile {
 // as the kernels use them: bin b's kLanes lanes at b * kLanes. In NCHW those
 // channels of a ROI are one contiguous run of lanes * bins outputs, so
 // moving the block whole is one sequential stream instead of kLanes
-// interleaved ones.
+// interleaved ones. Its moves are forced inline so they run in the
+// caller's ISA clone.
 template <typename G>
 struct OutputBlock {
   std::vector<G> data;
@@ -110,7 +111,7 @@ struct OutputBlock {
 
   // Lanes [0, lanes) to dst, lane j's bins at dst[j * bins, (j + 1) * bins).
   template <typename T>
-  void write(T* dst, int lanes) const {
+  JAX_ROI_ALWAYS_INLINE void write(T* dst, int lanes) const {
     const G* __restrict__ src = data.data();
     for (int j = 0; j < lanes; ++j)
       for (int64_t b = 0; b < bins; ++b) dst[j * bins + b] = from_acc<T>(src[b * kLanes + j]);
@@ -118,7 +119,7 @@ struct OutputBlock {
 
   // The inverse of write; lanes past `lanes` read 0.
   template <typename T>
-  void read(const T* src, int lanes) {
+  JAX_ROI_ALWAYS_INLINE void read(const T* src, int lanes) {
     G* __restrict__ dst = data.data();
     for (int j = 0; j < kLanes; ++j)
       for (int64_t b = 0; b < bins; ++b) dst[b * kLanes + j] = j < lanes ? to_acc(src[j * bins + b]) : G(0);

@@ -177,6 +177,22 @@ def test_many_rois_float32(op, c, layout):
     _check(cfg.pop("op"), x, rois, (3, 4), F32, layout, scale=scale, **cfg)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("op", list(OPS))
+def test_backward_with_rois_crowded_on_one_image(op, layout):
+    # The backward splits an image with most of the ROIs by channels (into
+    # blocks of 16 in NHWC, the last one short) and gives the others whole;
+    # image 2 has no ROI and some ROIs read nothing.
+    n, c, h, w, scale = 3, 40, 11, 9, 0.5
+    rng = np.random.default_rng(5)
+    x = _features(rng, layout, F32, (n, c, h, w))
+    rois = _rois(rng, "K5", n, h, w, scale, per_image=12)
+    rois[:, 0] = np.where(np.arange(len(rois)) < 30, 0, 1)
+    rois[::7, 0] = -1
+    cfg = dict(OPS[op])
+    _check(cfg.pop("op"), x, rois.astype(np.float32), (3, 2), F32, layout, scale=scale, **cfg)
+
+
 # ------------------------------------------------------------ hand-made boxes
 
 # (b, x1, y1, x2, y2) on the N x C x 7 x 6 map, scale 1

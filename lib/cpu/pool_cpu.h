@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "align_cpu.h"
+#include "channel_scatter.h"
 #include "isa_clones.h"
 
 namespace jax_roi {
@@ -136,11 +137,8 @@ JAX_ROI_CPU_CLONES void pool_backward_roi(const Problem<G>& p, int64_t k, int64_
   if (s.channels_last) {
     G* __restrict__ image = grad + r.batch * pixels * s.channels;
     for (int64_t b = 0; b < bins; ++b) {
-      const int64_t i = output_index(s, k, 0, b / s.pooled_w, b % s.pooled_w);
-      for (int64_t c = c0; c < c1; ++c) {
-        const int32_t pixel = argmax[i + c];
-        if (pixel >= 0 && pixel < pixels) image[pixel * s.channels + c] += to_acc(grad_out[i + c]);
-      }
+      const int64_t i = output_index(s, k, c0, b / s.pooled_w, b % s.pooled_w);
+      scatter_channels(image + c0, s.channels, pixels, argmax + i, grad_out + i, c1 - c0);
     }
     return;
   }

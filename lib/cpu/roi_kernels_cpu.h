@@ -1,9 +1,8 @@
 // The CPU backend: ROI-at-a-time kernels over XLA's thread pool. NCHW
 // forward splits the channels among threads and NHWC forward the ROIs;
-// backward splits the channels, so each thread owns the gradient elements
-// it writes and adds into them in a fixed order: the gradient is bitwise
-// reproducible, with no atomics. A pyramid is its levels one after another,
-// each visiting only its own ROIs.
+// backward splits into blocks of (image, channels) that each own the
+// gradient elements they write (gradient_blocks.h). A pyramid is its levels
+// one after another, each visiting only its own ROIs.
 #pragma once
 
 #include <algorithm>
@@ -11,6 +10,7 @@
 
 #include "../ffi_problem.h"
 #include "align_cpu.h"
+#include "gradient_blocks.h"
 #include "huge_pages.h"
 #include "parallel_for.h"
 #include "pool_cpu.h"
@@ -114,30 +114,33 @@ struct CpuBackend {
       std::fill(grad + begin, grad + end, G(0));
     });
     if (list.size == 0 || n == 0 || s.pooled_h * s.pooled_w == 0) return;
-    // One block of channels per thread; in NHWC a multiple of 16, so that
-    // threads never write to the same cache line.
-    int64_t grain = balanced_grain(pool, s.channels, 1, 1);
-    if (s.channels_last) grain = std::max<int64_t>(16, (grain + 15) / 16 * 16);
-    parallel_for(pool, s.channels, grain, [&](int64_t c0, int64_t c1) {
+    // In NHWC, channel blocks are multiples of 16, so that threads never
+    // write to the same cache line.
+    const std::vector<GradientBlock> blocks =
+        gradient_blocks(p, list, pool.num_threads(), s.channels_last ? 16 : 1);
+    parallel_for(pool, static_cast<int64_t>(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
       AlignScratch<G> scratch;
-      if (!s.channels_last) {  // a run of ROIs at a time
-        if constexpr (op == Op::kAlignAvg)
-          align_avg_backward_nchw(p, list, c0, c1, grad_out, grad, scratch);
-        else if constexpr (op == Op::kAlignMax)
-          align_max_backward_nchw(p, list, c0, c1, grad_out, argmax, grad, scratch);
-        else
-          for (int64_t j = 0; j < list.size; ++j)
-            pool_backward_roi(p, list.ids[j], c0, c1, grad_out, argmax, grad);
-        return;
-      }
-      for (int64_t j = 0; j < list.size; ++j) {
-        const int64_t k = list.ids[j];
-        if constexpr (op == Op::kAlignAvg)
-          align_avg_backward_nhwc(p, k, c0, c1, grad_out, grad, scratch);
-        else if constexpr (op == Op::kAlignMax)
-          align_max_backward_nhwc(p, k, c0, c1, grad_out, argmax, grad, scratch);
-        else
-          pool_backward_roi(p, k, c0, c1, grad_out, argmax, grad);
+      for (int64_t b = b0; b < b1; ++b) {
+        const auto& [rois, c0, c1] = blocks[b];
+        if (!s.channels_last) {  // a run of ROIs at a time
+          if constexpr (op == Op::kAlignAvg)
+            align_avg_backward_nchw(p, rois, c0, c1, grad_out, grad, scratch);
+          else if constexpr (op == Op::kAlignMax)
+            align_max_backward_nchw(p, rois, c0, c1, grad_out, argmax, grad, scratch);
+          else
+            for (int64_t j = 0; j < rois.size; ++j)
+              pool_backward_roi(p, rois.ids[j], c0, c1, grad_out, argmax, grad);
+          continue;
+        }
+        for (int64_t j = 0; j < rois.size; ++j) {
+          const int64_t k = rois.ids[j];
+          if constexpr (op == Op::kAlignAvg)
+            align_avg_backward_nhwc(p, k, c0, c1, grad_out, grad, scratch);
+          else if constexpr (op == Op::kAlignMax)
+            align_max_backward_nhwc(p, k, c0, c1, grad_out, argmax, grad, scratch);
+          else
+            pool_backward_roi(p, k, c0, c1, grad_out, argmax, grad);
+        }
       }
     });
   }

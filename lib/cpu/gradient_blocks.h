@@ -1,0 +1,53 @@
+// How the backward splits its work: into blocks of one image's ROIs over a
+// range of channels. A block owns the gradient of its image and channels, so
+// threads never write the same element, and each element takes its ROIs'
+// contributions in list order whatever the split: the gradient is bitwise
+// reproducible, with no atomics.
+//
+// Whole images are preferred to channel halves: a thread reading every
+// other kilobyte of the output gradient's rows makes the hardware
+// prefetchers of both cores fetch all of it. An image with more than a
+// thread's share of the ROIs is split by channels, to keep threads busy.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "../roi_elements.h"
+#include "axis_table.h"
+
+namespace jax_roi {
+
+struct GradientBlock {
+  RoiList rois;
+  int64_t c0, c1;
+};
+
+// `list` is in spatial order (grouped by image, ROIs that read nothing first);
+// channel blocks are multiples of `channel_multiple` but the last.
+template <typename G>
+std::vector<GradientBlock> gradient_blocks(const Problem<G>& p, const RoiList& list,
+                                           int64_t threads, int64_t channel_multiple) {
+  const int64_t C = p.shape.channels;
+  int64_t first = 0;  // the first ROI that reads something
+  while (first < list.size && !load_roi(p.rois, list.ids[first]).valid) ++first;
+  const int64_t active = list.size - first;
+  std::vector<GradientBlock> blocks;
+  for (int64_t begin = first; begin < list.size;) {
+    const int64_t batch = load_roi(p.rois, list.ids[begin]).batch;
+    int64_t end = begin + 1;
+    while (end < list.size && load_roi(p.rois, list.ids[end]).batch == batch) ++end;
+    const int64_t share = std::llround(double(threads) * double(end - begin) / double(active));
+    const int64_t max_splits = std::max<int64_t>(1, C / channel_multiple);
+    const int64_t splits = std::clamp<int64_t>(share, 1, max_splits);
+    const int64_t width = (C / splits + channel_multiple - 1) / channel_multiple * channel_multiple;
+    for (int64_t c0 = 0; c0 < C; c0 += width)
+      blocks.push_back({{list.ids + begin, end - begin}, c0, std::min(C, c0 + width)});
+    begin = end;
+  }
+  return blocks;
+}
+
+}  // namespace jax_roi

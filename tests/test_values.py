@@ -177,6 +177,19 @@ def test_many_rois_float32(op, c, layout):
     _check(cfg.pop("op"), x, rois, (3, 4), F32, layout, scale=scale, **cfg)
 
 
+@pytest.mark.parametrize("dtype", [F32, BF16, F64], ids=str)
+@pytest.mark.parametrize("c", [16, 255, 501])
+def test_nhwc_avg_channel_blocks(c, dtype):
+    # NHWC "avg" sums blocks of 256, 128, 64, 32 and 16 channels in
+    # registers, then the last few one by one: 501 takes every kind of block.
+    n, h, w, scale = 2, 9, 8, 0.5
+    rng = np.random.default_rng(c)
+    x = rng.standard_normal((n, h, w, c))
+    rois = _rois(rng, "K5", n, h, w, scale, per_image=5)
+    _check("align", x, rois, (2, 3), dtype, "NHWC", scale=scale, mode="avg", sr=2,
+           aligned=True)
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("op", list(OPS))
 def test_backward_with_rois_crowded_on_one_image(op, layout):

@@ -98,32 +98,97 @@ bool prepare_roi(const Problem<G>& p, int64_t k, Roi<G>* r, AlignRoi<G>* a,
 
 // ------------------------------------------------------------------ forward
 
-// NHWC: channels [c0, c1) of ROI k, a bin at a time.
+// NHWC "avg" keeps a bin's sums in registers, a block of up to 256
+// channels at a time (16 AVX-512 vectors; narrower ISAs spill some). It
+// tabulates a run of neighbouring ROIs first, and with more channels than a
+// block visits them block by block, so that rows of pixels the run's ROIs
+// share are still in cache.
+constexpr size_t kNhwcRunCapacity = 1 << 12;  // axis entries: about 64 ROIs of 7 x 7 x 2 x 2
+
+// NHWC: channels [c0, c0 + vectors * kLanes) of ROI `slot` of `run`.
+template <int vectors, typename T, typename G>
+JAX_ROI_ALWAYS_INLINE void align_avg_forward_nhwc_block(const Problem<G>& p, const RoiRun<G>& run,
+                                                        int64_t slot, int64_t c0,
+                                                        const T* features, T* out) {
+  const Shape& s = p.shape;
+  const bool reads = run.batch[slot] >= 0;
+  const G count = run.count[slot];
+  Pixels<T> px = image_pixels(s, features, reads ? run.batch[slot] : 0, c0);
+  for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+    for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+      LaneVector<G> sum[vectors] = {};
+      if (reads) {
+        for_each_tap(run.tables[slot], ph, pw, [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
+          const T* __restrict__ v = px.at(y, x);
+          for (int i = 0; i < vectors; ++i) sum[i] += w * load_lanes_as<G>(v + i * kLanes);
+        });
+        for (int i = 0; i < vectors; ++i) sum[i] /= count;
+      }
+      T* dst = out + output_index(s, run.roi[slot], c0, ph, pw);
+      for (int i = 0; i < vectors; ++i) store_lanes_as<T, G>(dst + i * kLanes, sum[i]);
+    }
+  }
+}
+
+// NHWC: channels [c0, c1) of ROI `slot` of `run`, fewer than kLanes.
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void align_avg_forward_nhwc(const Problem<G>& p, int64_t k, int64_t c0,
-                                               int64_t c1, const T* features, T* out,
-                                               AlignScratch<G>& scratch) {
+JAX_ROI_ALWAYS_INLINE void align_avg_forward_nhwc_rest(const Problem<G>& p, const RoiRun<G>& run,
+                                                       int64_t slot, int64_t c0, int64_t c1,
+                                                       const T* features, T* out) {
   const Shape& s = p.shape;
   const int64_t width = c1 - c0;
-  Roi<G> r;
-  AlignRoi<G> a;
-  const bool reads = prepare_roi(p, k, &r, &a, &scratch.tables);
-  Pixels<T> px = image_pixels(s, features, r.batch, c0);
-  scratch.acc.resize(width);
-  G* __restrict__ sum = scratch.acc.data();
+  const bool reads = run.batch[slot] >= 0;
+  const G count = run.count[slot];
+  Pixels<T> px = image_pixels(s, features, reads ? run.batch[slot] : 0, c0);
+  G sum[kLanes];
   for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
     for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
       for (int64_t c = 0; c < width; ++c) sum[c] = G(0);
       if (reads) {
-        for_each_tap(scratch.tables, ph, pw, [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
+        for_each_tap(run.tables[slot], ph, pw, [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
           const T* __restrict__ v = px.at(y, x);
           for (int64_t c = 0; c < width; ++c) sum[c] += w * to_acc(v[c]);
         });
-        for (int64_t c = 0; c < width; ++c) sum[c] /= a.count;
+        for (int64_t c = 0; c < width; ++c) sum[c] /= count;
       }
-      T* dst = out + output_index(s, k, c0, ph, pw);
+      T* dst = out + output_index(s, run.roi[slot], c0, ph, pw);
       for (int64_t c = 0; c < width; ++c) dst[c] = from_acc<T>(sum[c]);
     }
+  }
+}
+
+// The channels from c0 of the run's ROIs: a block of up to 16 vectors, or
+// the last few channels; returns the channel after them.
+template <typename T, typename G>
+JAX_ROI_ALWAYS_INLINE int64_t align_avg_forward_nhwc_blocks(const Problem<G>& p,
+                                                            const RoiRun<G>& run, int64_t c0,
+                                                            const T* features, T* out) {
+  const int64_t vectors = (p.shape.channels - c0) / kLanes;
+  auto each_roi = [&](auto block) JAX_ROI_INLINE_LAMBDA {
+    for (int64_t slot = 0; slot < run.size(); ++slot)
+      align_avg_forward_nhwc_block<decltype(block)::value>(p, run, slot, c0, features, out);
+    return c0 + decltype(block)::value * kLanes;
+  };
+  if (vectors >= 16) return each_roi(std::integral_constant<int, 16>{});
+  if (vectors >= 8) return each_roi(std::integral_constant<int, 8>{});
+  if (vectors >= 4) return each_roi(std::integral_constant<int, 4>{});
+  if (vectors >= 2) return each_roi(std::integral_constant<int, 2>{});
+  if (vectors >= 1) return each_roi(std::integral_constant<int, 1>{});
+  for (int64_t slot = 0; slot < run.size(); ++slot)
+    align_avg_forward_nhwc_rest(p, run, slot, c0, p.shape.channels, features, out);
+  return p.shape.channels;
+}
+
+// NHWC: all channels of the listed ROIs.
+template <typename T, typename G>
+JAX_ROI_CPU_CLONES void align_avg_forward_nhwc(const Problem<G>& p, const RoiList& list,
+                                               const T* features, T* out,
+                                               AlignScratch<G>& scratch) {
+  RoiRun<G>& run = scratch.run;
+  for (int64_t j = 0; j < list.size;) {
+    j = run.build(p, list, j, kNhwcRunCapacity);
+    for (int64_t c0 = 0; c0 < p.shape.channels;)
+      c0 = align_avg_forward_nhwc_blocks(p, run, c0, features, out);
   }
 }
 

@@ -88,14 +88,22 @@ struct CpuBackend {
                    });
       return;
     }
+    if constexpr (op == Op::kAlignAvg) {
+      // Chunks of a few runs of neighbouring ROIs (align_avg_forward_nhwc).
+      parallel_for(pool, list.size, balanced_grain(pool, list.size, 1, 4),
+                   [&](int64_t begin, int64_t end) {
+                     AlignScratch<G> scratch;
+                     align_avg_forward_nhwc(p, {list.ids + begin, end - begin}, features, out,
+                                            scratch);
+                   });
+      return;
+    }
     parallel_for(pool, list.size, balanced_grain(pool, list.size, 1, 8),
                  [&](int64_t begin, int64_t end) {
                    AlignScratch<G> scratch;
                    for (int64_t j = begin; j < end; ++j) {
                      const int64_t k = list.ids[j];
-                     if constexpr (op == Op::kAlignAvg)
-                       align_avg_forward_nhwc(p, k, 0, s.channels, features, out, scratch);
-                     else if constexpr (op == Op::kAlignMax)
+                     if constexpr (op == Op::kAlignMax)
                        align_max_forward_roi(p, k, features, out, argmax, scratch);
                      else
                        pool_forward_nhwc(p, k, features, out, argmax, scratch.acc, scratch.arg);

@@ -16,6 +16,7 @@
 #include "axis_table.h"
 #include "isa_clones.h"
 #include "lane_tile.h"
+#include "native_vector.h"
 
 namespace jax_roi {
 
@@ -98,39 +99,40 @@ bool prepare_roi(const Problem<G>& p, int64_t k, Roi<G>* r, AlignRoi<G>* a,
 
 // ------------------------------------------------------------------ forward
 
-// NHWC "avg" keeps a bin's sums in registers, a block of up to 256
-// channels at a time (16 AVX-512 vectors; narrower ISAs spill some). It
-// tabulates a run of neighbouring ROIs first, and with more channels than a
-// block visits them block by block, so that rows of pixels the run's ROIs
-// share are still in cache.
+// NHWC "avg" keeps a bin's sums in registers, a block of channels at a time:
+// for float32 256 with AVX-512, 64 with AVX2, 32 with SSE (native_vector.h).
+// It tabulates a run of neighbouring ROIs first, and with more channels
+// than a block visits them block by block, so that rows of pixels the
+// run's ROIs share are still in cache.
 constexpr size_t kNhwcRunCapacity = 1 << 12;  // axis entries: about 64 ROIs of 7 x 7 x 2 x 2
 
-// NHWC: channels [c0, c0 + vectors * kLanes) of ROI `slot` of `run`.
-template <int vectors, typename T, typename G>
+// NHWC: channels [c0, c0 + vectors * lanes) of ROI `slot` of `run`.
+template <int bytes, int vectors, typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void align_avg_forward_nhwc_block(const Problem<G>& p, const RoiRun<G>& run,
                                                         int64_t slot, int64_t c0,
                                                         const T* features, T* out) {
+  constexpr int64_t lanes = native_lanes<G, bytes>;
   const Shape& s = p.shape;
   const bool reads = run.batch[slot] >= 0;
   const G count = run.count[slot];
   Pixels<T> px = image_pixels(s, features, reads ? run.batch[slot] : 0, c0);
   for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
     for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
-      LaneVector<G> sum[vectors] = {};
+      NativeVector<G, bytes> sum[vectors] = {};
       if (reads) {
         for_each_tap(run.tables[slot], ph, pw, [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
           const T* __restrict__ v = px.at(y, x);
-          for (int i = 0; i < vectors; ++i) sum[i] += w * load_lanes_as<G>(v + i * kLanes);
+          for (int i = 0; i < vectors; ++i) sum[i] += w * load_native<G, bytes>(v + i * lanes);
         });
         for (int i = 0; i < vectors; ++i) sum[i] /= count;
       }
       T* dst = out + output_index(s, run.roi[slot], c0, ph, pw);
-      for (int i = 0; i < vectors; ++i) store_lanes_as<T, G>(dst + i * kLanes, sum[i]);
+      for (int i = 0; i < vectors; ++i) store_native<bytes, T, G>(dst + i * lanes, sum[i]);
     }
   }
 }
 
-// NHWC: channels [c0, c1) of ROI `slot` of `run`, fewer than kLanes.
+// NHWC: channels [c0, c1) of ROI `slot` of `run`, fewer than a vector's.
 template <typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void align_avg_forward_nhwc_rest(const Problem<G>& p, const RoiRun<G>& run,
                                                        int64_t slot, int64_t c0, int64_t c1,
@@ -140,7 +142,7 @@ JAX_ROI_ALWAYS_INLINE void align_avg_forward_nhwc_rest(const Problem<G>& p, cons
   const bool reads = run.batch[slot] >= 0;
   const G count = run.count[slot];
   Pixels<T> px = image_pixels(s, features, reads ? run.batch[slot] : 0, c0);
-  G sum[kLanes];
+  G sum[64 / sizeof(G)];
   for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
     for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
       for (int64_t c = 0; c < width; ++c) sum[c] = G(0);
@@ -157,17 +159,21 @@ JAX_ROI_ALWAYS_INLINE void align_avg_forward_nhwc_rest(const Problem<G>& p, cons
   }
 }
 
-// The channels from c0 of the run's ROIs: a block of up to 16 vectors, or
-// the last few channels; returns the channel after them.
-template <typename T, typename G>
+// The channels from c0 of the run's ROIs in vectors of `bytes`: a block of
+// as many vectors as fit the registers and the channels left (a power of
+// 2), or the last few channels; returns the channel after them.
+template <int bytes, typename T, typename G>
 JAX_ROI_ALWAYS_INLINE int64_t align_avg_forward_nhwc_blocks(const Problem<G>& p,
                                                             const RoiRun<G>& run, int64_t c0,
                                                             const T* features, T* out) {
-  const int64_t vectors = (p.shape.channels - c0) / kLanes;
+  constexpr int64_t lanes = native_lanes<G, bytes>;
+  const int64_t vectors =
+      std::min<int64_t>(native_sum_registers(), (p.shape.channels - c0) / lanes);
   auto each_roi = [&](auto block) JAX_ROI_INLINE_LAMBDA {
+    constexpr int n = decltype(block)::value;
     for (int64_t slot = 0; slot < run.size(); ++slot)
-      align_avg_forward_nhwc_block<decltype(block)::value>(p, run, slot, c0, features, out);
-    return c0 + decltype(block)::value * kLanes;
+      align_avg_forward_nhwc_block<bytes, n>(p, run, slot, c0, features, out);
+    return c0 + n * lanes;
   };
   if (vectors >= 16) return each_roi(std::integral_constant<int, 16>{});
   if (vectors >= 8) return each_roi(std::integral_constant<int, 8>{});
@@ -185,10 +191,17 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nhwc(const Problem<G>& p, const RoiLis
                                                const T* features, T* out,
                                                AlignScratch<G>& scratch) {
   RoiRun<G>& run = scratch.run;
+  const int bytes = native_vector_bytes();
   for (int64_t j = 0; j < list.size;) {
     j = run.build(p, list, j, kNhwcRunCapacity);
-    for (int64_t c0 = 0; c0 < p.shape.channels;)
-      c0 = align_avg_forward_nhwc_blocks(p, run, c0, features, out);
+    for (int64_t c0 = 0; c0 < p.shape.channels;) {
+      if (bytes == 64)
+        c0 = align_avg_forward_nhwc_blocks<64>(p, run, c0, features, out);
+      else if (bytes == 32)
+        c0 = align_avg_forward_nhwc_blocks<32>(p, run, c0, features, out);
+      else
+        c0 = align_avg_forward_nhwc_blocks<16>(p, run, c0, features, out);
+    }
   }
 }
 

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "../dtypes.h"
+#include "isa_clones.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -27,13 +28,6 @@ inline void scatter_channels_scalar(G* image, int64_t stride, int32_t pixels,
 }
 
 #ifdef JAX_ROI_AVX512_SCATTER
-inline bool cpu_has_avx512() {
-  static const bool has = __builtin_cpu_supports("avx512f") &&
-                          __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl");
-  return has;
-}
-
 __attribute__((target("avx512f"))) inline __m512 load16_as_float(const float* g,
                                                                   __mmask16 m) {
   return _mm512_maskz_loadu_ps(m, g);

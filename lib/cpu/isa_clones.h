@@ -20,3 +20,21 @@
 #define JAX_ROI_ALWAYS_INLINE inline
 #define JAX_ROI_INLINE_LAMBDA
 #endif
+
+// What the processor offers, for kernels that size their register blocks
+// to it or use intrinsics outside the clones.
+#if defined(__x86_64__) && defined(__GNUC__)
+inline bool cpu_has_avx512() {
+  static const bool has = __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl");
+  return has;
+}
+inline bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#else
+inline bool cpu_has_avx512() { return false; }
+inline bool cpu_has_avx2() { return false; }
+#endif

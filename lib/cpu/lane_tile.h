@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "../roi_elements.h"
@@ -46,41 +45,6 @@ JAX_ROI_ALWAYS_INLINE LaneVector<G> load_lanes(const G* p) {
 template <typename G>
 JAX_ROI_ALWAYS_INLINE void store_lanes(G* p, const LaneVector<G>& v) {
   std::memcpy(p, &v, sizeof v);
-}
-
-// kLanes values of storage type T, converted to or from the accumulation
-// type. Through a scalar array, a load would stall on the array's stores;
-// bfloat16 has a whole-vector form of to_acc (the bits are a float's top
-// half), the others convert lane by lane.
-template <typename G, typename T>
-JAX_ROI_ALWAYS_INLINE LaneVector<G> load_lanes_as(const T* p) {
-  if constexpr (std::is_same_v<T, G>) {
-    return load_lanes(p);
-  } else if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<G, float>) {
-    typedef uint16_t Bits16 __attribute__((vector_size(kLanes * sizeof(uint16_t))));
-    typedef uint32_t Bits32 __attribute__((vector_size(kLanes * sizeof(uint32_t))));
-    Bits16 half;
-    std::memcpy(&half, p, sizeof half);
-    const Bits32 bits = __builtin_convertvector(half, Bits32) << 16;
-    LaneVector<G> v;
-    std::memcpy(&v, &bits, sizeof v);
-    return v;
-  } else {
-    G v[kLanes];
-    for (int j = 0; j < kLanes; ++j) v[j] = to_acc(p[j]);
-    return load_lanes(v);
-  }
-}
-
-template <typename T, typename G>
-JAX_ROI_ALWAYS_INLINE void store_lanes_as(T* p, const LaneVector<G>& v) {
-  if constexpr (std::is_same_v<T, G>) {
-    store_lanes(p, v);
-  } else {
-    G g[kLanes];
-    store_lanes(g, v);
-    for (int j = 0; j < kLanes; ++j) p[j] = from_acc<T>(g[j]);
-  }
 }
 
 template <typename G>

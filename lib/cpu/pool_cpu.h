@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -82,15 +83,15 @@ JAX_ROI_CPU_CLONES void pool_forward_nhwc(const Problem<G>& p, int64_t k, const 
   }
 }
 
-// NCHW: channels [c0, c0 + lanes) of ROI `slot` of `run`, from `tile`.
-template <typename T, typename G>
+// NCHW: the tile's channels of ROI `slot` of `run`, from `tile`, into
+// `block` and `arg_block` (bin b's lanes at b * kLanes).
+template <typename G>
 JAX_ROI_ALWAYS_INLINE void pool_forward_lanes(const Problem<G>& p, const PoolRun<G>& run,
                                               int64_t slot, const LaneTile<G>& tile,
-                                              int64_t c0, int lanes, T* out, int32_t* argmax) {
+                                              OutputBlock<G>& block, int32_t* arg_block) {
   const Shape& s = p.shape;
   const int64_t bins = s.pooled_h * s.pooled_w;
   const PixelWindow* win = run.windows.data() + slot * bins;
-  const int64_t i = output_index(s, run.roi[slot], c0, 0, 0);
   for (int64_t b = 0; b < bins; ++b) {
     G best[kLanes];
     int32_t arg[kLanes];
@@ -103,24 +104,36 @@ JAX_ROI_ALWAYS_INLINE void pool_forward_lanes(const Problem<G>& p, const PoolRun
         for (int j = 0; j < kLanes; ++j) take_if_greater(v[j], pixel, &best[j], &arg[j]);
       }
     }
-    for (int j = 0; j < lanes; ++j) {
-      out[i + j * bins + b] = from_acc<T>(arg[j] < 0 ? G(0) : best[j]);
-      argmax[i + j * bins + b] = arg[j];
-    }
+#pragma GCC unroll 1
+    for (int j = 0; j < kLanes; ++j) best[j] = arg[j] < 0 ? G(0) : best[j];
+    block.put(b, load_lanes(best));
+    std::memcpy(arg_block + b * kLanes, arg, sizeof arg);
   }
 }
 
-// NCHW: channels [c0, c1) of the listed ROIs, through tiles of kLanes channels.
+// NCHW: channels [c0, c1) of the listed ROIs, through tiles of kLanes
+// channels. A ROI's results for a tile are written as one stream, as
+// align's are (OutputBlock).
 template <typename T, typename G>
 JAX_ROI_CPU_CLONES void pool_forward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0,
                                           int64_t c1, const T* features, T* out,
-                                          int32_t* argmax, PoolRun<G>& run, LaneTile<G>& tile) {
+                                          int32_t* argmax, PoolRun<G>& run, LaneTile<G>& tile,
+                                          OutputBlock<G>& block, std::vector<int32_t>& arg_block) {
+  const Shape& s = p.shape;
+  const int64_t bins = s.pooled_h * s.pooled_w;
+  block.resize(bins);
+  arg_block.resize(bins * kLanes);
   for_each_run_and_lane_group(p, list, c0, c1, run, kPoolRunCapacity, [&](int64_t c, int lanes) JAX_ROI_INLINE_LAMBDA {
     for (int64_t slot = 0; slot < run.size(); ++slot) {
       const int64_t batch = run.batch[slot];
       if (batch >= 0 && (tile.batch != batch || tile.channel != c))
-        tile.load(p.shape, features, batch, c, lanes);
-      pool_forward_lanes(p, run, slot, tile, c, lanes, out, argmax);
+        tile.load(s, features, batch, c, lanes);
+      pool_forward_lanes(p, run, slot, tile, block, arg_block.data());
+      const int64_t i = output_index(s, run.roi[slot], c, 0, 0);
+      block.write(out + i, lanes);
+      const int32_t* __restrict__ src = arg_block.data();
+      for (int j = 0; j < lanes; ++j)
+        for (int64_t b = 0; b < bins; ++b) argmax[i + j * bins + b] = src[b * kLanes + j];
     }
   });
 }

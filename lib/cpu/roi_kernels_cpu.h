@@ -83,7 +83,7 @@ struct CpuBackend {
                      } else {
                        PoolRun<G> run;
                        pool_forward_nchw(p, list, c0, c1, features, out, argmax, run,
-                                         scratch.tile);
+                                         scratch.tile, scratch.block, scratch.arg);
                      }
                    });
       return;

@@ -207,7 +207,7 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nhwc(const Problem<G>& p, const RoiLis
 
 // NCHW: the tile's channels of ROI `slot` of `run`, from `tile`, into
 // `block`.
-template <typename G>
+template <int bytes, typename G>
 JAX_ROI_ALWAYS_INLINE void align_avg_forward_lanes(const Problem<G>& p, const RoiRun<G>& run,
                                                    int64_t slot, const LaneTile<G>& tile,
                                                    OutputBlock<G>& block) {
@@ -216,12 +216,12 @@ JAX_ROI_ALWAYS_INLINE void align_avg_forward_lanes(const Problem<G>& p, const Ro
   const G count = run.count[slot];
   for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
     for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
-      LaneVector<G> sum = {};
+      LaneVectors<G, bytes> sum;
       if (reads) {
         for_each_tap(run.tables[slot], ph, pw, [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
-          sum += w * load_lanes(tile.at(s.width, y, x));
+          sum.add_scaled(w, tile.at(s.width, y, x));
         });
-        sum /= count;
+        sum.divide(count);
       }
       block.put(ph * s.pooled_w + pw, sum);
     }
@@ -242,7 +242,9 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nchw(const Problem<G>& p, const RoiLis
       const int64_t batch = run.batch[slot];
       if (batch >= 0 && (tile.batch != batch || tile.channel != c))
         tile.load(p.shape, features, batch, c, lanes);
-      align_avg_forward_lanes(p, run, slot, tile, block);
+      with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+        align_avg_forward_lanes<decltype(bytes)::value>(p, run, slot, tile, block);
+      });
       block.write(out + output_index(p.shape, run.roi[slot], c, 0, 0), lanes);
     }
   });
@@ -399,7 +401,7 @@ JAX_ROI_CPU_CLONES void align_avg_backward_nhwc(const Problem<G>& p, int64_t k, 
 
 // NCHW: the gradient of ROI `slot` of `run`, read from `block`, into a
 // tile of its image.
-template <typename G>
+template <int bytes, typename G>
 JAX_ROI_ALWAYS_INLINE void align_avg_backward_lanes(const Problem<G>& p, const RoiRun<G>& run,
                                                     int64_t slot, const OutputBlock<G>& block,
                                                     LaneTile<G>& tile) {
@@ -407,11 +409,11 @@ JAX_ROI_ALWAYS_INLINE void align_avg_backward_lanes(const Problem<G>& p, const R
   const int64_t bins = s.pooled_h * s.pooled_w;
   const G count = run.count[slot];
   for (int64_t b = 0; b < bins; ++b) {
-    const LaneVector<G> g = block.get(b) / count;
+    LaneVectors<G, bytes> g = block.template get<bytes>(b);
+    g.divide(count);
     for_each_tap(run.tables[slot], b / s.pooled_w, b % s.pooled_w,
                  [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
-      G* d = tile.at(s.width, y, x);
-      store_lanes(d, load_lanes(d) + g * w);
+      g.add_scaled_to(tile.at(s.width, y, x), w);
     });
   }
 }
@@ -436,7 +438,9 @@ JAX_ROI_CPU_CLONES void align_avg_backward_nchw(const Problem<G>& p, const RoiLi
         tile.load_zeros(p.shape, batch, c);
       }
       block.read(grad_out + output_index(p.shape, run.roi[slot], c, 0, 0), lanes);
-      align_avg_backward_lanes(p, run, slot, block, tile);
+      with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+        align_avg_backward_lanes<decltype(bytes)::value>(p, run, slot, block, tile);
+      });
     }
     tile.flush_into(p.shape, grad, lanes);
   });

@@ -4,6 +4,8 @@
 // vectors where they exist.
 #pragma once
 
+#include <cstdlib>
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
 #define JAX_ROI_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -22,16 +24,27 @@
 #endif
 
 // What the processor offers, for kernels that size their register blocks
-// to it or use intrinsics outside the clones.
+// to it or use intrinsics outside the clones. JAX_ROI_CPU_VECTOR_BYTES=16
+// or 32 in the environment hides the wider vectors, so that tests can run
+// the narrower kernels on any machine.
+inline int cpu_vector_bytes_limit() {
+  static const int limit = [] {
+    const char* v = std::getenv("JAX_ROI_CPU_VECTOR_BYTES");
+    return v ? std::atoi(v) : 64;
+  }();
+  return limit;
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 inline bool cpu_has_avx512() {
-  static const bool has = __builtin_cpu_supports("avx512f") &&
+  static const bool has = cpu_vector_bytes_limit() >= 64 && __builtin_cpu_supports("avx512f") &&
                           __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl");
   return has;
 }
 inline bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool has = cpu_vector_bytes_limit() >= 32 && __builtin_cpu_supports("avx2") &&
+                          __builtin_cpu_supports("fma");
   return has;
 }
 #else

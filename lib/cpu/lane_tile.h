@@ -12,40 +12,44 @@
 
 #include "../roi_elements.h"
 #include "isa_clones.h"
+#include "native_vector.h"
 
 namespace jax_roi {
 
 constexpr int kLanes = 16;
 
-// kLanes values as one vector of the GCC/Clang vector extension: arithmetic
-// on it compiles to whole-vector instructions in every ISA clone, where a
-// loop over a small array may be split into scalars.
-// (The attribute must sit on a typedef of a concrete type: on a dependent
-// one GCC drops it.)
-template <typename G>
-struct LaneVectorOf;
-template <>
-struct LaneVectorOf<float> {
-  typedef float type __attribute__((vector_size(kLanes * sizeof(float))));
-};
-template <>
-struct LaneVectorOf<double> {
-  typedef double type __attribute__((vector_size(kLanes * sizeof(double))));
-};
-template <typename G>
-using LaneVector = typename LaneVectorOf<G>::type;
+// kLanes values as native vectors of `bytes` (native_vector.h): arithmetic
+// on them compiles to whole-vector instructions, where a loop over a small
+// array may be split into scalars, and a single vector wider than the
+// registers would live in memory. Kernels take `bytes` as a template
+// argument and are called through with_native_vector_bytes.
+template <typename G, int bytes>
+struct LaneVectors {
+  static constexpr int lanes = native_lanes<G, bytes>;
+  static constexpr int parts = kLanes / lanes;
+  static_assert(parts * lanes == kLanes);
+  NativeVector<G, bytes> part[parts] = {};
 
-template <typename G>
-JAX_ROI_ALWAYS_INLINE LaneVector<G> load_lanes(const G* p) {
-  LaneVector<G> v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
+  JAX_ROI_ALWAYS_INLINE static LaneVectors load(const G* p) {
+    LaneVectors v;
+    std::memcpy(v.part, p, sizeof v.part);
+    return v;
+  }
+  JAX_ROI_ALWAYS_INLINE void store(G* p) const { std::memcpy(p, part, sizeof part); }
 
-template <typename G>
-JAX_ROI_ALWAYS_INLINE void store_lanes(G* p, const LaneVector<G>& v) {
-  std::memcpy(p, &v, sizeof v);
-}
+  // this += w * p[0, kLanes)
+  JAX_ROI_ALWAYS_INLINE void add_scaled(G w, const G* p) {
+    for (int i = 0; i < parts; ++i) part[i] += w * load_native<G, bytes>(p + i * lanes);
+  }
+  // p[0, kLanes) += w * this
+  JAX_ROI_ALWAYS_INLINE void add_scaled_to(G* p, G w) const {
+    for (int i = 0; i < parts; ++i)
+      store_native<bytes, G, G>(p + i * lanes, load_native<G, bytes>(p + i * lanes) + w * part[i]);
+  }
+  JAX_ROI_ALWAYS_INLINE void divide(G d) {
+    for (int i = 0; i < parts; ++i) part[i] /= d;
+  }
+};
 
 template <typename G>
 struct LaneTile {
@@ -106,8 +110,15 @@ struct OutputBlock {
     bins = bin_count;
     data.resize(bins * kLanes);
   }
-  JAX_ROI_ALWAYS_INLINE LaneVector<G> get(int64_t b) const { return load_lanes(data.data() + b * kLanes); }
-  JAX_ROI_ALWAYS_INLINE void put(int64_t b, const LaneVector<G>& v) { store_lanes(data.data() + b * kLanes, v); }
+  template <int bytes>
+  JAX_ROI_ALWAYS_INLINE LaneVectors<G, bytes> get(int64_t b) const {
+    return LaneVectors<G, bytes>::load(data.data() + b * kLanes);
+  }
+  template <int bytes>
+  JAX_ROI_ALWAYS_INLINE void put(int64_t b, const LaneVectors<G, bytes>& v) {
+    v.store(data.data() + b * kLanes);
+  }
+  G* at(int64_t b) { return data.data() + b * kLanes; }
 
   // Lanes [0, lanes) to dst, lane j's bins at dst[j * bins, (j + 1) * bins).
   template <typename T>

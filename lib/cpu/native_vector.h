@@ -49,6 +49,18 @@ constexpr int64_t native_lanes = bytes / int64_t(sizeof(G));
 inline int native_vector_bytes() { return cpu_has_avx512() ? 64 : cpu_has_avx2() ? 32 : 16; }
 inline int native_sum_registers() { return cpu_has_avx512() ? 16 : 8; }
 
+// f(std::integral_constant<int, bytes>{}) for this processor's bytes.
+template <typename F>
+JAX_ROI_ALWAYS_INLINE void with_native_vector_bytes(const F& f) {
+  const int bytes = native_vector_bytes();
+  if (bytes == 64)
+    f(std::integral_constant<int, 64>{});
+  else if (bytes == 32)
+    f(std::integral_constant<int, 32>{});
+  else
+    f(std::integral_constant<int, 16>{});
+}
+
 // One vector of G from storage type T: a plain load, the bfloat16 bits as a
 // float's top half (to_acc, vectorised), or lane by lane.
 template <typename G, int bytes, typename T>

@@ -106,7 +106,7 @@ JAX_ROI_ALWAYS_INLINE void pool_forward_lanes(const Problem<G>& p, const PoolRun
     }
 #pragma GCC unroll 1
     for (int j = 0; j < kLanes; ++j) best[j] = arg[j] < 0 ? G(0) : best[j];
-    block.put(b, load_lanes(best));
+    std::memcpy(block.at(b), best, sizeof best);
     std::memcpy(arg_block + b * kLanes, arg, sizeof arg);
   }
 }

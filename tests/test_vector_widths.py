@@ -1,0 +1,34 @@
+"""The CPU kernels pick their vector width at run time (64, 32 or 16 bytes).
+The value tests run at this machine's width; here a subset runs again with
+the wider vectors hidden, so every width's kernels are checked here."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from jax_roi import _jax_roi_cpu
+
+HERE = pathlib.Path(__file__).parent
+
+SUBSET = "many_rois or channel_blocks or crowded or dtypes or shared_pixels"
+
+
+def _run(code_or_args, width):
+    env = dict(os.environ, JAX_ROI_CPU_VECTOR_BYTES=str(width))
+    return subprocess.run([sys.executable, *code_or_args], env=env, capture_output=True,
+                          text=True, cwd=HERE)
+
+
+@pytest.mark.parametrize("width", [16, 32])
+def test_value_tests_pass_at_narrower_widths(width):
+    probe = _run(["-c", "from jax_roi import _jax_roi_cpu; print(_jax_roi_cpu.vector_bytes())"],
+                 width)
+    assert probe.returncode == 0, probe.stderr
+    assert int(probe.stdout) == min(width, _jax_roi_cpu.vector_bytes())
+    result = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "test_values.py", "-k",
+                   SUBSET], width)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout

@@ -4,10 +4,14 @@
 // contributions in list order whatever the split: the gradient is bitwise
 // reproducible, with no atomics.
 //
-// Whole images are preferred to channel halves: a thread reading every
-// other kilobyte of the output gradient's rows makes the hardware
+// In NHWC whole images are preferred to channel halves: a thread reading
+// every other kilobyte of the output gradient's rows makes the hardware
 // prefetchers of both cores fetch all of it. An image with more than a
-// thread's share of the ROIs is split by channels, to keep threads busy.
+// thread's share of the ROIs is split by channels, to keep threads busy,
+// in multiples of 16 so that no two threads write to one cache line. In
+// NCHW a ROI's channels are long contiguous runs whichever way it is split,
+// and every image's channels are split among the threads, which balances
+// them best.
 #pragma once
 
 #include <algorithm>
@@ -25,12 +29,13 @@ struct GradientBlock {
   int64_t c0, c1;
 };
 
-// `list` is in spatial order (grouped by image, ROIs that read nothing first);
-// channel blocks are multiples of `channel_multiple` but the last.
+// `list` is in spatial order (grouped by image, ROIs that read nothing first).
 template <typename G>
 std::vector<GradientBlock> gradient_blocks(const Problem<G>& p, const RoiList& list,
-                                           int64_t threads, int64_t channel_multiple) {
+                                           int64_t threads) {
   const int64_t C = p.shape.channels;
+  const bool nhwc = p.shape.channels_last;
+  const int64_t channel_multiple = nhwc ? 16 : 1;
   int64_t first = 0;  // the first ROI that reads something
   while (first < list.size && !load_roi(p.rois, list.ids[first]).valid) ++first;
   const int64_t active = list.size - first;
@@ -41,7 +46,7 @@ std::vector<GradientBlock> gradient_blocks(const Problem<G>& p, const RoiList& l
     while (end < list.size && load_roi(p.rois, list.ids[end]).batch == batch) ++end;
     const int64_t share = std::llround(double(threads) * double(end - begin) / double(active));
     const int64_t max_splits = std::max<int64_t>(1, C / channel_multiple);
-    const int64_t splits = std::clamp<int64_t>(share, 1, max_splits);
+    const int64_t splits = std::clamp<int64_t>(nhwc ? share : threads, 1, max_splits);
     const int64_t width = (C / splits + channel_multiple - 1) / channel_multiple * channel_multiple;
     for (int64_t c0 = 0; c0 < C; c0 += width)
       blocks.push_back({{list.ids + begin, end - begin}, c0, std::min(C, c0 + width)});

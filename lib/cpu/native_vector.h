@@ -85,8 +85,10 @@ template <int bytes, typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void store_native(T* p, const NativeVector<G, bytes>& v) {
   if constexpr (std::is_same_v<T, G>) {
     std::memcpy(p, &v, sizeof v);
-  } else {
-    for (int j = 0; j < native_lanes<G, bytes>; ++j) p[j] = from_acc<T>(v[j]);
+  } else {  // through an array: the loop over it vectorises, lane extracts would not
+    G lanes[native_lanes<G, bytes>];
+    std::memcpy(lanes, &v, sizeof v);
+    for (int j = 0; j < native_lanes<G, bytes>; ++j) p[j] = from_acc<T>(lanes[j]);
   }
 }
 

@@ -122,10 +122,7 @@ struct CpuBackend {
       std::fill(grad + begin, grad + end, G(0));
     });
     if (list.size == 0 || n == 0 || s.pooled_h * s.pooled_w == 0) return;
-    // In NHWC, channel blocks are multiples of 16, so that threads never
-    // write to the same cache line.
-    const std::vector<GradientBlock> blocks =
-        gradient_blocks(p, list, pool.num_threads(), s.channels_last ? 16 : 1);
+    const std::vector<GradientBlock> blocks = gradient_blocks(p, list, pool.num_threads());
     parallel_for(pool, static_cast<int64_t>(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
       AlignScratch<G> scratch;
       for (int64_t b = b0; b < b1; ++b) {

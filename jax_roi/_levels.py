@@ -29,8 +29,8 @@ from ._primitives import (_RoiPrimitive, _channels, _common_vma, _pooled_shape, 
 MAX_LEVELS = 8  # kMaxLevels in lib/roi_elements.h
 
 
-def level_kernel_attributes(op, direction, spatial_scales, sampling_ratio, aligned, layout):
-    attrs = kernel_attributes(op, direction, 1.0, sampling_ratio, aligned, layout)
+def level_kernel_attributes(op, spatial_scales, sampling_ratio, aligned, layout):
+    attrs = kernel_attributes(op, 1.0, sampling_ratio, aligned, layout)
     del attrs["spatial_scale"]
     attrs["spatial_scales"] = np.asarray(spatial_scales, np.float64)
     return attrs
@@ -70,7 +70,7 @@ def _forward_lowering(ctx, boxes, levels, *maps, op, output_size, spatial_scales
             [a.shape for a in map_avals], boxes_aval.shape, [a.shape for a in ctx.avals_out],
             layout))
     return rule(ctx, boxes, levels, *maps, **level_kernel_attributes(
-        op, "forward", spatial_scales, sampling_ratio, aligned, layout))
+        op, spatial_scales, sampling_ratio, aligned, layout))
 
 
 # ----------------------------------------------------------------- backward
@@ -102,7 +102,7 @@ def _backward_lowering(ctx, grad_out, boxes, levels, *argmax, op, map_shapes, ou
             [grad_aval.shape] + [a.shape for a in argmax_avals], boxes_aval.shape,
             [a.shape for a in ctx.avals_out], layout))
     return rule(ctx, grad_out, boxes, levels, *argmax, **level_kernel_attributes(
-        op, "backward", spatial_scales, sampling_ratio, aligned, layout))
+        op, spatial_scales, sampling_ratio, aligned, layout))
 
 
 for _platform in _ffi.KERNEL_PLATFORMS:

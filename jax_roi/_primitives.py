@@ -42,11 +42,9 @@ def _channels(features_shape, layout):
     return features_shape[1] if layout == "NCHW" else features_shape[3]
 
 
-def kernel_attributes(op, direction, spatial_scale, sampling_ratio, aligned, layout):
+def kernel_attributes(op, spatial_scale, sampling_ratio, aligned, layout):
     """The attributes a kernel's handler binds, typed as it decodes them (f64, i64, bool)."""
-    attrs = {"channels_last": layout == "NHWC"}
-    if not (op == "pool" and direction == "backward"):  # the argmax says everything there
-        attrs["spatial_scale"] = np.float64(spatial_scale)
+    attrs = {"channels_last": layout == "NHWC", "spatial_scale": np.float64(spatial_scale)}
     if op != "pool":
         attrs["sampling_ratio"] = np.int64(sampling_ratio)
         attrs["aligned"] = bool(aligned)
@@ -126,7 +124,7 @@ def _forward_lowering(ctx, features, rois, *, op, output_size, spatial_scale, sa
         extra_attributes=_sharding.forward_attributes(
             features_aval.shape, rois_aval.shape, [a.shape for a in ctx.avals_out], layout))
     return rule(ctx, features, rois,
-                **kernel_attributes(op, "forward", spatial_scale, sampling_ratio, aligned, layout))
+                **kernel_attributes(op, spatial_scale, sampling_ratio, aligned, layout))
 
 
 # ----------------------------------------------------------------- backward
@@ -155,7 +153,7 @@ def _backward_lowering(ctx, grad_out, rois, *argmax, op, features_shape, output_
         extra_attributes=_sharding.backward_attributes(
             [grad_aval.shape] + [a.shape for a in argmax_avals], rois_aval.shape,
             ctx.avals_out[0].shape, layout))
-    attrs = kernel_attributes(op, "backward", spatial_scale, sampling_ratio, aligned, layout)
+    attrs = kernel_attributes(op, spatial_scale, sampling_ratio, aligned, layout)
     return rule(ctx, grad_out, rois, *argmax, **attrs)
 
 

@@ -219,9 +219,12 @@ struct Handlers {
                                        {scale, 0, false, channels_last});
   }
   static ffi::Error PoolBackward(Ctx ctx, ffi::AnyBuffer grad_out, ffi::AnyBuffer rois,
-                                 ffi::Buffer<ffi::S32> argmax, Out grad, bool channels_last) {
+                                 ffi::Buffer<ffi::S32> argmax, Out grad, double spatial_scale,
+                                 bool channels_last) {
+    // The scale gives the CPU kernel each bin's pixel window, which it
+    // sweeps instead of scattering when the window is small.
     return backward<Backend, Op::kPool>(ctx, grad_out, rois, &argmax, *grad,
-                                        {1.0, 0, false, channels_last});
+                                        {spatial_scale, 0, false, channels_last});
   }
 
   using Levels = ffi::Buffer<ffi::S32>;
@@ -320,6 +323,7 @@ struct Handlers {
           .Arg<::xla::ffi::AnyBuffer>()                                                        \
           .Arg<::xla::ffi::Buffer<::xla::ffi::S32>>()                                          \
           .Ret<::xla::ffi::AnyBuffer>()                                                        \
+          .Attr<double>("spatial_scale")                                                       \
           .Attr<bool>("channels_last"),                                                        \
       ##__VA_ARGS__);                                                                                         \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                               \

@@ -38,7 +38,7 @@ def problem(layout, dtype, roi_format, seed=0):
 
 
 def serial_call(direction, static, reference, *args):
-    attrs = kernel_attributes(static["op"], direction, static["spatial_scale"],
+    attrs = kernel_attributes(static["op"], static["spatial_scale"],
                               static["sampling_ratio"], static["aligned"], static["layout"])
     return jax.ffi.ffi_call(PREFIX + static["op"] + "_" + direction, reference)(*args, **attrs)
 
@@ -133,8 +133,9 @@ def test_cuda_pyramid_element_functions_match_cpu_kernels(op, sampling_ratio, al
     maps, boxes, levels = pyramid_problem(layout, dtype)
     static = dict(op=op, output_size=(2, 3), spatial_scales=(0.5, 0.25, 0.125),
                   sampling_ratio=sampling_ratio, aligned=aligned, layout=layout)
-    attrs = {d: level_kernel_attributes(op, d, static["spatial_scales"], sampling_ratio, aligned,
-                                        layout) for d in ("forward", "backward")}
+    level_attrs = level_kernel_attributes(op, static["spatial_scales"], sampling_ratio, aligned,
+                                          layout)
+    attrs = {d: level_attrs for d in ("forward", "backward")}
     tol = TOLERANCE[dtype]
 
     cpu = roi_levels_forward_p.bind(boxes, levels, *maps, **static)

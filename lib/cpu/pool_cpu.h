@@ -138,6 +138,26 @@ JAX_ROI_CPU_CLONES void pool_forward_nchw(const Problem<G>& p, const RoiList& li
   });
 }
 
+// NHWC: adds g[c] to the pixel of `win` that won channel c (pixel[c]), a
+// pixel's row at a time. For a small window these few contiguous passes
+// cost less than a scatter to n pixels. The sum of each element is the
+// scatter's (a non-winner keeps its value), and only pixels of the window
+// are written whatever `pixel` holds.
+constexpr int64_t kSweptWindow = 16;
+
+template <typename T, typename G>
+JAX_ROI_ALWAYS_INLINE void add_to_winners(G* image, int64_t stride, int64_t width,
+                                          const PixelWindow& win, const int32_t* pixel,
+                                          const T* g, int64_t n) {
+  for (int64_t h = win.h0; h < win.h1; ++h) {
+    for (int64_t w = win.w0; w < win.w1; ++w) {
+      const int32_t q = static_cast<int32_t>(h * width + w);
+      G* __restrict__ row = image + q * stride;
+      for (int64_t c = 0; c < n; ++c) row[c] = pixel[c] == q ? row[c] + to_acc(g[c]) : row[c];
+    }
+  }
+}
+
 // Channels [c0, c1) of ROI k's gradient: each bin's to its winning pixel.
 template <typename T, typename G>
 JAX_ROI_CPU_CLONES void pool_backward_roi(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
@@ -148,10 +168,17 @@ JAX_ROI_CPU_CLONES void pool_backward_roi(const Problem<G>& p, int64_t k, int64_
   const int32_t pixels = static_cast<int32_t>(s.height * s.width);
   const int64_t bins = s.pooled_h * s.pooled_w;
   if (s.channels_last) {
-    G* __restrict__ image = grad + r.batch * pixels * s.channels;
-    for (int64_t b = 0; b < bins; ++b) {
-      const int64_t i = output_index(s, k, c0, b / s.pooled_w, b % s.pooled_w);
-      scatter_channels(image + c0, s.channels, pixels, argmax + i, grad_out + i, c1 - c0);
+    G* __restrict__ image = grad + r.batch * pixels * s.channels + c0;
+    PoolRoi<G> roi = pool_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w);
+    for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+      for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+        const PixelWindow win = pool_bin(roi, ph, pw, s.height, s.width);
+        const int64_t i = output_index(s, k, c0, ph, pw);
+        if ((win.h1 - win.h0) * (win.w1 - win.w0) <= kSweptWindow)
+          add_to_winners(image, s.channels, s.width, win, argmax + i, grad_out + i, c1 - c0);
+        else
+          scatter_channels(image, s.channels, pixels, argmax + i, grad_out + i, c1 - c0);
+      }
     }
     return;
   }

@@ -26,7 +26,7 @@ namespace jax_roi {
 
 struct GradientBlock {
   RoiList rois;
-  int64_t c0, c1;
+  int64_t batch, c0, c1;
 };
 
 // `list` is in spatial order (grouped by image, ROIs that read nothing first).
@@ -49,10 +49,25 @@ std::vector<GradientBlock> gradient_blocks(const Problem<G>& p, const RoiList& l
     const int64_t splits = std::clamp<int64_t>(nhwc ? share : threads, 1, max_splits);
     const int64_t width = (C / splits + channel_multiple - 1) / channel_multiple * channel_multiple;
     for (int64_t c0 = 0; c0 < C; c0 += width)
-      blocks.push_back({{list.ids + begin, end - begin}, c0, std::min(C, c0 + width)});
+      blocks.push_back({{list.ids + begin, end - begin}, batch, c0, std::min(C, c0 + width)});
     begin = end;
   }
   return blocks;
+}
+
+// Zeroes the part of the gradient `block` owns: its image's channels [c0, c1).
+template <typename G>
+void zero_gradient_block(const Shape& s, const GradientBlock& block, G* grad) {
+  const int64_t pixels = s.height * s.width;
+  G* image = grad + block.batch * s.channels * pixels;
+  if (!s.channels_last) {
+    std::fill(image + block.c0 * pixels, image + block.c1 * pixels, G(0));
+  } else if (block.c0 == 0 && block.c1 == s.channels) {
+    std::fill(image, image + pixels * s.channels, G(0));
+  } else {
+    for (int64_t q = 0; q < pixels; ++q)
+      std::fill(image + q * s.channels + block.c0, image + q * s.channels + block.c1, G(0));
+  }
 }
 
 }  // namespace jax_roi

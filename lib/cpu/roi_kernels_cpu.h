@@ -111,22 +111,30 @@ struct CpuBackend {
                  });
   }
 
-  // Zeroes the whole gradient, then adds the listed ROIs' contributions.
+  // Adds the listed ROIs' contributions to a zeroed gradient. Each block
+  // zeroes its own part just before adding to it, so that part is still in
+  // cache; images no ROI reads are zeroed first.
   template <Op op, typename T, typename G>
   static void backward_listed(Context& pool, const Problem<G>& p, const RoiList& list,
                               const T* grad_out, const int32_t* argmax, G* grad) {
     const Shape& s = p.shape;
     const int64_t n = s.feature_count();
     advise_huge_pages(grad, sizeof(G) * n);
-    parallel_for(pool, n, balanced_grain(pool, n, 1 << 16, 1), [&](int64_t begin, int64_t end) {
-      std::fill(grad + begin, grad + end, G(0));
+    const bool any_bins = s.pooled_h * s.pooled_w > 0;
+    const std::vector<GradientBlock> blocks =
+        any_bins ? gradient_blocks(p, list, pool.num_threads()) : std::vector<GradientBlock>{};
+    std::vector<bool> read(s.num_images, false);
+    for (const GradientBlock& block : blocks) read[block.batch] = true;
+    const int64_t image_size = s.channels * s.height * s.width;
+    parallel_for(pool, s.num_images, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        if (!read[b]) std::fill(grad + b * image_size, grad + (b + 1) * image_size, G(0));
     });
-    if (list.size == 0 || n == 0 || s.pooled_h * s.pooled_w == 0) return;
-    const std::vector<GradientBlock> blocks = gradient_blocks(p, list, pool.num_threads());
     parallel_for(pool, static_cast<int64_t>(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
       AlignScratch<G> scratch;
       for (int64_t b = b0; b < b1; ++b) {
-        const auto& [rois, c0, c1] = blocks[b];
+        zero_gradient_block(s, blocks[b], grad);
+        const auto& [rois, batch, c0, c1] = blocks[b];
         if (!s.channels_last) {  // a run of ROIs at a time
           if constexpr (op == Op::kAlignAvg)
             align_avg_backward_nchw(p, rois, c0, c1, grad_out, grad, scratch);

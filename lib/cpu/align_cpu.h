@@ -191,17 +191,12 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nhwc(const Problem<G>& p, const RoiLis
                                                const T* features, T* out,
                                                AlignScratch<G>& scratch) {
   RoiRun<G>& run = scratch.run;
-  const int bytes = native_vector_bytes();
   for (int64_t j = 0; j < list.size;) {
     j = run.build(p, list, j, kNhwcRunCapacity);
-    for (int64_t c0 = 0; c0 < p.shape.channels;) {
-      if (bytes == 64)
-        c0 = align_avg_forward_nhwc_blocks<64>(p, run, c0, features, out);
-      else if (bytes == 32)
-        c0 = align_avg_forward_nhwc_blocks<32>(p, run, c0, features, out);
-      else
-        c0 = align_avg_forward_nhwc_blocks<16>(p, run, c0, features, out);
-    }
+    with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+      for (int64_t c0 = 0; c0 < p.shape.channels;)
+        c0 = align_avg_forward_nhwc_blocks<decltype(bytes)::value>(p, run, c0, features, out);
+    });
   }
 }
 

@@ -1,6 +1,7 @@
-// The NHWC max-mode backward adds each channel's gradient to the pixel that
-// won that channel: image[pixel[c] * stride + c] += g[c]. The pixels differ
-// by channel, so the writes scatter. Compilers do not vectorise this, but
+// The NHWC roi_pool backward adds each channel's gradient to the pixel that
+// won that channel: image[pixel[c] * stride + c] += g[c]. For bin windows
+// too large to sweep (pool_cpu.h) the writes scatter, one pixel per channel.
+// Compilers do not vectorise this, but
 // AVX-512 gathers and scatters 16 channels at once; the lanes are distinct
 // channels, so their addresses never collide within a vector.
 #pragma once

@@ -125,10 +125,9 @@ struct CpuBackend {
         any_bins ? gradient_blocks(p, list, pool.num_threads()) : std::vector<GradientBlock>{};
     std::vector<bool> read(s.num_images, false);
     for (const GradientBlock& block : blocks) read[block.batch] = true;
-    const int64_t image_size = s.channels * s.height * s.width;
     parallel_for(pool, s.num_images, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
-        if (!read[b]) std::fill(grad + b * image_size, grad + (b + 1) * image_size, G(0));
+        if (!read[b]) zero_gradient_block(s, GradientBlock{{}, b, 0, s.channels}, grad);
     });
     parallel_for(pool, static_cast<int64_t>(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
       AlignScratch<G> scratch;

@@ -10,6 +10,7 @@ import numpy as np
 FEATURE_DTYPES = (jnp.float32, jnp.float64, jnp.bfloat16, jnp.float16)
 LAYOUTS = ("NCHW", "NHWC")
 ALIGN_MODES = ("avg", "max")
+IMPLEMENTATIONS = (None, "kernel", "xla")
 
 # Argmax indices are int32.
 _INT32_LIMIT = 2**31
@@ -19,6 +20,14 @@ def choice(name, value, options):
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
     return value
+
+
+def implementation_value(implementation):
+    if implementation not in IMPLEMENTATIONS or isinstance(implementation, bool):
+        raise ValueError(
+            "implementation must be None (the kernel where the platform has one, pure JAX "
+            f"elsewhere), 'kernel' or 'xla'; got {implementation!r}")
+    return implementation
 
 
 def features_array(features, layout):
@@ -111,3 +120,87 @@ def check_argmax_range(features, layout, op):
         raise ValueError(
             f"features' spatial size {height} x {width} is too large for the int32 argmax "
             f"of {'roi_pool' if op == 'pool' else 'roi_align mode=max'}")
+
+
+# ----------------------------------------------------------- pyramids
+
+MAX_LEVELS = 8  # kMaxLevels in lib/roi_elements.h
+
+
+def pyramid_levels(scales):
+    """The level k of each map (scale ``2**-k``), checked to be consecutive
+    powers of two, finest first."""
+    if isinstance(scales, (str, bytes)) or not hasattr(scales, "__len__") or len(scales) == 0:
+        raise ValueError(
+            f"scales must be a non-empty sequence of map scales, finest first, "
+            f"e.g. (1/4, 1/8, 1/16, 1/32); got {scales!r}")
+    levels = []
+    for scale in scales:
+        if isinstance(scale, bool) or not isinstance(scale, (numbers.Real, np.ndarray)):
+            raise TypeError(f"scales must hold Python floats; got {scale!r} in {scales!r}")
+        value = float(scale)
+        exponent = math.log2(value) if math.isfinite(value) and value > 0 else math.nan
+        if not math.isfinite(exponent) or abs(exponent - round(exponent)) > 1e-9:
+            raise ValueError(
+                f"scales must be powers of two (such as 1/4 or 1/8); got {scale!r} in {scales!r}")
+        levels.append(-round(exponent))
+    if len(scales) > MAX_LEVELS:
+        raise ValueError(f"scales may name at most {MAX_LEVELS} maps; got {len(scales)}")
+    if len(set(levels)) != len(levels):
+        raise ValueError(f"scales must be distinct; got {scales!r}")
+    if levels != list(range(levels[0], levels[0] + len(levels))):
+        raise ValueError(
+            "scales must be consecutive powers of two, finest first, each half the one "
+            f"before (e.g. (1/4, 1/8, 1/16, 1/32)); got {scales!r}")
+    return tuple(levels)
+
+
+def canonical_scale_value(canonical_scale):
+    if (isinstance(canonical_scale, bool) or not isinstance(canonical_scale, numbers.Real)
+            or not (math.isfinite(canonical_scale) and canonical_scale > 0)):
+        raise ValueError(
+            f"canonical_scale must be a finite number > 0 (the box size, in image pixels, "
+            f"that maps to canonical_level); got {canonical_scale!r}")
+    return float(canonical_scale)
+
+
+def canonical_level_value(canonical_level):
+    if isinstance(canonical_level, bool) or not isinstance(canonical_level, numbers.Integral):
+        raise TypeError(f"canonical_level must be an int; got {canonical_level!r}")
+    return int(canonical_level)
+
+
+def pyramid_maps(features, num_scales, layout):
+    """The maps of a pyramid, checked to share batch size, channels and dtype."""
+    # One array is not a pyramid, even though it has a length.
+    if isinstance(features, (str, bytes)) or hasattr(features, "shape") \
+            or not hasattr(features, "__len__"):
+        raise TypeError(
+            f"features must be a sequence of {num_scales} feature maps, finest first; "
+            f"got {type(features).__name__}")
+    if len(features) != num_scales:
+        raise ValueError(
+            f"features must hold one map per scale ({num_scales} scales); got {len(features)}")
+    maps = [features_array(f, layout) for f in features]
+    channel_axis = 1 if layout == "NCHW" else 3
+    first = maps[0].shape
+    for i, f in enumerate(maps):
+        if f.shape[0] != first[0] or f.shape[channel_axis] != first[channel_axis]:
+            raise ValueError(
+                f"features must share their batch size and channel count; map 0 has shape "
+                f"{first} and map {i} has shape {f.shape} (layout={layout!r})")
+        if f.dtype != maps[0].dtype:
+            raise TypeError(f"features must share one dtype; got {maps[0].dtype} and {f.dtype}")
+    return maps
+
+
+def pyramid_boxes(boxes, maps):
+    boxes = jnp.asarray(boxes)
+    n = maps[0].shape[0]
+    if boxes.ndim != 3 or boxes.shape[2] != 4 or boxes.shape[0] != n:
+        raise ValueError(
+            f"boxes must have shape [N, L, 4] (x1, y1, x2, y2 per image) with N = {n}, "
+            f"the batch size of features; got shape {boxes.shape}")
+    if not jnp.issubdtype(boxes.dtype, jnp.floating):
+        raise TypeError(f"boxes must have a floating dtype; got {boxes.dtype}")
+    return boxes.astype(geometry_dtype(maps[0].dtype))

@@ -1,6 +1,7 @@
 """Loads the compiled kernel modules and registers their XLA FFI targets."""
 
 import jax
+from jax import export as _export
 import jaxlib
 
 from . import _jax_roi_cpu
@@ -30,7 +31,14 @@ def _check_jaxlib():
             "rebuild jax_roi against this one (pip install --force-reinstall .)")
 
 
-TARGET_PREFIX = "jax_roi_"
+# Target names carry the handlers' ABI version (lib/ffi_module.h), so an
+# exported artifact only ever binds to handlers of the ABI it was made with.
+TARGET_PREFIX = f"jax_roi_v{_jax_roi_cpu.abi_version}_"
+
+
+def target(kernel):
+    """The custom-call target name of a kernel, e.g. "align_avg_forward"."""
+    return TARGET_PREFIX + kernel
 
 
 def register(registrations, platform, prefix=TARGET_PREFIX):
@@ -61,4 +69,22 @@ KERNEL_PLATFORMS = ("cpu",) + (("cuda",) if _jax_roi_cuda is not None else ())
 # Lets XLA split a call that carries num_batch_dims along its leading
 # dimension, on every platform at once (see _sharding.py for which calls do).
 for _kernel in _jax_roi_cpu.registrations():
-    jax.ffi.register_ffi_target_as_batch_partitionable(TARGET_PREFIX + _kernel)
+    jax.ffi.register_ffi_target_as_batch_partitionable(target(_kernel))
+
+
+def export_disabled_checks():
+    """The ``disabled_checks`` that let ``jax.export`` serialize jax_roi's kernels.
+
+    ``jax.export`` refuses custom calls it does not know to be stable. jax_roi's
+    targets are versioned by their ABI, and a deserialized artifact runs
+    wherever a jax_roi with the same ABI is imported (same machine type:
+    CPU, or CUDA)::
+
+        exported = jax.export.export(jax.jit(f), platforms=["cpu"],
+                                     disabled_checks=jax_roi.export_disabled_checks())(x)
+
+    Functions called with ``implementation="xla"`` need none: they contain no
+    custom call and run on every platform.
+    """
+    return [_export.DisabledSafetyCheck.custom_call(target(kernel))
+            for kernel in _jax_roi_cpu.registrations()]

@@ -1,39 +1,47 @@
-"""``flax.linen`` versions of the modules in :mod:`jax_roi.nn`, with the same
+"""``flax.linen`` versions of the modules in :mod:`jax_roi.nnx`, with the same
 fields and the same arithmetic: ``RoIAlign``, ``RoIPool`` and
-``MultiScaleRoIAlign``. They have no parameters or state, so ``init``
-returns empty variables and ``apply`` just pools. Layouts default to NHWC,
-the layout of Flax convolutions.
+``MultiScaleRoIAlign``, thin wrappers of the public functions. They have no
+parameters or state, so ``init`` returns empty variables and ``apply`` just
+pools. Layouts default to NHWC, the layout of Flax convolutions.
 """
 
-from typing import Any, Sequence, Union
+from typing import Optional, Sequence, Union
 
 from flax import linen as nn
 
-from . import nn as _nnx
-from .ops import roi_align, roi_pool
+from . import _checks
+from ._pyramid import level_indices, multi_scale_roi_align
+from ._roi import roi_align, roi_pool
 
 OutputSize = Union[int, Sequence[int]]
 
 
 class RoIAlign(nn.Module):
     """``jax_roi.roi_align`` as a linen module, called ``module(features, rois)``.
-    Shapes and arguments as in :class:`jax_roi.nn.RoIAlign`."""
+    Shapes and arguments as in :class:`jax_roi.nnx.RoIAlign`."""
     output_size: OutputSize
     spatial_scale: float = 1.0
     sampling_ratio: int = -1
     aligned: bool = False
     mode: str = "avg"
     layout: str = "NHWC"
+    implementation: Optional[str] = None
 
     def __post_init__(self):
         # Bad settings fail where the module is built, naming the field.
-        _nnx._align_settings(self.output_size, self.spatial_scale, self.sampling_ratio,
-                             self.aligned, self.mode, self.layout)
+        _checks.output_size_pair(self.output_size)
+        _checks.spatial_scale_value(self.spatial_scale)
+        _checks.sampling_ratio_value(self.sampling_ratio)
+        _checks.aligned_value(self.aligned)
+        _checks.choice("mode", self.mode, _checks.ALIGN_MODES)
+        _checks.choice("layout", self.layout, _checks.LAYOUTS)
+        _checks.implementation_value(self.implementation)
         super().__post_init__()
 
     def __call__(self, features, rois):
         return roi_align(features, rois, self.output_size, self.spatial_scale,
-                         self.sampling_ratio, self.aligned, mode=self.mode, layout=self.layout)
+                         self.sampling_ratio, self.aligned, mode=self.mode, layout=self.layout,
+                         implementation=self.implementation)
 
 
 class RoIPool(nn.Module):
@@ -41,20 +49,24 @@ class RoIPool(nn.Module):
     output_size: OutputSize
     spatial_scale: float = 1.0
     layout: str = "NHWC"
+    implementation: Optional[str] = None
 
     def __post_init__(self):
-        _nnx._pool_settings(self.output_size, self.spatial_scale, self.layout)
+        _checks.output_size_pair(self.output_size)
+        _checks.spatial_scale_value(self.spatial_scale)
+        _checks.choice("layout", self.layout, _checks.LAYOUTS)
+        _checks.implementation_value(self.implementation)
         super().__post_init__()
 
     def __call__(self, features, rois):
         return roi_pool(features, rois, self.output_size, self.spatial_scale,
-                        layout=self.layout)
+                        layout=self.layout, implementation=self.implementation)
 
 
 class MultiScaleRoIAlign(nn.Module):
-    """ROI Align over a feature pyramid, called ``module(features, boxes)``
-    with maps finest first and ``[N, L, 4]`` boxes in image coordinates.
-    Level rule, shapes and exactness as in :class:`jax_roi.nn.MultiScaleRoIAlign`."""
+    """``jax_roi.multi_scale_roi_align`` as a linen module, called
+    ``module(features, boxes)`` with maps finest first and ``[N, L, 4]``
+    boxes in image coordinates; as :class:`jax_roi.nnx.MultiScaleRoIAlign`."""
     output_size: OutputSize
     scales: Sequence[float]
     sampling_ratio: int = -1
@@ -63,19 +75,26 @@ class MultiScaleRoIAlign(nn.Module):
     canonical_level: int = 4
     mode: str = "avg"
     layout: str = "NHWC"
+    implementation: Optional[str] = None
 
     def __post_init__(self):
-        self._settings()
+        _checks.output_size_pair(self.output_size)
+        _checks.pyramid_levels(self.scales)
+        _checks.sampling_ratio_value(self.sampling_ratio)
+        _checks.aligned_value(self.aligned)
+        _checks.canonical_scale_value(self.canonical_scale)
+        _checks.canonical_level_value(self.canonical_level)
+        _checks.choice("mode", self.mode, _checks.ALIGN_MODES)
+        _checks.choice("layout", self.layout, _checks.LAYOUTS)
+        _checks.implementation_value(self.implementation)
         super().__post_init__()
-
-    def _settings(self) -> Any:
-        return _nnx._pyramid_settings(self.output_size, self.scales, self.sampling_ratio,
-                                      self.aligned, self.canonical_scale, self.canonical_level,
-                                      self.mode, self.layout)
 
     def level_indices(self, boxes):
         """``[N, L]`` int32: the index into ``features`` each box is pooled from."""
-        return _nnx._box_levels(boxes, self._settings())
+        return level_indices(boxes, self.scales, self.canonical_scale, self.canonical_level)
 
     def __call__(self, features, boxes):
-        return _nnx._multi_scale_roi_align(features, boxes, self._settings())
+        return multi_scale_roi_align(
+            features, boxes, self.output_size, self.scales, self.sampling_ratio, self.aligned,
+            self.canonical_scale, self.canonical_level, mode=self.mode, layout=self.layout,
+            implementation=self.implementation)

@@ -1,339 +1,436 @@
-"""ROI Align and ROI Pooling written in plain ``jax.numpy`` (no custom calls).
+"""The pure-JAX implementation of every primitive: jnp and lax only, exact to
+the contract (semantics.md of the project spec) for every box.
 
-These functions follow the arithmetic of the compiled operators (see the
-project's semantics notes) and serve as the benchmark baseline, as the
-implementation for platforms without a compiled kernel, and in tests. They are
-differentiable with respect to ``features`` by ordinary JAX autodiff, work under
-``jit`` and ``vmap``, and their gradient is the exact adjoint of the forward.
-As with the compiled operators, ``rois`` receive a zero cotangent.
+It is what the primitives lower to on platforms without a compiled kernel
+(TPU, ROCm, ...) and wherever ``implementation="xla"`` asks for it. Each
+function takes a primitive's operands and parameters and returns what the
+kernel returns, the max modes' argmax included and packed the same way
+(lib/roi_geometry.h), so either implementation's backward accepts the
+other's forward.
 
-How the work is organised: features are used channels-last (NCHW input is
-transposed once), every ROI sample reads whole channel vectors by gather, and
-the bilinear weights are computed in jnp. ROIs are processed in chunks of
-``roi_chunk`` ROIs by ``lax.map`` so the gathered intermediate stays small
-(about 4 MiB per step on CPU by default); within a chunk everything is
-vectorised over ROIs, bins, samples and channels.
+How it stays exact and small:
+
+- A bin's samples along each axis are scanned over the range that can land
+  on the map (the kernels' ``sample_range``), so a huge box's astronomic
+  adaptive grid costs no more than the map; the samples outside only count
+  in ``count`` (and, for "max", as zeros that may win).
+- Features are one table of channel rows, ``[rows, C]``: a ROI reads the
+  rows of its own image (and, for a pyramid, of its own level's map), so a
+  pyramid is the single-map code with per-ROI map sizes and scales.
+- ROIs go in chunks (``lax.map``) and a chunk's samples in a loop whose
+  length is that chunk's largest in-map grid, so memory stays a few chunks of
+  ``[k, PH, PW, C]`` whatever the grid, and one large box slows only its
+  own chunk.
+
+Sums run in the geometry dtype (float32, float64 for float64 features).
 """
 
-import math
-import operator
-from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["roi_align", "roi_pool"]
+from ._checks import geometry_dtype
 
-_FEATURE_DTYPES = tuple(
-    jnp.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
-)
-_MODES = ("avg", "max")
-_LAYOUTS = ("NCHW", "NHWC")
-
-
-# ---------------------------------------------------------------- arguments
+# Bytes of [k, PH, PW, C] work arrays one chunk of ROIs may hold.
+_CHUNK_BYTES_CPU = 4 << 20
+_CHUNK_BYTES_ACCELERATOR = 256 << 20
+_INT32_LIMIT = 2**31
 
 
-def _positive_int(value, name):
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {value!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return value
+# ------------------------------------------------------- tables and sites
 
-
-def _output_size(output_size):
-    if isinstance(output_size, (tuple, list)):
-        if len(output_size) != 2:
-            raise ValueError(
-                f"output_size must be an int or a pair (PH, PW), got {output_size!r}"
-            )
-        return tuple(_positive_int(v, "output_size") for v in output_size)
-    size = _positive_int(output_size, "output_size")
-    return size, size
-
-
-def _check(features, rois, output_size, spatial_scale, layout):
-    """Validates the common arguments; returns (PH, PW) and the scale."""
-    if layout not in _LAYOUTS:
-        raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
-    if jnp.ndim(features) != 4:
-        raise ValueError(
-            f"features must have rank 4 ({layout}), got shape {jnp.shape(features)}"
-        )
-    if jnp.dtype(features.dtype) not in _FEATURE_DTYPES:
-        raise TypeError(
-            "features must be float16, bfloat16, float32 or float64, "
-            f"got {features.dtype}"
-        )
-    shape = jnp.shape(rois)
-    if not (len(shape) == 2 and shape[1] == 5) and not (
-        len(shape) == 3 and shape[2] == 4
-    ):
-        raise ValueError(f"rois must have shape [K, 5] or [N, L, 4], got {shape}")
-    if not jnp.issubdtype(rois.dtype, jnp.floating):
-        raise TypeError(f"rois must have a floating dtype, got {rois.dtype}")
-    scale = float(spatial_scale)
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"spatial_scale must be finite and > 0, got {spatial_scale!r}")
-    return _output_size(output_size), scale
-
-
-def _geometry_dtype(features):
-    # Box coordinates near 800 need more precision than 16-bit floats give.
-    return jnp.float64 if features.dtype == jnp.float64 else jnp.float32
-
-
-def _to_nhwc(features, layout):
-    return features if layout == "NHWC" else jnp.transpose(features, (0, 2, 3, 1))
-
-
-def _from_nhwc(out, layout, lead):
-    """[K, PH, PW, C] -> the caller's layout, with the ROI leading shape."""
+def _table(features, layout):
+    """Features as rows of channels, [N*H*W, C], and (N, H, W, C)."""
     if layout == "NCHW":
-        out = jnp.transpose(out, (0, 3, 1, 2))
-    return out.reshape(lead + out.shape[1:])
+        features = jnp.transpose(features, (0, 2, 3, 1))
+    n, h, w, c = features.shape
+    if n * h * w >= _INT32_LIMIT:
+        raise ValueError(
+            f"features of shape {features.shape} have N*H*W >= 2**31 pixels, more than the "
+            "pure-JAX implementation indexes (int32); use implementation='kernel'")
+    return features.reshape(n * h * w, c), (n, h, w, c)
 
 
-def _split_rois(rois, n, geom):
-    """Returns batch index (n where the ROI is invalid), boxes, validity, lead shape.
+class Sites(NamedTuple):
+    """Where each ROI reads: its image's first row in the table, that map's
+    size and scale, its box (zeros when invalid) and whether it is valid."""
+    base: jax.Array     # [K] int32
+    height: jax.Array   # [K] int32
+    width: jax.Array    # [K] int32
+    scale: jax.Array    # [K] geometry dtype
+    boxes: jax.Array    # [K, 4] geometry dtype: x1, y1, x2, y2
+    valid: jax.Array    # [K] bool
 
-    The ROI gradient is zero by definition (as in the compiled operators).
-    Invalid ROIs (batch index not finite / outside [0, n), or a non-finite
-    coordinate) get batch index n, which lies outside the feature array, so
-    every gather of theirs reads zero and their gradient is dropped; their
-    boxes are zeroed so that no NaN reaches the geometry.
-    """
-    rois = lax.stop_gradient(rois)
-    if rois.ndim == 3:
-        lead = rois.shape[:2]
-        if rois.shape[0] != n:
-            raise ValueError(
-                f"rois of shape [N, L, 4] need N == features batch size {n}, "
-                f"got {rois.shape[0]}"
-            )
-        boxes = rois.reshape(-1, 4).astype(geom)
-        b = jnp.repeat(jnp.arange(n, dtype=geom), rois.shape[1])
+
+def _parse_rois(rois, num_images):
+    """[K] image index, [K, 4] boxes and validity, as the kernels' load_roi."""
+    if rois.ndim == 3:  # [N, L, 4]
+        boxes = rois.reshape(-1, 4)
+        batch = jnp.repeat(jnp.arange(rois.shape[0], dtype=rois.dtype), rois.shape[1])
     else:
-        lead = rois.shape[:1]
-        boxes = rois[:, 1:].astype(geom)
-        b = rois[:, 0].astype(geom)
-    valid = jnp.isfinite(b) & (b >= 0) & (b < n) & jnp.all(jnp.isfinite(boxes), -1)
-    bidx = jnp.where(valid, jnp.floor(jnp.where(valid, b, 0)), n).astype(jnp.int32)
-    boxes = jnp.where(valid[:, None], boxes, 0)
-    return bidx, boxes, valid, lead
+        boxes, batch = rois[:, 1:], rois[:, 0]
+    # Comparisons are false for NaN, so a NaN index is invalid too.
+    valid = (batch >= 0) & (batch < num_images) & jnp.all(jnp.isfinite(boxes), axis=-1)
+    image = jnp.where(valid, jnp.floor(jnp.where(valid, batch, 0)), 0).astype(jnp.int32)
+    return image, jnp.where(valid[:, None], boxes, 0), valid
 
 
-def _default_chunk(bytes_per_roi, k):
-    # Small steps keep the gathered intermediate in cache on CPU; accelerators
-    # prefer one large vectorised step.
-    budget = 4 << 20 if jax.default_backend() == "cpu" else 1 << 30
-    return max(1, min(k, budget // max(bytes_per_roi, 1)))
+def _single_map_sites(rois, shape, scale):
+    n, h, w, _ = shape
+    image, boxes, valid = _parse_rois(rois, n)
+    k = boxes.shape[0]
+    full = lambda v, dtype: jnp.full((k,), v, dtype)
+    return Sites(base=image * (h * w), height=full(h, jnp.int32), width=full(w, jnp.int32),
+                 scale=full(scale, boxes.dtype), boxes=boxes, valid=valid)
 
 
-def _map_chunks(body, per_roi, chunk):
-    """body over chunks of `chunk` ROIs (leading axis of every array in per_roi)."""
-    k = per_roi[0].shape[0]
-    if chunk >= k:
-        return body(*per_roi)
+def _pyramid_sites(boxes, levels, shapes, scales):
+    """Sites of [N, L, 4] boxes over maps stacked in one table, finest first."""
+    image, flat_boxes, valid = _parse_rois(boxes, shapes[0][0])
+    starts, rows = [], 0
+    for n, h, w, _ in shapes:
+        starts.append(rows)
+        rows += n * h * w
+    if rows >= _INT32_LIMIT:
+        raise ValueError("features: the maps together have >= 2**31 pixels, more than the "
+                         "pure-JAX implementation indexes (int32); use implementation='kernel'")
+    level = jnp.clip(levels.reshape(-1), 0, len(shapes) - 1)  # as the kernels clamp
+    pick = lambda values, dtype: jnp.asarray(values, dtype)[level]
+    height = pick([s[1] for s in shapes], jnp.int32)
+    width = pick([s[2] for s in shapes], jnp.int32)
+    base = pick(starts, jnp.int32) + image * height * width
+    return Sites(base=base, height=height, width=width,
+                 scale=pick(scales, flat_boxes.dtype), boxes=flat_boxes, valid=valid)
+
+
+def _chunk_size(num_rois, bytes_per_roi):
+    budget = _CHUNK_BYTES_CPU if jax.default_backend() == "cpu" else _CHUNK_BYTES_ACCELERATOR
+    return max(1, min(num_rois, budget // max(bytes_per_roi, 1)))
+
+
+def _chunked(sites, chunk):
+    """Sites padded with invalid ROIs to whole chunks: [steps, chunk, ...]."""
+    k = sites.valid.shape[0]
     steps = -(-k // chunk)
     pad = steps * chunk - k
 
     def split(a):
-        # Edge padding repeats a real ROI: finite work whose result is dropped.
-        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1), mode="edge")
+        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))  # padding is invalid: no work
         return a.reshape((steps, chunk) + a.shape[1:])
 
-    out = lax.map(lambda args: body(*args), tuple(split(a) for a in per_roi))
-    return out.reshape((steps * chunk,) + out.shape[2:])[:k]
+    return Sites(*map(split, sites)), steps
 
 
-# ---------------------------------------------------------------- roi_align
+def _in_layout(out, layout, lead):
+    """[K, PH, PW, C] -> the caller's layout with the ROIs' leading shape."""
+    if layout == "NCHW":
+        out = jnp.moveaxis(out, -1, 1)
+    return out.reshape(tuple(lead) + out.shape[1:])
 
 
-def _sample_axis(start, bin_size, grid, bins, max_grid, length):
-    """Bilinear corners of the samples along one axis.
-
-    Returns index [K, bins, max_grid, 2] (set to `length`, i.e. out of range,
-    where the sample reads nothing: outside [-1, length] or beyond the ROI's own
-    grid), weights of the same shape, and exists [K, 1, max_grid] (the sample is
-    part of the ROI's grid).
-    """
-    dt = start.dtype
-    p = jnp.arange(bins, dtype=dt)[:, None]
-    i = jnp.arange(max_grid, dtype=dt)
-    start, bin_size, grid = (a[:, None, None] for a in (start, bin_size, grid))
-    c = start + p * bin_size + (i + 0.5) * bin_size / grid
-    exists = i < grid
-    inside = exists & (c >= -1) & (c <= length)
-    c = jnp.where(inside, jnp.maximum(c, 0), 0)
-    c0 = jnp.floor(c)
-    edge = c0 >= length - 1
-    c0 = jnp.where(edge, length - 1, c0)
-    frac = jnp.where(edge, 0, c - c0)
-    index = jnp.stack([c0, jnp.where(edge, c0, c0 + 1)], -1).astype(jnp.int32)
-    index = jnp.where(inside[..., None], index, length)
-    weight = jnp.stack([1 - frac, frac], -1)
-    return index, weight, exists
+def _from_layout(pooled, layout):
+    """A pooled-shaped operand -> [K, PH, PW, C]."""
+    lead = pooled.ndim - 3
+    pooled = pooled.reshape((-1,) + pooled.shape[lead:])
+    return jnp.moveaxis(pooled, 1, -1) if layout == "NCHW" else pooled
 
 
-def _align_chunk(x, b, yi, wy, ey, xi, wx, ex, count, mode):
-    """One chunk of ROIs: [k, PH, PW, C] from channels-last features x.
-
-    Sums run in the dtype of the weights: float32, or float64 for float64
-    features (16-bit features are widened before they are multiplied).
-    """
-    acc = wy.dtype
-    k, ph, gh = yi.shape[:3]
-    pw, gw = xi.shape[1:3]
-    c = x.shape[-1]
-    # Corner reads [k, PH, PW, gh, gw, 2, 2, C]; out-of-range indices read 0.
-    v = x.at[
-        b[:, None, None, None, None, None, None],
-        yi[:, :, None, :, None, :, None],
-        xi[:, None, :, None, :, None, :],
-    ].get(mode="fill", fill_value=0)
-    w = wy[:, :, None, :, None, :, None] * wx[:, None, :, None, :, None, :]
-    s = gh * gw
-    if mode == "avg":
-        v = v.reshape(k, ph, pw, 4 * s, c)
-        w = w.reshape(k, ph, pw, 4 * s)
-        total = jnp.einsum("kpqs,kpqsc->kpqc", w, v, preferred_element_type=acc)
-        return total / count[:, None, None, None]
-    v = v.reshape(k, ph, pw, s, 4, c)
-    w = w.reshape(k, ph, pw, s, 4)
-    sample = jnp.einsum("kpqst,kpqstc->kpqsc", w, v, preferred_element_type=acc)
-    exists = (ey[:, :, None, :, None] & ex[:, None, :, None, :]).reshape(k, ph, pw, s)
-    # First strict maximum among existing, non-NaN samples; none -> output 0.
-    ok = exists[..., None] & ~jnp.isnan(sample)
-    key = jnp.where(ok, sample, -jnp.inf)
-    hit = ok & (key == jnp.max(key, axis=3, keepdims=True))
-    winner = jnp.where(jnp.any(hit, axis=3), jnp.argmax(hit, axis=3), -1)
-    pick = jnp.arange(s)[:, None] == winner[:, :, :, None, :]
-    return jnp.sum(jnp.where(pick, sample, 0), axis=3)
+def _lead(rois):
+    return rois.shape[:2] if rois.ndim == 3 else rois.shape[:1]
 
 
-def roi_align(
-    features,
-    rois,
-    output_size,
-    spatial_scale=1.0,
-    sampling_ratio=-1,
-    aligned=False,
-    *,
-    mode="avg",
-    layout="NCHW",
-    max_grid=8,
-    roi_chunk=None,
-):
-    """ROI Align (``mode="avg"``) or its max-pooling variant (``mode="max"``).
+# ------------------------------------------------------ roi_align geometry
 
-    Args:
-      features: ``[N, C, H, W]`` (``layout="NCHW"``) or ``[N, H, W, C]``
-        (``layout="NHWC"``); float16, bfloat16, float32 or float64.
-      rois: ``[K, 5]`` rows ``(batch_index, x1, y1, x2, y2)``, or ``[N, L, 4]``
-        boxes per image; coordinates in image space.
-      output_size: ``PH`` or ``(PH, PW)``.
-      spatial_scale: image-to-feature-map scale, finite and > 0.
-      sampling_ratio: samples per bin along each axis; ``<= 0`` selects the
-        adaptive grid ``ceil(roi_height / PH)`` x ``ceil(roi_width / PW)``.
-      aligned: shift the box by half a pixel (``-0.5``) before sampling.
-      mode: ``"avg"`` (mean of the samples) or ``"max"`` (largest sample; the
-        first strict maximum wins, NaN never wins, out-of-map samples count as
-        0, a bin without any sample gives 0).
-      layout: ``"NCHW"`` or ``"NHWC"``; the output follows it:
-        ``[K, C, PH, PW]`` or ``[K, PH, PW, C]`` (leading ``[N, L]`` for
-        ``[N, L, 4]`` rois).
-      max_grid: static bound on the adaptive grid (``sampling_ratio <= 0``
-        only). Every ROI is evaluated on a ``max_grid`` x ``max_grid`` sample
-        grid per bin with the samples beyond its own grid masked out, so work
-        and memory grow as ``max_grid**2``.
-      roi_chunk: ROIs per vectorised step (``lax.map`` over the steps);
-        ``None`` picks a step whose gathered intermediate is about 4 MiB on CPU,
-        or one step for all ROIs on accelerators.
-
-    Exactness: the result is the formula of the compiled operator (to rounding
-    of the accumulation order; 16-bit features accumulate in float32, geometry
-    is float32, float64 for float64 features) whenever ``sampling_ratio > 0``,
-    and, for ``sampling_ratio <= 0``, for every ROI whose adaptive grid fits,
-    i.e. ``ceil(roi_height / PH) <= max_grid`` and
-    ``ceil(roi_width / PW) <= max_grid`` (roi sizes in feature-map pixels;
-    with the default 8 and a 7 x 7 output: boxes up to 56 feature pixels on
-    each side). A larger ROI is NOT computed by the formula: along an axis
-    where its grid exceeds ``max_grid``, it gets ``max_grid`` evenly spaced
-    samples per bin instead (as if ``sampling_ratio`` were ``max_grid`` there,
-    with the count to match). Boxes with huge coordinates fall in this case;
-    both give (nearly) zero there because almost every sample is off the map.
-
-    Invalid ROIs (batch index not finite or outside ``[0, N)``, or a
-    non-finite coordinate) give zeros and no gradient. The gradient with
-    respect to ``features`` is the exact adjoint (for ``mode="max"``: the
-    cotangent goes to the four corners of the winning sample with its bilinear
-    weights). The cotangent for ``rois`` is zero.
-    """
-    out_hw, scale = _check(features, rois, output_size, spatial_scale, layout)
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    sampling_ratio = operator.index(sampling_ratio)
-    max_grid = _positive_int(max_grid, "max_grid")
-    if roi_chunk is not None:
-        roi_chunk = _positive_int(roi_chunk, "roi_chunk")
-    return _roi_align(
-        features, rois, out_hw, scale, sampling_ratio, bool(aligned), mode, layout,
-        max_grid, roi_chunk,
-    )
+class AlignGeometry(NamedTuple):
+    """Each ROI's bins and sample grids ([k] each), as the kernels' align_roi."""
+    x_start: jax.Array
+    y_start: jax.Array
+    bin_w: jax.Array
+    bin_h: jax.Array
+    grid_w: jax.Array
+    grid_h: jax.Array
+    count: jax.Array
 
 
-@partial(jax.jit, static_argnums=tuple(range(2, 10)))
-def _roi_align(
-    features, rois, out_hw, scale, sampling_ratio, aligned, mode, layout, max_grid,
-    roi_chunk,
-):
-    ph, pw = out_hw
-    geom = _geometry_dtype(features)
-    x = _to_nhwc(features, layout)
-    n, h, w, c = x.shape
-    b, boxes, valid, lead = _split_rois(rois, n, geom)
-    k = b.shape[0]
-    if k == 0 or n == 0 or h == 0 or w == 0 or c == 0:
-        return _from_nhwc(jnp.zeros((k, ph, pw, c), features.dtype), layout, lead)
-
+def _align_geometry(sites, output_size, sampling_ratio, aligned):
+    ph, pw = output_size
     offset = 0.5 if aligned else 0.0
-    x1, y1, x2, y2 = (boxes[:, i] * scale - offset for i in range(4))
-    rw, rh = x2 - x1, y2 - y1
+    x1, y1, x2, y2 = (sites.boxes[:, i] for i in range(4))
+    x_start = x1 * sites.scale - offset
+    y_start = y1 * sites.scale - offset
+    roi_w = x2 * sites.scale - offset - x_start
+    roi_h = y2 * sites.scale - offset - y_start
     if not aligned:
-        rw, rh = jnp.maximum(rw, 1), jnp.maximum(rh, 1)
-    bh, bw = rh / ph, rw / pw
+        roi_w, roi_h = jnp.maximum(roi_w, 1), jnp.maximum(roi_h, 1)
     if sampling_ratio > 0:
-        g_static = sampling_ratio
-        gh = gw = jnp.full((k,), sampling_ratio, geom)
+        grid_w = grid_h = jnp.full_like(roi_w, sampling_ratio)
     else:
-        g_static = max_grid
-        # Clamp in float before any cast: the adaptive grid can be astronomic.
-        gh = jnp.clip(jnp.ceil(bh), 0, max_grid)
-        gw = jnp.clip(jnp.ceil(bw), 0, max_grid)
-    count = jnp.maximum(gh * gw, 1)
-    yi, wy, ey = _sample_axis(y1, bh, gh, ph, g_static, h)
-    xi, wx, ex = _sample_axis(x1, bw, gw, pw, g_static, w)
+        grid_w, grid_h = jnp.ceil(roi_w / pw), jnp.ceil(roi_h / ph)
+    return AlignGeometry(x_start, y_start, roi_w / pw, roi_h / ph, grid_w, grid_h,
+                         jnp.maximum(grid_h * grid_w, 1))
 
-    ey, ex = ey & valid[:, None, None], ex & valid[:, None, None]
-    ey, ex = jnp.broadcast_to(ey, yi.shape[:3]), jnp.broadcast_to(ex, xi.shape[:3])
-    if roi_chunk is None:
-        per_roi = ph * pw * 4 * g_static * g_static * c * 4
-        roi_chunk = _default_chunk(per_roi, k)
 
-    def body(*args):
-        return _align_chunk(x, *args, mode=mode)
+class SampleRange(NamedTuple):
+    """The samples [lo, lo + n) of each bin along one axis that can land in
+    [-1, extent] ([k, bins]); `complete` when that is the whole grid."""
+    lo: jax.Array
+    n: jax.Array
+    complete: jax.Array
 
-    out = _map_chunks(body, (b, yi, wy, ey, xi, wx, ex, count), roi_chunk)
-    return _from_nhwc(out.astype(features.dtype), layout, lead)
+
+def _sample_range(start, bin_size, grid, extent, bins, valid):
+    start, bin_size, grid = (a[:, None] for a in (start, bin_size, grid))
+    ext = extent.astype(start.dtype)[:, None]
+    bin_start = start + jnp.arange(bins, dtype=start.dtype) * bin_size
+    step = bin_size / grid
+    flat = step == 0
+    safe_step = jnp.where(flat, 1, step)
+    a = (-1 - bin_start) / safe_step - 0.5
+    b = (ext - bin_start) / safe_step - 0.5
+    lo = jnp.floor(jnp.minimum(a, b)) - 1
+    hi = jnp.ceil(jnp.maximum(a, b)) + 2
+    on_map = (bin_start >= -1) & (bin_start <= ext)
+    lo = jnp.where(flat, 0, lo)
+    hi = jnp.where(flat, jnp.where(on_map, grid, 0), hi)
+    lo, hi = jnp.maximum(lo, 0), jnp.minimum(hi, grid)
+    some = (grid >= 1) & (hi > lo) & valid[:, None]  # false for NaN as well
+    complete = some & (lo == 0) & (hi == grid)
+    # hi - lo is at most a few times the map's extent (or the fixed grid).
+    n = jnp.where(some, hi - lo, 0).astype(jnp.int32)
+    return SampleRange(jnp.where(some, lo, 0), n, complete)
+
+
+class AxisWeights(NamedTuple):
+    """Linear interpolation along one axis (the kernels' axis_weights)."""
+    inside: jax.Array
+    i0: jax.Array
+    i1: jax.Array
+    w0: jax.Array
+    w1: jax.Array
+
+
+def _sample_position(start, bin_index, bin_size, t, grid):
+    # The kernels' order of evaluation, so float32 results agree closely.
+    return start + bin_index * bin_size + (t + 0.5) * bin_size / grid
+
+
+def _axis_weights(pos, extent):
+    ext = extent.astype(pos.dtype)
+    inside = (pos >= -1) & (pos <= ext) & (extent > 0)  # false for NaN
+    pos = jnp.maximum(pos, 0)
+    i0 = jnp.floor(pos)
+    edge = i0 >= ext - 1
+    i0 = jnp.where(edge, ext - 1, i0)
+    pos = jnp.where(edge, i0, pos)
+    i1 = jnp.where(edge, i0, i0 + 1)
+    w1 = pos - i0
+    as_index = lambda i: jnp.where(inside, i, 0).astype(jnp.int32)
+    return AxisWeights(inside, as_index(i0), as_index(i1), 1 - w1, w1)
+
+
+def _corners(base, width, ay, ax):
+    """Rows and weights of a sample's four pixels, broadcast over ay and ax."""
+    rows = [base + y * width + x for y in (ay.i0, ay.i1) for x in (ax.i0, ax.i1)]
+    weights = [wy * wx for wy in (ay.w0, ay.w1) for wx in (ax.w0, ax.w1)]
+    return rows, weights, ay.inside & ax.inside
+
+
+class BinAxes(NamedTuple):
+    """Per-chunk axis data: geometry and sample ranges along y and x."""
+    geometry: AlignGeometry
+    ys: SampleRange   # [k, PH]
+    xs: SampleRange   # [k, PW]
+
+
+def _bin_axes(sites, output_size, sampling_ratio, aligned):
+    g = _align_geometry(sites, output_size, sampling_ratio, aligned)
+    ph, pw = output_size
+    ys = _sample_range(g.y_start, g.bin_h, g.grid_h, sites.height, ph, sites.valid)
+    xs = _sample_range(g.x_start, g.bin_w, g.grid_w, sites.width, pw, sites.valid)
+    return BinAxes(g, ys, xs)
+
+
+def _axis_at(start, bin_size, grid, extent, bin_index, sample):
+    """Weights of sample index `sample` of bins `bin_index` (broadcast)."""
+    return _axis_weights(_sample_position(start, bin_index, bin_size, sample, grid), extent)
+
+
+def _step_samples(sites, axes, ty, tx):
+    """Corners of scan step (ty, tx) of every bin of a chunk: [k, PH, PW] each,
+    with whether the step is in the bin's range."""
+    g, ys, xs = axes
+    ph, pw = ys.lo.shape[1], xs.lo.shape[1]
+    col = lambda a: a[:, None]
+    ay = _axis_at(col(g.y_start), col(g.bin_h), col(g.grid_h), col(sites.height),
+                  jnp.arange(ph, dtype=g.y_start.dtype), ys.lo + ty)
+    ax = _axis_at(col(g.x_start), col(g.bin_w), col(g.grid_w), col(sites.width),
+                  jnp.arange(pw, dtype=g.x_start.dtype), xs.lo + tx)
+    ay = AxisWeights(*(a[:, :, None] for a in ay))
+    ax = AxisWeights(*(a[:, None, :] for a in ax))
+    rows, weights, inside = _corners(sites.base[:, None, None], sites.width[:, None, None],
+                                     ay, ax)
+    active = (ty < ys.n)[:, :, None] & (tx < xs.n)[:, None, :]
+    return rows, weights, inside, active
+
+
+def _read(table, rows, weights, acc):
+    """Bilinear value of samples from the table: [..., C] in acc."""
+    total = 0
+    for r, w in zip(rows, weights):
+        total = total + w[..., None] * table.at[r].get(mode="fill", fill_value=0).astype(acc)
+    return total
+
+
+def _scan(axes, body, init):
+    """body(ty, tx, carry) over the chunk's scan steps, in each bin's order
+    (rows of samples, then columns), for the chunk's largest range."""
+    steps_x = jnp.max(axes.xs.n, initial=0)
+    steps = jnp.max(axes.ys.n, initial=0) * steps_x
+
+    def step(t, carry):
+        return body(t // steps_x, t % steps_x, carry)
+
+    return lax.fori_loop(0, steps, step, init)
+
+
+# ------------------------------------------------------- roi_align kernels
+
+def _align_forward_chunk(table, sites, output_size, sampling_ratio, aligned, mode):
+    """[k, PH, PW, C] (and the packed argmax for "max") of one chunk."""
+    acc = sites.scale.dtype
+    axes = _bin_axes(sites, output_size, sampling_ratio, aligned)
+    k, (ph, pw), c = sites.valid.shape[0], output_size, table.shape[1]
+
+    def value(ty, tx):
+        rows, weights, inside, active = _step_samples(sites, axes, ty, tx)
+        v = jnp.where(inside[..., None], _read(table, rows, weights, acc), 0)
+        return v, active[..., None]
+
+    if mode == "avg":
+        def add(ty, tx, total):
+            v, active = value(ty, tx)
+            return total + jnp.where(active, v, 0)
+
+        total = _scan(axes, add, jnp.zeros((k, ph, pw, c), acc))
+        return total / axes.geometry.count[:, None, None, None], None
+
+    def keep_max(ty, tx, carry):
+        best, packed = carry
+        v, active = value(ty, tx)
+        take = active & (v > best)  # first strict maximum wins; NaN never does
+        here = (ty * axes.xs.n[:, None, :] + tx)[..., None]
+        return jnp.where(take, v, best), jnp.where(take, here, packed)
+
+    init = (jnp.full((k, ph, pw, c), -jnp.inf, acc), jnp.full((k, ph, pw, c), -1, jnp.int32))
+    best, packed = _scan(axes, keep_max, init)
+    return _settle_max(axes, best, packed)
+
+
+def _settle_max(axes, best, packed):
+    """The kernels' settle_max: samples outside the scanned ranges read 0
+    and win against a negative maximum, or a zero one they precede."""
+    ys, xs = axes.ys, axes.xs
+    y_complete, x_complete = ys.complete[:, :, None, None], xs.complete[:, None, :, None]
+    y_lo, x_lo = ys.lo[:, :, None, None], xs.lo[:, None, :, None]
+    width = jnp.maximum(xs.n[:, None, :, None], 1)
+    iy = y_lo + packed // width
+    precedes = (y_lo > 0) | (x_lo > 0) | (~x_complete & (iy > 0))
+    lose = (packed >= 0) & ~(y_complete & x_complete) & ((best < 0) | ((best == 0) & precedes))
+    packed = jnp.where(lose, -1, packed)
+    return jnp.where(packed < 0, 0, best), packed
+
+
+def _winner_corners(sites, axes, packed):
+    """Corners of each output element's winning sample ([k, PH, PW, C]),
+    and whether it has one (the kernels' max backward guards)."""
+    g, ys, xs = axes
+    ph, pw = ys.lo.shape[1], xs.lo.shape[1]
+    width = xs.n[:, None, :, None]
+    safe = jnp.maximum(width, 1)
+    ty, tx = packed // safe, packed % safe
+    ok = (packed >= 0) & (width > 0) & (ty < ys.n[:, :, None, None])
+    col = lambda a: a[:, None, None, None]
+    ay = _axis_at(col(g.y_start), col(g.bin_h), col(g.grid_h), col(sites.height),
+                  jnp.arange(ph, dtype=g.y_start.dtype)[:, None, None],
+                  ys.lo[:, :, None, None] + ty)
+    ax = _axis_at(col(g.x_start), col(g.bin_w), col(g.grid_w), col(sites.width),
+                  jnp.arange(pw, dtype=g.x_start.dtype)[:, None],
+                  xs.lo[:, None, :, None] + tx)
+    rows, weights, inside = _corners(col(sites.base), col(sites.width), ay, ax)
+    return rows, weights, ok & inside
+
+
+def _align_forward(table, sites, output_size, sampling_ratio, aligned, mode):
+    ph, pw = output_size
+    chunk = _chunk_size(sites.valid.shape[0], ph * pw * table.shape[1] * 4 * 16)
+    chunks, steps = _chunked(sites, chunk)
+
+    def body(s):
+        out, packed = _align_forward_chunk(table, s, output_size, sampling_ratio, aligned, mode)
+        return (out, packed) if mode == "max" else (out,)
+
+    outs = lax.map(body, chunks)
+    k = sites.valid.shape[0]
+    return [o.reshape((steps * chunk,) + o.shape[2:])[:k] for o in outs]
+
+
+def _align_avg_backward(grad, sites, rows_total, output_size, sampling_ratio, aligned):
+    """The adjoint of "avg": [rows, C] gradient in the geometry dtype."""
+    acc = sites.scale.dtype
+    ph, pw = output_size
+    c = grad.shape[-1]
+    chunk = _chunk_size(sites.valid.shape[0], ph * pw * c * 4 * 16)
+    chunks, steps = _chunked(sites, chunk)
+    pad = steps * chunk - grad.shape[0]
+    grads = jnp.pad(grad.astype(acc), [(0, pad), (0, 0), (0, 0), (0, 0)])
+    grads = grads.reshape((steps, chunk) + grads.shape[1:])
+
+    def one_chunk(i, table):
+        s = Sites(*(a[i] for a in chunks))
+        axes = _bin_axes(s, output_size, sampling_ratio, aligned)
+        g = grads[i] / axes.geometry.count[:, None, None, None]
+
+        def scatter(ty, tx, table):
+            rows, weights, inside, active = _step_samples(s, axes, ty, tx)
+            keep = inside & active
+            for r, w in zip(rows, weights):
+                table = table.at[jnp.where(keep, r, rows_total)].add(
+                    w[..., None] * g, mode="drop")
+            return table
+
+        return _scan(axes, scatter, table)
+
+    return lax.fori_loop(0, steps, one_chunk, jnp.zeros((rows_total, c), acc))
+
+
+def _align_winner_read(table, sites, packed, output_size, sampling_ratio, aligned):
+    """Each output element's value read at its recorded winning sample."""
+    axes = _bin_axes(sites, output_size, sampling_ratio, aligned)
+    rows, weights, keep = _winner_corners(sites, axes, packed)
+    channel = jnp.arange(table.shape[1])
+    total = 0
+    for r, w in zip(rows, weights):
+        total = total + w * table.at[r, channel].get(mode="fill", fill_value=0).astype(w.dtype)
+    return jnp.where(keep, total, 0)
+
+
+def _align_winner_scatter(grad, sites, packed, rows_total, output_size, sampling_ratio,
+                          aligned):
+    """The adjoint of _align_winner_read: [rows, C] in the geometry dtype."""
+    acc = sites.scale.dtype
+    axes = _bin_axes(sites, output_size, sampling_ratio, aligned)
+    rows, weights, keep = _winner_corners(sites, axes, packed)
+    channel = jnp.arange(grad.shape[-1])
+    table = jnp.zeros((rows_total, grad.shape[-1]), acc)
+    for r, w in zip(rows, weights):
+        table = table.at[jnp.where(keep, r, rows_total), channel].add(
+            w * grad.astype(acc), mode="drop")
+    return table
 
 
 # ---------------------------------------------------------------- roi_pool
-
 
 def _round_half_away(v):
     """C round(): halves go away from zero (jnp.round rounds them to even)."""
@@ -350,102 +447,190 @@ def _pool_bins(start, size, bins, length):
     return (jnp.clip(a, 0, length).astype(jnp.int32) for a in (lo, hi))
 
 
-def _pool_chunk(flat, width, b, h0, h1, w0, w1):
-    """One chunk of ROIs: [k, PH, PW, C] max pooling of flat = x[N*H*W, C]."""
+def _pool_windows(sites, output_size, height, width):
+    ph, pw = output_size
+    x1, y1, x2, y2 = (_round_half_away(sites.boxes[:, i] * sites.scale) for i in range(4))
+    h0, h1 = _pool_bins(y1, jnp.maximum(y2 - y1 + 1, 1), ph, height)
+    w0, w1 = _pool_bins(x1, jnp.maximum(x2 - x1 + 1, 1), pw, width)
+    h1 = jnp.where(sites.valid[:, None], h1, h0)  # invalid ROIs: empty bins, no work
+    return h0, h1, w0, w1
+
+
+def _pool_forward_chunk(table, width, base, h0, h1, w0, w1):
+    """[k, PH, PW, C] maxima and argmax (h*W + w, -1 for none) of one chunk.
+
+    The scan covers a window as tall as the chunk's tallest bin and as wide
+    as its widest, row by row, so the first strict maximum wins."""
     k, ph = h0.shape
-    pw = w0.shape[1]
-    c = flat.shape[1]
-    # The winner search is a loop whose length is the largest bin area in the
-    # chunk (data-dependent, so every bin is scanned completely). It only
-    # produces positions; the value is read afterwards by a differentiable
-    # gather, so autodiff never enters the loop.
-    frozen = lax.stop_gradient(flat)
-    ext_h = jnp.max(h1 - h0)
-    ext_w = jnp.maximum(jnp.max(w1 - w0), 1)
-    base = b[:, None, None]
+    pw, c = w0.shape[1], table.shape[1]
+    ext_w = jnp.maximum(jnp.max(w1 - w0, initial=0), 1)
+    steps = jnp.max(h1 - h0, initial=0) * ext_w
 
     def step(t, state):
         best, where = state
-        # Row-major order within the bin, so the first strict maximum wins.
         rows, cols = h0 + t // ext_w, w0 + t % ext_w
         inside = (rows < h1)[:, :, None] & (cols < w1)[:, None, :]
-        pos = base + rows[:, :, None] * width + cols[:, None, :]
-        v = frozen.at[pos].get(mode="clip")
-        take = inside[..., None] & ~jnp.isnan(v) & ((where < 0) | (v > best))
-        return jnp.where(take, v, best), jnp.where(take, pos[..., None], where)
+        pixel = rows[:, :, None] * width + cols[:, None, :]
+        v = table.at[jnp.where(inside, base[:, None, None] + pixel, 0)].get(mode="clip")
+        take = inside[..., None] & (v > best)  # NaN never wins
+        return jnp.where(take, v, best), jnp.where(take, pixel[..., None], where)
 
-    # where < 0: no winner yet.
-    state = (
-        jnp.zeros((k, ph, pw, c), flat.dtype),
-        jnp.full((k, ph, pw, c), -1, jnp.int32),
-    )
-    _, where = lax.fori_loop(0, ext_h * ext_w, step, state)
-    # Bins without a winner read one row past the end, which gives 0.
-    where = jnp.where(where < 0, flat.shape[0], where)
-    return flat.at[where, jnp.arange(c)].get(mode="fill", fill_value=0)
+    init = (jnp.full((k, ph, pw, c), -jnp.inf, table.dtype),
+            jnp.full((k, ph, pw, c), -1, jnp.int32))
+    best, where = lax.fori_loop(0, steps, step, init)
+    return jnp.where(where < 0, 0, best), where
 
 
-def roi_pool(
-    features, rois, output_size, spatial_scale=1.0, *, layout="NCHW", roi_chunk=None
-):
-    """Fast R-CNN ROI max pooling (integer bins, first strict maximum wins).
-
-    Args:
-      features: ``[N, C, H, W]`` (``layout="NCHW"``) or ``[N, H, W, C]``
-        (``layout="NHWC"``); float16, bfloat16, float32 or float64.
-      rois: ``[K, 5]`` rows ``(batch_index, x1, y1, x2, y2)``, or ``[N, L, 4]``.
-      output_size: ``PH`` or ``(PH, PW)``.
-      spatial_scale: image-to-feature-map scale, finite and > 0.
-      layout: ``"NCHW"`` or ``"NHWC"``; output ``[K, C, PH, PW]`` or
-        ``[K, PH, PW, C]`` (leading ``[N, L]`` for ``[N, L, 4]`` rois).
-      roi_chunk: ROIs per vectorised step; ``None`` picks about 4 MiB of
-        per-step state on CPU, or one step on accelerators.
-
-    Exact for every input, with no static bound on the bin size: for each
-    chunk of ROIs, the winner search loops over the offsets of a window as tall
-    as the tallest bin and as wide as the widest bin in that chunk (at most
-    H x W offsets; the count is data-dependent, so no bin is cut short), and
-    each iteration reads one value per bin and channel. Memory is a few arrays
-    of ``roi_chunk x PH x PW x C`` elements whatever the bin size; time grows
-    with that window area. Coordinates are rounded half
-    away from zero (C ``round``); bins are clamped to the map; an empty bin
-    gives 0; NaN never wins. Invalid ROIs give zeros and no gradient. The
-    gradient with respect to ``features`` goes to the winning pixel of each bin
-    and channel (the exact adjoint); the cotangent for ``rois`` is zero.
-    """
-    out_hw, scale = _check(features, rois, output_size, spatial_scale, layout)
-    axes = (0, 1, 2) if layout == "NHWC" else (0, 2, 3)
-    n, h, w = (features.shape[i] for i in axes)
-    if n * h * w >= 2**31:  # positions are int32
-        raise ValueError(f"features need N*H*W < 2**31, got shape {features.shape}")
-    if roi_chunk is not None:
-        roi_chunk = _positive_int(roi_chunk, "roi_chunk")
-    return _roi_pool(features, rois, out_hw, scale, layout, roi_chunk)
+def _pool_forward(table, sites, output_size, height, width):
+    h0, h1, w0, w1 = _pool_windows(sites, output_size, height, width)
+    ph, pw = output_size
+    k = h0.shape[0]
+    chunk = _chunk_size(k, ph * pw * table.shape[1] * 12)
+    steps = -(-k // chunk)
+    pad = steps * chunk - k
+    split = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(
+        (steps, chunk) + a.shape[1:])
+    # Padding has empty windows (h0 == h1 == 0): no work.
+    outs = lax.map(lambda a: _pool_forward_chunk(table, width, *a),
+                   tuple(map(split, (sites.base, h0, h1, w0, w1))))
+    return [o.reshape((steps * chunk,) + o.shape[2:])[:k] for o in outs]
 
 
-@partial(jax.jit, static_argnums=(2, 3, 4, 5))
-def _roi_pool(features, rois, out_hw, scale, layout, roi_chunk):
-    ph, pw = out_hw
-    geom = _geometry_dtype(features)
-    x = _to_nhwc(features, layout)
-    n, h, w, c = x.shape
-    b, boxes, valid, lead = _split_rois(rois, n, geom)
-    k = b.shape[0]
-    if k == 0 or n == 0 or h == 0 or w == 0 or c == 0:
-        return _from_nhwc(jnp.zeros((k, ph, pw, c), features.dtype), layout, lead)
+def _pool_winner_rows(sites, argmax, pixels):
+    ok = (argmax >= 0) & (argmax < pixels) & sites.valid[:, None, None, None]
+    return sites.base[:, None, None, None] + argmax, ok
 
-    x1, y1, x2, y2 = (_round_half_away(boxes[:, i] * scale) for i in range(4))
-    rw = jnp.maximum(x2 - x1 + 1, 1)
-    rh = jnp.maximum(y2 - y1 + 1, 1)
-    h0, h1 = _pool_bins(y1, rh, ph, h)
-    w0, w1 = _pool_bins(x1, rw, pw, w)
-    # Invalid ROIs get empty bins: no work, output 0.
-    h1 = jnp.where(valid[:, None], h1, h0)
-    if roi_chunk is None:
-        roi_chunk = _default_chunk(ph * pw * c * 12, k)
-    # Flattened outside the chunk loop so that autodiff accumulates in place.
-    flat = x.reshape(n * h * w, c)
-    b = b * (h * w)  # first row of the ROI's image in flat
-    per_roi = (b, h0, h1, w0, w1)
-    out = _map_chunks(lambda *a: _pool_chunk(flat, w, *a), per_roi, roi_chunk)
-    return _from_nhwc(out, layout, lead)
+
+# ------------------------------------------------------ the primitives
+
+def roi_forward(features, rois, *, op, output_size, spatial_scale, sampling_ratio, aligned,
+                layout, **_):
+    """roi_forward's results: [out] for "align_avg", [out, argmax] otherwise."""
+    table, shape = _table(features, layout)
+    sites = _single_map_sites(rois.astype(geometry_dtype(features.dtype)), shape,
+                              spatial_scale)
+    lead = _lead(rois)
+    k, (ph, pw), c = sites.valid.shape[0], output_size, shape[3]
+    if k == 0 or c == 0 or table.shape[0] == 0 or 0 in shape[1:3]:
+        outs = [jnp.zeros((k, ph, pw, c), features.dtype)]
+        if op != "align_avg":
+            outs.append(jnp.full((k, ph, pw, c), -1, jnp.int32))
+    elif op == "pool":
+        outs = _pool_forward(table, sites, output_size, shape[1], shape[2])
+    else:
+        outs = _align_forward(table, sites, output_size, sampling_ratio, aligned, op[6:])
+    outs[0] = outs[0].astype(features.dtype)
+    return [_in_layout(o, layout, lead) for o in outs]
+
+
+def roi_backward(grad_out, rois, *argmax, op, features_shape, output_size, spatial_scale,
+                 sampling_ratio, aligned, layout, **_):
+    """The gradient with respect to the features, in the geometry dtype."""
+    acc = geometry_dtype(grad_out.dtype)
+    n, h, w, c = (features_shape if layout == "NHWC" else
+                  (features_shape[0], features_shape[2], features_shape[3], features_shape[1]))
+    rows = n * h * w
+    grad = _from_layout(grad_out, layout)
+    if grad.shape[0] == 0 or rows == 0 or c == 0:
+        table = jnp.zeros((rows, c), acc)
+    else:
+        sites = _single_map_sites(rois.astype(acc), (n, h, w, c), spatial_scale)
+        if op == "align_avg":
+            table = _align_avg_backward(grad, sites, rows, output_size, sampling_ratio,
+                                        aligned)
+        elif op == "align_max":
+            table = _align_winner_scatter(grad, sites, _from_layout(argmax[0], layout), rows,
+                                          output_size, sampling_ratio, aligned)
+        else:
+            where, ok = _pool_winner_rows(sites, _from_layout(argmax[0], layout), h * w)
+            table = jnp.zeros((rows, c), acc).at[jnp.where(ok, where, rows),
+                                                 jnp.arange(c)].add(grad.astype(acc),
+                                                                    mode="drop")
+    table = table.reshape(n, h, w, c)
+    return table if layout == "NHWC" else jnp.transpose(table, (0, 3, 1, 2))
+
+
+def roi_winner(features, rois, argmax, *, op, output_size, spatial_scale, sampling_ratio,
+               aligned, layout, **_):
+    """The features read at each output element's recorded winner: the
+    forward-mode derivative of the max modes (linear in features)."""
+    table, shape = _table(features, layout)
+    acc = geometry_dtype(features.dtype)
+    sites = _single_map_sites(rois.astype(acc), shape, spatial_scale)
+    packed = _from_layout(argmax, layout)
+    if 0 in packed.shape or table.shape[0] == 0:
+        out = jnp.zeros(packed.shape, features.dtype)
+    elif op == "pool":
+        where, ok = _pool_winner_rows(sites, packed, shape[1] * shape[2])
+        out = jnp.where(ok, table.at[where, jnp.arange(shape[3])].get(
+            mode="fill", fill_value=0), 0)
+    else:
+        out = _align_winner_read(table, sites, packed, output_size, sampling_ratio, aligned)
+    return _in_layout(out.astype(features.dtype), layout, _lead(rois))
+
+
+# A pyramid: per-image boxes, an int32 level per box, one map per level.
+
+def _pyramid_table(maps, layout):
+    tables, shapes = zip(*(_table(m, layout) for m in maps))
+    return jnp.concatenate(tables, axis=0), shapes
+
+
+def levels_forward(boxes, levels, *maps, op, output_size, spatial_scales, sampling_ratio,
+                   aligned, layout, **_):
+    table, shapes = _pyramid_table(maps, layout)
+    sites = _pyramid_sites(boxes.astype(geometry_dtype(maps[0].dtype)), levels, shapes,
+                           spatial_scales)
+    k, (ph, pw), c = sites.valid.shape[0], output_size, shapes[0][3]
+    if k == 0 or c == 0 or table.shape[0] == 0:
+        outs = [jnp.zeros((k, ph, pw, c), maps[0].dtype)]
+        if op != "align_avg":
+            outs.append(jnp.full((k, ph, pw, c), -1, jnp.int32))
+    else:
+        outs = _align_forward(table, sites, output_size, sampling_ratio, aligned, op[6:])
+    outs[0] = outs[0].astype(maps[0].dtype)
+    return [_in_layout(o, layout, boxes.shape[:2]) for o in outs]
+
+
+def _split_table(table, map_shapes, layout):
+    grads, start = [], 0
+    for shape in map_shapes:
+        n, h, w, c = shape if layout == "NHWC" else (shape[0], shape[2], shape[3], shape[1])
+        g = table[start:start + n * h * w].reshape(n, h, w, c)
+        start += n * h * w
+        grads.append(g if layout == "NHWC" else jnp.transpose(g, (0, 3, 1, 2)))
+    return grads
+
+
+def levels_backward(grad_out, boxes, levels, *argmax, op, map_shapes, output_size,
+                    spatial_scales, sampling_ratio, aligned, layout, **_):
+    acc = geometry_dtype(grad_out.dtype)
+    shapes = [s if layout == "NHWC" else (s[0], s[2], s[3], s[1]) for s in map_shapes]
+    rows = sum(n * h * w for n, h, w, _ in shapes)
+    c = shapes[0][3]
+    grad = _from_layout(grad_out, layout)
+    if grad.shape[0] == 0 or rows == 0 or c == 0:
+        table = jnp.zeros((rows, c), acc)
+    else:
+        sites = _pyramid_sites(boxes.astype(acc), levels, shapes, spatial_scales)
+        if op == "align_avg":
+            table = _align_avg_backward(grad, sites, rows, output_size, sampling_ratio,
+                                        aligned)
+        else:
+            table = _align_winner_scatter(grad, sites, _from_layout(argmax[0], layout), rows,
+                                          output_size, sampling_ratio, aligned)
+    return _split_table(table, map_shapes, layout)
+
+
+def levels_winner(boxes, levels, *maps_and_argmax, op, output_size, spatial_scales,
+                  sampling_ratio, aligned, layout, **_):
+    *maps, argmax = maps_and_argmax
+    table, shapes = _pyramid_table(maps, layout)
+    sites = _pyramid_sites(boxes.astype(geometry_dtype(maps[0].dtype)), levels, shapes,
+                           spatial_scales)
+    packed = _from_layout(argmax, layout)
+    if 0 in packed.shape or table.shape[0] == 0:
+        out = jnp.zeros(packed.shape, maps[0].dtype)
+    else:
+        out = _align_winner_read(table, sites, packed, output_size, sampling_ratio, aligned)
+    return _in_layout(out.astype(maps[0].dtype), layout, boxes.shape[:2])

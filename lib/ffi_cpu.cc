@@ -8,6 +8,7 @@ JAX_ROI_DEFINE_HANDLERS(Cpu, ::jax_roi::CpuBackend, ::xla::ffi::ThreadPool);
 NB_MODULE(_jax_roi_cpu, m) {
   m.def("registrations", JAX_ROI_REGISTRATIONS(Cpu));
   m.attr("ffi_api_version") = JAX_ROI_FFI_API_VERSION;
+  m.attr("abi_version") = JAX_ROI_ABI_VERSION;
   // The width of the vectors the kernels use on this machine, in bytes.
   m.def("vector_bytes", &::jax_roi::native_vector_bytes);
 }

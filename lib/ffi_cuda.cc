@@ -12,4 +12,5 @@ JAX_ROI_DEFINE_HANDLERS(Cuda, ::jax_roi::CudaBackend,
 NB_MODULE(_jax_roi_cuda, m) {
   m.def("registrations", JAX_ROI_REGISTRATIONS(Cuda));
   m.attr("ffi_api_version") = JAX_ROI_FFI_API_VERSION;
+  m.attr("abi_version") = JAX_ROI_ABI_VERSION;
 }

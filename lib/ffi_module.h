@@ -28,3 +28,9 @@
   }
 
 #define JAX_ROI_FFI_API_VERSION nanobind::make_tuple(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR)
+
+// The handlers' ABI: operands, results and attributes of every target. It is
+// part of every target name, so a serialized export made with another ABI
+// finds no handler instead of binding to a wrong one. Raise it whenever a
+// handler's signature or an attribute's meaning changes.
+#define JAX_ROI_ABI_VERSION 1

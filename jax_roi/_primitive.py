@@ -1,0 +1,129 @@
+"""What every jax_roi primitive shares: inputs brought to a common set of
+varying manual axes (shard_map), and lowerings to a compiled kernel where
+the platform has one and to the pure-JAX implementation everywhere else.
+
+Every primitive carries the parameter ``implementation``: ``None`` (the
+kernel where the platform being lowered for has one, pure JAX elsewhere),
+``"kernel"`` or ``"xla"``. It is resolved per platform at lowering, so one
+exported artifact holds the kernel for CPU and CUDA and pure JAX for TPU.
+"""
+
+import functools
+
+import jax
+import numpy as np
+from jax.extend.core import Primitive
+from jax.interpreters import mlir, xla
+
+from . import _ffi
+
+# ------------------------------------------- varying manual axes (shard_map)
+#
+# Inside shard_map every value records the manual mesh axes along which it
+# varies (its vma). A result varies wherever any input does, and the inputs
+# are first cast to that common set: the cast of a replicated input (say,
+# features shared by devices that hold different ROIs) is what makes its
+# gradient be summed over those devices, as the transpose of the cast.
+
+
+def _vma(aval):
+    mat = getattr(aval, "manual_axis_type", None)  # jax >= 0.10
+    return frozenset(mat.varying if mat is not None else getattr(aval, "vma", ()))
+
+
+def with_vma(aval, vma):
+    if getattr(aval, "manual_axis_type", None) is not None:
+        return aval.update(manual_axis_type=aval.manual_axis_type.update(varying=vma))
+    return aval.update(vma=vma) if hasattr(aval, "vma") else aval
+
+
+def common_vma(avals):
+    return frozenset().union(*map(_vma, avals))
+
+
+def match_vma(*args):
+    """The arguments, each cast to vary along every axis any of them does."""
+    vma = common_vma(map(jax.typeof, args))
+    out = []
+    for x in args:
+        missing = vma - _vma(jax.typeof(x))
+        out.append(jax.lax.pcast(x, tuple(missing), to="varying") if missing else x)
+    return out
+
+
+class RoiPrimitive(Primitive):
+    """A primitive whose inputs are brought to a common vma when bound."""
+
+    def __init__(self, name, multiple_results):
+        super().__init__(name)
+        self.multiple_results = multiple_results
+        self.def_impl(functools.partial(xla.apply_primitive, self))
+
+    def bind(self, *args, **params):
+        return super().bind(*match_vma(*args), **params)
+
+
+# ------------------------------------------------------- shapes and lowering
+
+def pooled_shape(rois_shape, channels, output_size, layout):
+    lead = tuple(rois_shape[:1]) if len(rois_shape) == 2 else tuple(rois_shape[:2])
+    ph, pw = output_size
+    return lead + ((channels, ph, pw) if layout == "NCHW" else (ph, pw, channels))
+
+
+def channels_of(features_shape, layout):
+    return features_shape[1] if layout == "NCHW" else features_shape[3]
+
+
+def kernel_attributes(op, spatial_scale, sampling_ratio, aligned, layout):
+    """The attributes a kernel's handler binds, typed as it decodes them (f64, i64, bool)."""
+    attrs = {"channels_last": layout == "NHWC", "spatial_scale": np.float64(spatial_scale)}
+    if op != "pool":
+        attrs["sampling_ratio"] = np.int64(sampling_ratio)
+        attrs["aligned"] = bool(aligned)
+    return attrs
+
+
+
+def _no_kernel(ctx, name):
+    platforms = ", ".join(ctx.module_context.platforms)
+    raise ValueError(
+        f"jax_roi: implementation='kernel' asks for a compiled kernel of {name}, but there is "
+        f"none for {platforms} (kernels exist for {', '.join(_ffi.KERNEL_PLATFORMS)}); "
+        "use implementation=None or 'xla'")
+
+
+def register_lowerings(primitive, xla_impl, kernel_rule=None):
+    """Lowers `primitive` to `kernel_rule` on the platforms with compiled
+    kernels and to `xla_impl`, a jnp function of the primitive's operands and
+    parameters, everywhere else and whenever implementation="xla"."""
+    xla_rule = mlir.lower_fun(xla_impl, multiple_results=primitive.multiple_results)
+
+    def default_rule(ctx, *args, implementation, **params):
+        if implementation == "kernel" and kernel_rule is not None:
+            _no_kernel(ctx, primitive.name)
+        return xla_rule(ctx, *args, implementation=implementation, **params)
+
+    mlir.register_lowering(primitive, default_rule)
+    if kernel_rule is None:
+        return
+
+    def kernel_platform_rule(ctx, *args, implementation, **params):
+        if implementation == "xla":
+            return xla_rule(ctx, *args, implementation=implementation, **params)
+        return kernel_rule(ctx, *args, **params)
+
+    for platform in _ffi.KERNEL_PLATFORMS:
+        mlir.register_lowering(primitive, kernel_platform_rule, platform=platform)
+
+
+def check_kernel_available(implementation):
+    """implementation="kernel" on a default backend without kernels fails
+    at trace time (lowering for another platform fails at lowering)."""
+    if implementation == "kernel":
+        platform = jax.devices()[0].client.platform
+        if platform not in _ffi.KERNEL_PLATFORMS:
+            raise ValueError(
+                f"implementation='kernel': jax_roi has no compiled kernels for the {platform} "
+                f"backend (kernels exist for {', '.join(_ffi.KERNEL_PLATFORMS)}); use "
+                "implementation=None or 'xla'")

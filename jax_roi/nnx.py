@@ -1,0 +1,91 @@
+"""Flax NNX modules: ``RoIAlign``, ``RoIPool`` and the feature-pyramid
+pooler ``MultiScaleRoIAlign``, thin wrappers of the public functions.
+
+The modules hold no parameters, only their settings (checked and normalised
+when the module is built, so a bad one fails there, naming the field), and
+work under ``nnx.jit``, ``jax.jit``, ``vmap`` and ``grad`` like the functions
+they wrap. Layouts default to NHWC, the layout of Flax convolutions.
+"""
+
+from flax import nnx
+
+from . import _checks
+from ._pyramid import level_indices, multi_scale_roi_align
+from ._roi import roi_align, roi_pool
+
+
+class RoIAlign(nnx.Module):
+    """``jax_roi.roi_align`` as a module: ``RoIAlign(...)(features, rois)``.
+
+    ``features`` is ``[N, H, W, C]`` (or ``[N, C, H, W]`` with
+    ``layout="NCHW"``); ``rois`` is ``[K, 5]`` ``(batch_index, x1, y1, x2,
+    y2)`` or ``[N, L, 4]`` boxes per image, in image coordinates. Returns
+    ``[K, PH, PW, C]`` (``[N, L, PH, PW, C]`` for per-image boxes). See
+    :func:`jax_roi.roi_align` for the arithmetic and every argument.
+    """
+
+    def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
+                 mode="avg", layout="NHWC", implementation=None):
+        self.output_size = _checks.output_size_pair(output_size)
+        self.spatial_scale = _checks.spatial_scale_value(spatial_scale)
+        self.sampling_ratio = _checks.sampling_ratio_value(sampling_ratio)
+        self.aligned = _checks.aligned_value(aligned)
+        self.mode = _checks.choice("mode", mode, _checks.ALIGN_MODES)
+        self.layout = _checks.choice("layout", layout, _checks.LAYOUTS)
+        self.implementation = _checks.implementation_value(implementation)
+
+    def __call__(self, features, rois):
+        return roi_align(features, rois, self.output_size, self.spatial_scale,
+                         self.sampling_ratio, self.aligned, mode=self.mode, layout=self.layout,
+                         implementation=self.implementation)
+
+
+class RoIPool(nnx.Module):
+    """``jax_roi.roi_pool`` as a module: ``RoIPool(...)(features, rois)``,
+    with the shapes of :class:`RoIAlign`."""
+
+    def __init__(self, output_size, spatial_scale=1.0, layout="NHWC", implementation=None):
+        self.output_size = _checks.output_size_pair(output_size)
+        self.spatial_scale = _checks.spatial_scale_value(spatial_scale)
+        self.layout = _checks.choice("layout", layout, _checks.LAYOUTS)
+        self.implementation = _checks.implementation_value(implementation)
+
+    def __call__(self, features, rois):
+        return roi_pool(features, rois, self.output_size, self.spatial_scale, layout=self.layout,
+                        implementation=self.implementation)
+
+
+class MultiScaleRoIAlign(nnx.Module):
+    """``jax_roi.multi_scale_roi_align`` as a module:
+    ``MultiScaleRoIAlign(output_size, scales)(features, boxes)``.
+
+    ``features`` is a sequence of maps, finest first, whose scales (map size
+    over image size) are ``scales``, consecutive powers of two such as
+    ``(1/4, 1/8, 1/16, 1/32)``; ``boxes`` is ``[N, L, 4]`` in image
+    coordinates. Returns ``[N, L, PH, PW, C]`` (NHWC) or ``[N, L, C, PH, PW]``.
+    Each box is read from the map of its level (``level_indices(boxes)``
+    tells which) and equals ``roi_align`` there; one call pools every box.
+    """
+
+    def __init__(self, output_size, scales, sampling_ratio=-1, aligned=False,
+                 canonical_scale=224, canonical_level=4, mode="avg", layout="NHWC",
+                 implementation=None):
+        self.output_size = _checks.output_size_pair(output_size)
+        self.scales = tuple(2.0 ** -k for k in _checks.pyramid_levels(scales))
+        self.sampling_ratio = _checks.sampling_ratio_value(sampling_ratio)
+        self.aligned = _checks.aligned_value(aligned)
+        self.canonical_scale = _checks.canonical_scale_value(canonical_scale)
+        self.canonical_level = _checks.canonical_level_value(canonical_level)
+        self.mode = _checks.choice("mode", mode, _checks.ALIGN_MODES)
+        self.layout = _checks.choice("layout", layout, _checks.LAYOUTS)
+        self.implementation = _checks.implementation_value(implementation)
+
+    def level_indices(self, boxes):
+        """``[N, L]`` int32: the index into ``features`` each box is pooled from."""
+        return level_indices(boxes, self.scales, self.canonical_scale, self.canonical_level)
+
+    def __call__(self, features, boxes):
+        return multi_scale_roi_align(
+            features, boxes, self.output_size, self.scales, self.sampling_ratio, self.aligned,
+            self.canonical_scale, self.canonical_level, mode=self.mode, layout=self.layout,
+            implementation=self.implementation)

@@ -4,7 +4,7 @@ The script makes its own data: images of coloured shapes (rectangles,
 ellipses, triangles, crosses and rings, in random colours, sizes and aspect
 ratios) on a noisy background. A small convolutional backbone with an
 FPN-like top-down pyramid (strides 4, 8 and 16) feeds a pooler
-(jax_roi.nn.MultiScaleRoIAlign by default), and a two-layer head classifies
+(jax_roi.nnx.MultiScaleRoIAlign by default), and a two-layer head classifies
 each proposal box and regresses its offsets to the object. Proposals are the
 ground-truth boxes jittered, plus random boxes that are mostly background.
 
@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jax_roi import nn as roi_nn
+from jax_roi import nnx as roi_nn
 
 CLASSES = ("rectangle", "ellipse", "triangle", "cross", "ring")  # label 0 is background
 POOLERS = ("multiscale", "roi_align_max", "roi_pool")

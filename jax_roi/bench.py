@@ -1,5 +1,6 @@
-"""Benchmark: jax_roi's kernels against the pure-JAX formulation
-(jax_roi.reference) and, when installed, torchvision's CPU ops, in one run.
+"""Benchmark: jax_roi's kernels against its pure-JAX implementation
+(implementation="xla", what platforms without a kernel run) and, when
+installed, torchvision's CPU ops, in one run.
 
     python -m jax_roi.bench            # the workloads of the benchmark spec
     python -m jax_roi.bench --quick    # reduced sizes, seconds
@@ -22,7 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import jax_roi
-from jax_roi import reference
 
 
 @dataclass(frozen=True)
@@ -70,11 +70,13 @@ def make_inputs(w, layout, dtype):
     return features.astype(dtype), rois
 
 
-def op_for(module, w, mode, layout):
+def op_for(implementation, w, mode, layout):
     if w.op == "pool":
-        return lambda f, r: module.roi_pool(f, r, w.output, w.spatial_scale, layout=layout)
-    return lambda f, r: module.roi_align(f, r, w.output, w.spatial_scale, w.sampling_ratio,
-                                         w.aligned, mode=mode, layout=layout)
+        return lambda f, r: jax_roi.roi_pool(f, r, w.output, w.spatial_scale, layout=layout,
+                                             implementation=implementation)
+    return lambda f, r: jax_roi.roi_align(f, r, w.output, w.spatial_scale, w.sampling_ratio,
+                                          w.aligned, mode=mode, layout=layout,
+                                          implementation=implementation)
 
 
 def jax_calls(op, features, rois):
@@ -168,8 +170,9 @@ def run(quick_run=False, repeats=DEFAULT_REPEATS, with_torch=True, log=print):
         row = {"workload": w.name, "op": "roi_pool" if w.op == "pool" else f"roi_align/{mode}",
                "layout": layout, "dtype": dtype, "shape": asdict(w)}
         calls, memory = {}, {}
-        for name, module in (("jax_roi", jax_roi), ("xla", reference)):
-            calls[name], memory[name] = jax_calls(op_for(module, w, mode, layout), features, rois)
+        for name, implementation in (("jax_roi", "kernel"), ("xla", "xla")):
+            calls[name], memory[name] = jax_calls(op_for(implementation, w, mode, layout),
+                                                  features, rois)
         # torchvision has no max-pooling roi_align.
         if with_torch and dtype == "float32" and not (w.op == "align" and mode == "max"):
             nchw, _ = make_inputs(w, "NCHW", np.float32)

@@ -95,14 +95,15 @@ def _pool_bins(row, h, w, ph_n, pw_n, s, g):
 
 
 def _first_strict_max(vals):
-    """Per column of vals [S, C]: index of the first strict maximum, NaN never
-    winning; -1 where nothing wins."""
+    """Per column of vals [S, C]: index of the first value strictly above
+    -inf and every value before it (so NaN and -inf never win); -1 where
+    nothing wins."""
     s, c = vals.shape
     win = np.full(c, -1, dtype=np.int64)
-    best = np.zeros(c)
+    best = np.full(c, -np.inf)
     for i in range(s):
         v = vals[i]
-        take = ~np.isnan(v) & ((win < 0) | (v > best))
+        take = v > best
         win[take] = i
         best[take] = v[take]
     return win

@@ -70,7 +70,7 @@ def test_gpu_vmap_is_one_call_and_matches_loop(op):
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("mode", ["avg", "max"])
 def test_gpu_pyramid_matches_cpu(mode, layout):
-    from jax_roi import nn as roi_nn
+    from jax_roi import nnx as roi_nn
     rng = np.random.default_rng(1)
     sizes = [(32, 28), (16, 14), (8, 7)]
     maps = [rng.standard_normal((2, 8, h, w) if layout == "NCHW" else (2, h, w, 8))

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from jax_roi import _ffi, _jax_roi_cuda_logic
-from jax_roi._levels import level_kernel_attributes, roi_levels_backward_p, roi_levels_forward_p
-from jax_roi._primitives import kernel_attributes, roi_backward_p, roi_forward_p
+from jax_roi._pyramid import level_kernel_attributes, levels_backward_p as roi_levels_backward_p, levels_forward_p as roi_levels_forward_p
+from jax_roi._primitive import kernel_attributes
+from jax_roi._roi import roi_backward_p, roi_forward_p
 
 PREFIX = "jax_roi_cuda_logic_"
 _ffi.register(_jax_roi_cuda_logic.registrations(), "cpu", prefix=PREFIX)
@@ -62,7 +63,7 @@ def test_cuda_element_functions_match_cpu_kernels(op, sampling_ratio, aligned, d
                                                   roi_format):
     features, rois = problem(layout, dtype, roi_format)
     static = dict(op=op, output_size=(3, 4), spatial_scale=0.5, sampling_ratio=sampling_ratio,
-                  aligned=aligned, layout=layout)
+                  aligned=aligned, layout=layout, implementation="kernel")
     assert_kernels_agree(features, rois, static)
 
 
@@ -102,7 +103,7 @@ def test_channel_blocked_nhwc_kernels_match(op):
     rois = np.stack([np.zeros(24), x1, y1, x1 + rng.uniform(2, 300, 24),
                      y1 + rng.uniform(2, 300, 24)], axis=1)
     static = dict(op=op, output_size=(3, 3), spatial_scale=0.5, sampling_ratio=2,
-                  aligned=True, layout="NHWC")
+                  aligned=True, layout="NHWC", implementation="kernel")
     assert_kernels_agree(features, jnp.asarray(rois, jnp.float32), static)
 
 
@@ -132,7 +133,8 @@ def test_cuda_pyramid_element_functions_match_cpu_kernels(op, sampling_ratio, al
                                                           layout):
     maps, boxes, levels = pyramid_problem(layout, dtype)
     static = dict(op=op, output_size=(2, 3), spatial_scales=(0.5, 0.25, 0.125),
-                  sampling_ratio=sampling_ratio, aligned=aligned, layout=layout)
+                  sampling_ratio=sampling_ratio, aligned=aligned, layout=layout,
+                  implementation="kernel")
     level_attrs = level_kernel_attributes(op, static["spatial_scales"], sampling_ratio, aligned,
                                           layout)
     attrs = {d: level_attrs for d in ("forward", "backward")}

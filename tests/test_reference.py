@@ -1,4 +1,8 @@
-"""jax_roi.reference against the float64 NumPy loops in numpy_reference."""
+"""The pure-JAX implementation (implementation="xla", what platforms without
+a kernel run) against the float64 NumPy loops in numpy_reference."""
+
+import types
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +10,12 @@ import numpy as np
 import pytest
 
 import numpy_reference as ref
-from jax_roi import reference
+import jax_roi
+from jax_roi import reference as pure_jax
+
+reference = types.SimpleNamespace(
+    roi_align=partial(jax_roi.roi_align, implementation="xla"),
+    roi_pool=partial(jax_roi.roi_pool, implementation="xla"))
 
 # ------------------------------------------------------------ inputs
 
@@ -82,16 +91,28 @@ def test_roi_align_max_nan_and_ties():
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_roi_align_max_grid_bounds_the_adaptive_grid():
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_large_adaptive_grids_are_exact(mode):
     feat = features(2, (1, 2, 40, 44))
-    rois = np.array([[0, 0.5, 1.0, 38.0, 42.5]])  # adaptive grid 21 x 19
-    want = ref.roi_align(feat, rois, 2, 1.0, -1, False)
-    exact = reference.roi_align(feat, rois, 2, max_grid=21)
-    # past max_grid the grid is clamped: sampling_ratio=max_grid for that ROI
-    clamped = reference.roi_align(feat, rois, 2, max_grid=8)
-    coarse = ref.roi_align(feat, rois, 2, 1.0, 8, False)
-    np.testing.assert_allclose(exact, want, rtol=1e-12)
-    np.testing.assert_allclose(clamped, coarse, rtol=1e-12)
+    rois = np.array([[0, 0.5, 1.0, 38.0, 42.5],   # adaptive grid 21 x 19 per bin
+                     [0, -30.0, -50.0, 70.0, 60.0]])  # most samples off the map
+    want = ref.roi_align(feat, rois, 2, 1.0, -1, False, mode=mode)
+    got = reference.roi_align(feat, rois, 2, 1.0, -1, False, mode=mode)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_huge_boxes_cost_no_more_than_the_map_and_equal_the_kernel(mode):
+    feat = features(3, (1, 2, 12, 10))
+    rois = np.array([[0, 0.0, 0.0, 1e7, 1e7], [0, -1e7, -1e7, 1e7, 1e7],
+                     [0, -1e30, -1e30, 1e30, 1e30], [0, 3.0, 2.0, 1e9, 9.0]])
+    for ratio in (-1, 3):
+        kernel = jax_roi.roi_align(feat, rois, 3, 1.0, ratio, True, mode=mode)
+        got = reference.roi_align(feat, rois, 3, 1.0, ratio, True, mode=mode)
+        # positions like 3 + (t + 0.5) * 1e9 / grid round differently when
+        # the kernels fuse multiply-adds: agreement to 1e-9 of the pixel
+        np.testing.assert_allclose(got, kernel, rtol=1e-8, atol=1e-8)
+    assert np.any(np.asarray(got) != 0)
 
 
 def test_invalid_rois_give_zeros_and_no_gradient():
@@ -156,7 +177,9 @@ def test_roi_pool_rounds_half_away_from_zero():
 # ------------------------------------------------------------ both ops
 
 
-def test_batched_rois_format_and_chunking():
+def test_batched_rois_format_and_chunking(monkeypatch):
+    # chunks of 4 ROIs (6 ROIs: the last chunk padded)
+    monkeypatch.setattr(pure_jax, "_chunk_size", lambda num_rois, bytes_per_roi: 4)
     feat = features(5)
     boxes = np.stack([ROIS[:3, 1:], ROIS[3:6, 1:]])  # [N, L, 4]
     flat = np.concatenate(
@@ -168,7 +191,7 @@ def test_batched_rois_format_and_chunking():
         lambda f, r, **kw: reference.roi_pool(f, r, 2, SCALE, **kw),
     ):
         want = np.asarray(fn(feat, flat))
-        got = np.asarray(fn(feat, boxes, roi_chunk=4))  # 6 ROIs: last chunk padded
+        got = np.asarray(fn(feat, boxes))
         assert got.shape == (N, 3, C, 2, 2)
         np.testing.assert_allclose(got.reshape(want.shape), want, atol=1e-12)
 
@@ -256,7 +279,7 @@ def test_empty_inputs():
         (dict(features=np.zeros((N, C, H, W), np.int32)), TypeError),
         (dict(output_size=0), ValueError),
         (dict(spatial_scale=-1.0), ValueError),
-        (dict(max_grid=0), ValueError),
+        (dict(implementation="tpu"), ValueError),
     ],
 )
 def test_argument_errors(kwargs, error):

@@ -157,7 +157,7 @@ def _compute_facts():
 
     def pyramid_case(mesh, mode):
         """MultiScaleRoIAlign over maps and boxes split along the images."""
-        from jax_roi import nn as roi_nn
+        from jax_roi import nnx as roi_nn
         module = roi_nn.MultiScaleRoIAlign((2, 3), (1 / 2, 1 / 4, 1 / 8), sampling_ratio=2,
                                            canonical_scale=8, canonical_level=2, mode=mode)
         pyramid = [jnp.asarray(rng.standard_normal((N, 4 * H >> i, 4 * W >> i, C)))

@@ -156,17 +156,6 @@ def test_check_grads_second_order_align_avg(layout):
                 atol=1e-6, rtol=1e-6)
 
 
-def test_max_modes_refuse_second_order_clearly():
-    rng = np.random.default_rng(7)
-    features = make_features(rng, 1, 1, 5, 5, "NCHW")
-    rois = make_rois(rng, 2, 1, 5, 5)
-    for fn in OP_FNS[2:]:
-        hessian_vector = jax.grad(lambda f: jnp.sum(jax.grad(
-            lambda g: jnp.sum(fn(g, rois, "NCHW") ** 2))(f) ** 2))
-        with pytest.raises(NotImplementedError, match="first derivative"):
-            hessian_vector(features)
-
-
 def test_rois_get_zero_cotangent():
     rng = np.random.default_rng(8)
     features = make_features(rng, 2, 2, 6, 7, "NCHW")

@@ -105,6 +105,16 @@ def _pyramid_sites(boxes, levels, shapes, scales):
                  scale=pick(scales, flat_boxes.dtype), boxes=flat_boxes, valid=valid)
 
 
+def _divide(a, b):
+    """a / b correctly rounded, as the kernels divide. XLA on the CPU turns a
+    division by a constant or by a value repeated along a vector into a
+    multiplication by its reciprocal, which is off by an ulp: enough to move
+    a sample, or the floor of a bin edge. A divisor as wide as the dividend,
+    behind a barrier, is divided element by element."""
+    a, b = jnp.broadcast_arrays(a, jnp.asarray(b, dtype=jnp.result_type(a)))
+    return a / lax.optimization_barrier(b)
+
+
 def _chunk_size(num_rois, bytes_per_roi):
     budget = _CHUNK_BYTES_CPU if jax.default_backend() == "cpu" else _CHUNK_BYTES_ACCELERATOR
     return max(1, min(num_rois, budget // max(bytes_per_roi, 1)))
@@ -164,11 +174,12 @@ def _align_geometry(sites, output_size, sampling_ratio, aligned):
     roi_h = y2 * sites.scale - offset - y_start
     if not aligned:
         roi_w, roi_h = jnp.maximum(roi_w, 1), jnp.maximum(roi_h, 1)
+    bin_w, bin_h = _divide(roi_w, pw), _divide(roi_h, ph)
     if sampling_ratio > 0:
         grid_w = grid_h = jnp.full_like(roi_w, sampling_ratio)
     else:
-        grid_w, grid_h = jnp.ceil(roi_w / pw), jnp.ceil(roi_h / ph)
-    return AlignGeometry(x_start, y_start, roi_w / pw, roi_h / ph, grid_w, grid_h,
+        grid_w, grid_h = jnp.ceil(bin_w), jnp.ceil(bin_h)
+    return AlignGeometry(x_start, y_start, bin_w, bin_h, grid_w, grid_h,
                          jnp.maximum(grid_h * grid_w, 1))
 
 
@@ -184,11 +195,11 @@ def _sample_range(start, bin_size, grid, extent, bins, valid):
     start, bin_size, grid = (a[:, None] for a in (start, bin_size, grid))
     ext = extent.astype(start.dtype)[:, None]
     bin_start = start + jnp.arange(bins, dtype=start.dtype) * bin_size
-    step = bin_size / grid
+    step = _divide(bin_size, grid)
     flat = step == 0
     safe_step = jnp.where(flat, 1, step)
-    a = (-1 - bin_start) / safe_step - 0.5
-    b = (ext - bin_start) / safe_step - 0.5
+    a = _divide(-1 - bin_start, safe_step) - 0.5
+    b = _divide(ext - bin_start, safe_step) - 0.5
     lo = jnp.floor(jnp.minimum(a, b)) - 1
     hi = jnp.ceil(jnp.maximum(a, b)) + 2
     on_map = (bin_start >= -1) & (bin_start <= ext)
@@ -213,7 +224,7 @@ class AxisWeights(NamedTuple):
 
 def _sample_position(start, bin_index, bin_size, t, grid):
     # The kernels' order of evaluation, so float32 results agree closely.
-    return start + bin_index * bin_size + (t + 0.5) * bin_size / grid
+    return start + bin_index * bin_size + _divide((t + 0.5) * bin_size, grid)
 
 
 def _axis_weights(pos, extent):
@@ -314,7 +325,7 @@ def _align_forward_chunk(table, sites, output_size, sampling_ratio, aligned, mod
             return total + jnp.where(active, v, 0)
 
         total = _scan(axes, add, jnp.zeros((k, ph, pw, c), acc))
-        return total / axes.geometry.count[:, None, None, None], None
+        return _divide(total, axes.geometry.count[:, None, None, None]), None
 
     def keep_max(ty, tx, carry):
         best, packed = carry
@@ -390,7 +401,7 @@ def _align_avg_backward(grad, sites, rows_total, output_size, sampling_ratio, al
     def one_chunk(i, table):
         s = Sites(*(a[i] for a in chunks))
         axes = _bin_axes(s, output_size, sampling_ratio, aligned)
-        g = grads[i] / axes.geometry.count[:, None, None, None]
+        g = _divide(grads[i], axes.geometry.count[:, None, None, None])
 
         def scatter(ty, tx, table):
             rows, weights, inside, active = _step_samples(s, axes, ty, tx)
@@ -405,14 +416,31 @@ def _align_avg_backward(grad, sites, rows_total, output_size, sampling_ratio, al
     return lax.fori_loop(0, steps, one_chunk, jnp.zeros((rows_total, c), acc))
 
 
+def _channel_read(table, rows):
+    """table[rows[..., c], c]: each output element's own pixel; 0 past the end."""
+    channel = lax.broadcasted_iota(jnp.int32, rows.shape, rows.ndim - 1)
+    if table.size < _INT32_LIMIT:  # flat indices: no index array to fold at compile time
+        return table.reshape(-1).at[rows * table.shape[1] + channel].get(
+            mode="fill", fill_value=0)
+    return table.at[rows, channel].get(mode="fill", fill_value=0)
+
+
+def _channel_add(table, rows, values):
+    """table[rows[..., c], c] += values (rows past the end are dropped)."""
+    channel = lax.broadcasted_iota(jnp.int32, rows.shape, rows.ndim - 1)
+    if table.size < _INT32_LIMIT:
+        flat = table.reshape(-1).at[rows * table.shape[1] + channel].add(values, mode="drop")
+        return flat.reshape(table.shape)
+    return table.at[rows, channel].add(values, mode="drop")
+
+
 def _align_winner_read(table, sites, packed, output_size, sampling_ratio, aligned):
     """Each output element's value read at its recorded winning sample."""
     axes = _bin_axes(sites, output_size, sampling_ratio, aligned)
     rows, weights, keep = _winner_corners(sites, axes, packed)
-    channel = jnp.arange(table.shape[1])
     total = 0
     for r, w in zip(rows, weights):
-        total = total + w * table.at[r, channel].get(mode="fill", fill_value=0).astype(w.dtype)
+        total = total + w * _channel_read(table, r).astype(w.dtype)
     return jnp.where(keep, total, 0)
 
 
@@ -422,11 +450,9 @@ def _align_winner_scatter(grad, sites, packed, rows_total, output_size, sampling
     acc = sites.scale.dtype
     axes = _bin_axes(sites, output_size, sampling_ratio, aligned)
     rows, weights, keep = _winner_corners(sites, axes, packed)
-    channel = jnp.arange(grad.shape[-1])
     table = jnp.zeros((rows_total, grad.shape[-1]), acc)
     for r, w in zip(rows, weights):
-        table = table.at[jnp.where(keep, r, rows_total), channel].add(
-            w * grad.astype(acc), mode="drop")
+        table = _channel_add(table, jnp.where(keep, r, rows_total), w * grad.astype(acc))
     return table
 
 
@@ -441,7 +467,7 @@ def _round_half_away(v):
 def _pool_bins(start, size, bins, length):
     """Bin bounds [K, bins] along one axis, clamped to [0, length], as int32."""
     p = jnp.arange(bins, dtype=start.dtype)
-    bin_size = (size / bins)[:, None]
+    bin_size = _divide(size, bins)[:, None]
     lo = jnp.floor(p * bin_size) + start[:, None]
     hi = jnp.ceil((p + 1) * bin_size) + start[:, None]
     return (jnp.clip(a, 0, length).astype(jnp.int32) for a in (lo, hi))
@@ -543,9 +569,8 @@ def roi_backward(grad_out, rois, *argmax, op, features_shape, output_size, spati
                                           output_size, sampling_ratio, aligned)
         else:
             where, ok = _pool_winner_rows(sites, _from_layout(argmax[0], layout), h * w)
-            table = jnp.zeros((rows, c), acc).at[jnp.where(ok, where, rows),
-                                                 jnp.arange(c)].add(grad.astype(acc),
-                                                                    mode="drop")
+            table = _channel_add(jnp.zeros((rows, c), acc), jnp.where(ok, where, rows),
+                                 grad.astype(acc))
     table = table.reshape(n, h, w, c)
     return table if layout == "NHWC" else jnp.transpose(table, (0, 3, 1, 2))
 
@@ -562,8 +587,7 @@ def roi_winner(features, rois, argmax, *, op, output_size, spatial_scale, sampli
         out = jnp.zeros(packed.shape, features.dtype)
     elif op == "pool":
         where, ok = _pool_winner_rows(sites, packed, shape[1] * shape[2])
-        out = jnp.where(ok, table.at[where, jnp.arange(shape[3])].get(
-            mode="fill", fill_value=0), 0)
+        out = jnp.where(ok, _channel_read(table, jnp.where(ok, where, table.shape[0])), 0)
     else:
         out = _align_winner_read(table, sites, packed, output_size, sampling_ratio, aligned)
     return _in_layout(out.astype(features.dtype), layout, _lead(rois))

@@ -93,11 +93,23 @@ def _no_kernel(ctx, name):
         "use implementation=None or 'xla'")
 
 
+def _local(aval):
+    return jax.core.ShapedArray(aval.shape, aval.dtype, weak_type=aval.weak_type)
+
+
 def register_lowerings(primitive, xla_impl, kernel_rule=None):
     """Lowers `primitive` to `kernel_rule` on the platforms with compiled
     kernels and to `xla_impl`, a jnp function of the primitive's operands and
     parameters, everywhere else and whenever implementation="xla"."""
-    xla_rule = mlir.lower_fun(xla_impl, multiple_results=primitive.multiple_results)
+    traced = mlir.lower_fun(xla_impl, multiple_results=primitive.multiple_results)
+
+    def xla_rule(ctx, *args, **params):
+        # Traced as the code of one device: the lowering is local HLO, which
+        # the partitioner splits like any other, so the jnp code must not
+        # see the operands' mesh shardings or shard_map's varying axes.
+        local = ctx.replace(avals_in=[_local(a) for a in ctx.avals_in],
+                            avals_out=[_local(a) for a in ctx.avals_out])
+        return traced(local, *args, **params)
 
     def default_rule(ctx, *args, implementation, **params):
         if implementation == "kernel" and kernel_rule is not None:

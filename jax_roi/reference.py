@@ -528,10 +528,29 @@ def _pool_winner_rows(sites, argmax, pixels):
 
 
 # ------------------------------------------------------ the primitives
+#
+# Per-image boxes ([N, L, 4]) are pooled image by image under vmap, so every
+# gather and scatter has the image as a batch dimension: with the images
+# split over devices the partitioner splits them too, with no communication.
+
+def _image_by_image(fn, *args, **params):
+    """fn over one image at a time: every arg leads with the image axis."""
+    return jax.vmap(lambda *a: jax.tree.map(lambda o: o[0], fn(*(x[None] for x in a),
+                                                              **params)))(*args)
+
+
+def _one_image(shape):
+    return (1,) + tuple(shape[1:])
+
+
 
 def roi_forward(features, rois, *, op, output_size, spatial_scale, sampling_ratio, aligned,
                 layout, **_):
     """roi_forward's results: [out] for "align_avg", [out, argmax] otherwise."""
+    params = dict(op=op, output_size=output_size, spatial_scale=spatial_scale,
+                  sampling_ratio=sampling_ratio, aligned=aligned, layout=layout)
+    if rois.ndim == 3 and rois.shape[0] > 1:
+        return _image_by_image(roi_forward, features, rois, **params)
     table, shape = _table(features, layout)
     sites = _single_map_sites(rois.astype(geometry_dtype(features.dtype)), shape,
                               spatial_scale)
@@ -552,6 +571,12 @@ def roi_forward(features, rois, *, op, output_size, spatial_scale, sampling_rati
 def roi_backward(grad_out, rois, *argmax, op, features_shape, output_size, spatial_scale,
                  sampling_ratio, aligned, layout, **_):
     """The gradient with respect to the features, in the geometry dtype."""
+    if rois.ndim == 3 and rois.shape[0] > 1:
+        return _image_by_image(
+            roi_backward, grad_out, rois, *argmax, op=op,
+            features_shape=_one_image(features_shape), output_size=output_size,
+            spatial_scale=spatial_scale, sampling_ratio=sampling_ratio, aligned=aligned,
+            layout=layout)
     acc = geometry_dtype(grad_out.dtype)
     n, h, w, c = (features_shape if layout == "NHWC" else
                   (features_shape[0], features_shape[2], features_shape[3], features_shape[1]))
@@ -579,6 +604,10 @@ def roi_winner(features, rois, argmax, *, op, output_size, spatial_scale, sampli
                aligned, layout, **_):
     """The features read at each output element's recorded winner: the
     forward-mode derivative of the max modes (linear in features)."""
+    if rois.ndim == 3 and rois.shape[0] > 1:
+        return _image_by_image(roi_winner, features, rois, argmax, op=op,
+                               output_size=output_size, spatial_scale=spatial_scale,
+                               sampling_ratio=sampling_ratio, aligned=aligned, layout=layout)
     table, shape = _table(features, layout)
     acc = geometry_dtype(features.dtype)
     sites = _single_map_sites(rois.astype(acc), shape, spatial_scale)
@@ -602,6 +631,10 @@ def _pyramid_table(maps, layout):
 
 def levels_forward(boxes, levels, *maps, op, output_size, spatial_scales, sampling_ratio,
                    aligned, layout, **_):
+    if boxes.shape[0] > 1:
+        return _image_by_image(levels_forward, boxes, levels, *maps, op=op,
+                               output_size=output_size, spatial_scales=spatial_scales,
+                               sampling_ratio=sampling_ratio, aligned=aligned, layout=layout)
     table, shapes = _pyramid_table(maps, layout)
     sites = _pyramid_sites(boxes.astype(geometry_dtype(maps[0].dtype)), levels, shapes,
                            spatial_scales)
@@ -628,6 +661,12 @@ def _split_table(table, map_shapes, layout):
 
 def levels_backward(grad_out, boxes, levels, *argmax, op, map_shapes, output_size,
                     spatial_scales, sampling_ratio, aligned, layout, **_):
+    if boxes.shape[0] > 1:
+        return _image_by_image(
+            levels_backward, grad_out, boxes, levels, *argmax, op=op,
+            map_shapes=tuple(_one_image(s) for s in map_shapes), output_size=output_size,
+            spatial_scales=spatial_scales, sampling_ratio=sampling_ratio, aligned=aligned,
+            layout=layout)
     acc = geometry_dtype(grad_out.dtype)
     shapes = [s if layout == "NHWC" else (s[0], s[2], s[3], s[1]) for s in map_shapes]
     rows = sum(n * h * w for n, h, w, _ in shapes)
@@ -648,6 +687,10 @@ def levels_backward(grad_out, boxes, levels, *argmax, op, map_shapes, output_siz
 
 def levels_winner(boxes, levels, *maps_and_argmax, op, output_size, spatial_scales,
                   sampling_ratio, aligned, layout, **_):
+    if boxes.shape[0] > 1:
+        return _image_by_image(levels_winner, boxes, levels, *maps_and_argmax, op=op,
+                               output_size=output_size, spatial_scales=spatial_scales,
+                               sampling_ratio=sampling_ratio, aligned=aligned, layout=layout)
     *maps, argmax = maps_and_argmax
     table, shapes = _pyramid_table(maps, layout)
     sites = _pyramid_sites(boxes.astype(geometry_dtype(maps[0].dtype)), levels, shapes,

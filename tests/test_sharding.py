@@ -58,7 +58,16 @@ def _compute_facts():
         "align_max": lambda lay: lambda x, r: jax_roi.roi_align(x, r, (2, 3), 0.5, -1, False,
                                                                 mode="max", layout=lay),
         "pool": lambda lay: lambda x, r: jax_roi.roi_pool(x, r, (2, 3), 0.5, layout=lay),
+        # the pure-JAX implementation, as platforms without a kernel run it
+        "align_max_xla": lambda lay: lambda x, r: jax_roi.roi_align(
+            x, r, (2, 3), 0.5, -1, False, mode="max", layout=lay, implementation="xla"),
+        "pool_xla": lambda lay: lambda x, r: jax_roi.roi_pool(x, r, (2, 3), 0.5, layout=lay,
+                                                              implementation="xla"),
     }
+
+    def tangent_of(fn):
+        """Forward mode: the tangent of fn along the features themselves."""
+        return lambda x, r: jax.jvp(lambda f: fn(f, r), (x,), (x,))[1]
 
     def grad_of(fn):
         return jax.grad(lambda x, r: 0.5 * jnp.sum(fn(x, r) ** 2))
@@ -150,16 +159,28 @@ def _compute_facts():
             jax.vmap(smap(jax.jit(ops["align_avg"]("NCHW")), auto, (P(), P("d")), P("d")),
                      (0, None)),
             maps, rois, auto, P(), P("d"), jax.vmap(ops["align_avg"]("NCHW"), (0, None))),
+        # the pure-JAX implementation and forward mode
+        "xla_jit_boxes_align_max": lambda: run(
+            ops["align_max_xla"]("NHWC"), nhwc, boxes, explicit, P("d"), P("d")),
+        "xla_smap_rois_pool": lambda: run(
+            smap(ops["pool_xla"]("NCHW"), explicit, (P(), P("d")), P("d")),
+            nchw, rois, explicit, P(), P("d"), ops["pool_xla"]("NCHW")),
+        "jvp_jit_boxes_align_max": lambda: run(
+            tangent_of(ops["align_max"]("NHWC")), nhwc, boxes, explicit, P("d"), P("d")),
+        "jvp_smap_rois_avg": lambda: run(
+            smap(tangent_of(ops["align_avg"]("NCHW")), explicit, (P(), P("d")), P("d")),
+            nchw, rois, explicit, P(), P("d"), tangent_of(ops["align_avg"]("NCHW"))),
         # what the lowering attaches
         "lowered_boxes": lambda: lowered(ops["align_max"]("NHWC"), nhwc, boxes),
         "lowered_rois": lambda: lowered(ops["align_max"]("NHWC"), nhwc, rois),
     }
 
-    def pyramid_case(mesh, mode):
+    def pyramid_case(mesh, mode, implementation=None):
         """MultiScaleRoIAlign over maps and boxes split along the images."""
         from jax_roi import nnx as roi_nn
         module = roi_nn.MultiScaleRoIAlign((2, 3), (1 / 2, 1 / 4, 1 / 8), sampling_ratio=2,
-                                           canonical_scale=8, canonical_level=2, mode=mode)
+                                           canonical_scale=8, canonical_level=2, mode=mode,
+                                           implementation=implementation)
         pyramid = [jnp.asarray(rng.standard_normal((N, 4 * H >> i, 4 * W >> i, C)))
                    for i in range(1, 4)]
         image_boxes = jnp.asarray(corners((N, 6)) * 4)
@@ -180,6 +201,7 @@ def _compute_facts():
 
     cases["jit_pyramid_avg_explicit"] = lambda: pyramid_case(explicit, "avg")
     cases["jit_pyramid_max_auto"] = lambda: pyramid_case(auto, "max")
+    cases["xla_jit_pyramid_avg"] = lambda: pyramid_case(explicit, "avg", "xla")
 
     def gspmd_case():
         jax.config.update("jax_use_shardy_partitioner", False)
@@ -301,3 +323,28 @@ def test_vmap_and_jit_inside_shard_map(facts, name):
     found = case(facts, name)
     assert found["forward"]["kernels"] == 1  # vmap stays one call
     assert_equal_to_one_device(found)
+
+
+@pytest.mark.parametrize("name", ["xla_jit_boxes_align_max", "xla_smap_rois_pool",
+                                  "xla_jit_pyramid_avg"])
+def test_pure_jax_implementation_shards_alike(facts, name):
+    # what TPU and other platforms without a kernel run: no custom call,
+    # values and gradients equal to one device's
+    found = case(facts, name)
+    assert found["forward"]["kernels"] == 0 and found["backward"]["kernels"] == 0
+    assert_equal_to_one_device(found)
+    if "boxes" in name or "pyramid" in name:
+        # per-image boxes are pooled image by image, split with the images:
+        # no gathers, only the all-reduce of the sample loops' trip counts
+        assert found["forward"]["collectives"] in ([], ["all-reduce"])
+        assert found["backward"]["collectives"] in ([], ["all-reduce"])
+
+
+def test_forward_mode_on_sharded_inputs(facts):
+    found = case(facts, "jvp_jit_boxes_align_max")
+    # the kernel's argmax, then the tangent read through it: still no communication
+    assert found["forward"]["collectives"] == []
+    assert found["forward"]["kernels"] == 1
+    assert found["out_shard_shape"][:2] == [N // DEVICES, L]
+    assert_equal_to_one_device(found)
+    assert_equal_to_one_device(case(facts, "jvp_smap_rois_avg"))

@@ -88,7 +88,7 @@ def backward_attributes(pooled_shapes, rois_shape, features_shape, layout):
     return _attributes(operands, [(features_shape, _features_factors(layout, boxes))], boxes)
 
 
-# A pyramid call (_levels.py) always has per-image boxes, and levels [N, L];
+# A pyramid call (_pyramid.py) always has per-image boxes, and levels [N, L];
 # each map has its own spatial factors.
 
 def _map_factors(layout, i):

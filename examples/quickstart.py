@@ -40,6 +40,17 @@ def main():
         f, rois, 7, 0.25, 2, True, mode="max", layout="NHWC")))(features)
     print(f"max mode   gradient reaches {int((max_grad != 0).sum())} feature elements")
 
+    # forward mode: the tangent along the features themselves is the output
+    # again, for the linear "avg" mode
+    pool = lambda f: jax_roi.roi_align(f, rois, 7, 0.25, 2, True, layout="NHWC")
+    out, tangent = jax.jvp(pool, (features,), (features,))
+    print(f"jvp        tangent equals the output: {bool(jnp.allclose(tangent, out))}")
+
+    # the pure-JAX implementation that TPU runs, here on the CPU: same numbers
+    portable = jax_roi.roi_align(features, rois, 7, 0.25, 2, True, layout="NHWC",
+                                 implementation="xla")
+    print(f"pure JAX   equals the kernel: {bool(jnp.allclose(portable, out, atol=1e-5))}")
+
 
 if __name__ == "__main__":
     main()

@@ -5,6 +5,8 @@ and without them, and the choice of implementation."""
 
 import functools
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -166,3 +168,22 @@ def test_pure_jax_memory_stays_near_output_and_features():
         kernel = jax_roi.roi_align(x, rois, 7, 1.0, -1, True, mode=mode, layout="NHWC")
         ordinary = np.arange(60) % 3 != 0
         np.testing.assert_allclose(fn(x)[ordinary], kernel[ordinary], rtol=1e-4, atol=1e-4)
+
+
+def test_portable_artifact_runs_without_jax_roi(tmp_path):
+    x, rois = problem(9)
+    fn = jax.jit(functools.partial(pooled_loss, implementation="xla"))
+    (tmp_path / "f.bin").write_bytes(
+        jax.export.export(fn, platforms=PLATFORMS)(x, rois).serialize())
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "rois.npy", rois)
+    np.save(tmp_path / "want.npy", np.asarray(fn(x, rois)[1]))
+    child = subprocess.run([sys.executable, "-c", f"""
+import sys, jax, numpy as np
+from jax import export
+exp = export.deserialize(open({str(tmp_path / "f.bin")!r}, "rb").read())
+_, grad, _ = exp.call(np.load({str(tmp_path / "x.npy")!r}), np.load({str(tmp_path / "rois.npy")!r}))
+assert "jax_roi" not in sys.modules
+np.testing.assert_allclose(grad, np.load({str(tmp_path / "want.npy")!r}), rtol=1e-5, atol=1e-5)
+"""], capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-3000:]

@@ -109,20 +109,21 @@ def _folded(args, dims):
     size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
     front = [jnp.broadcast_to(a, (size,) + a.shape) if d is None else jnp.moveaxis(a, d, 0)
              for a, d in zip(args, dims)]
-    return size, [a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:]) for a in front]
+    return size, [a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:]) for a in front], \
+        front[0].shape[1]
 
 
 def _pooled_batch(primitive, args, dims, **params):
-    size, folded = _folded(args, dims)
+    size, folded, images = _folded(args, dims)
     outs = primitive.bind(*folded, **params)
-    unfold = lambda o: o.reshape((size, -1) + o.shape[1:])
+    unfold = lambda o: o.reshape((size, images) + o.shape[1:])
     if primitive.multiple_results:
         return [unfold(o) for o in outs], [0] * len(outs)
     return unfold(outs), 0
 
 
 def _backward_batch(args, dims, *, map_shapes, **params):
-    size, folded = _folded(args, dims)
+    size, folded, _ = _folded(args, dims)
     grads = levels_backward_p.bind(
         *folded, map_shapes=tuple((size * s[0],) + tuple(s[1:]) for s in map_shapes), **params)
     return [g.reshape((size,) + tuple(s)) for g, s in zip(grads, map_shapes)], [0] * len(grads)

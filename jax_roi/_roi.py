@@ -119,15 +119,17 @@ def _pooled_batch(primitive, args, dims, **params):
     (features, rois, *pooled), (f_dim, r_dim, *p_dims) = args, dims
     pooled = [_to_front(a, d, size) for a, d in zip(pooled, p_dims)]
     rois = _to_front(rois, r_dim, size)
-    if f_dim is not None:
-        features = _to_front(features, f_dim, size)
-        folded = (_merge_leading(features), _stack_images(rois, features.shape[1]),
-                  *map(_merge_leading, pooled))
-        unfold = lambda o: o.reshape((size, -1) + o.shape[1:])
-        out_dim = 0
-    elif rois.ndim == 3:  # [B, K, 5] -> [B*K, 5] on the same images
-        folded = (features, _merge_leading(rois), *map(_merge_leading, pooled))
-        unfold = lambda o: o.reshape((size, -1) + o.shape[1:])
+    # Leading shapes are spelled out: a -1 is ambiguous when a dimension is 0.
+    if f_dim is not None or rois.ndim == 3:
+        if f_dim is not None:
+            features = _to_front(features, f_dim, size)
+            folded_rois = _stack_images(rois, features.shape[1])
+            features = _merge_leading(features)
+        else:  # [B, K, 5] -> [B*K, 5] on the same images
+            folded_rois = _merge_leading(rois)
+        folded = (features, folded_rois, *map(_merge_leading, pooled))
+        lead = rois.shape[:-1]  # (B, K) or (B, N, L)
+        unfold = lambda o: o.reshape(lead + o.shape[len(lead) - 1:])
         out_dim = 0
     else:  # [B, N, L, 4] -> [N, B*L, 4]: the image axis stays the kernel's own
         n, boxes = rois.shape[1:3]

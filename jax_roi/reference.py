@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ._checks import geometry_dtype
@@ -143,7 +144,8 @@ def _in_layout(out, layout, lead):
 def _from_layout(pooled, layout):
     """A pooled-shaped operand -> [K, PH, PW, C]."""
     lead = pooled.ndim - 3
-    pooled = pooled.reshape((-1,) + pooled.shape[lead:])
+    k = int(np.prod(pooled.shape[:lead]))  # not -1: other dimensions may be 0
+    pooled = pooled.reshape((k,) + pooled.shape[lead:])
     return jnp.moveaxis(pooled, 1, -1) if layout == "NCHW" else pooled
 
 

@@ -1,10 +1,24 @@
+import functools
 import os
 import sys
 
 import jax
+import pytest
 
 # float64 cases need x64 before any array is created
 jax.config.update("jax_enable_x64", True)
 
 # lets test modules import numpy_reference under any pytest import mode
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(params=[None, "xla"], ids=["kernel", "pure_jax"])
+def both_implementations(request, monkeypatch):
+    """Runs a test through the kernels and through the pure-JAX implementation
+    that platforms without a kernel run: the public functions it calls get
+    that `implementation`. Use with pytest.mark.usefixtures."""
+    import jax_roi
+    for name in ("roi_align", "roi_pool", "multi_scale_roi_align"):
+        monkeypatch.setattr(jax_roi, name, functools.partial(getattr(jax_roi, name),
+                                                             implementation=request.param))
+    return request.param

@@ -127,7 +127,7 @@ def roi_pool(x, rois, output_size, spatial_scale=1.0, *, layout="NCHW",
             if h1 <= h0 or w1 <= w0:
                 continue
             # rows then columns: C order of the window
-            window = x[b, :, h0:h1, w0:w1].reshape(c, -1).T
+            window = x[b, :, h0:h1, w0:w1].reshape(c, (h1 - h0) * (w1 - w0)).T
             win = _first_strict_max(window)
             ok = win >= 0
             ww = w1 - w0
@@ -160,8 +160,9 @@ def roi_pool_vjp(x, rois, output_size, spatial_scale, dy, *, layout="NCHW",
 # ---------------------------------------------------------------- roi_align
 
 def _bilinear(h, w, y, x, g):
-    """Corner list [(row, col, weight)] of one sample; [] when it is outside."""
-    if not (y >= -1 and y <= h and x >= -1 and x <= w):  # NaN fails too
+    """Corner list [(row, col, weight)] of one sample; [] when it is outside
+    (always, on an empty map)."""
+    if not (y >= -1 and y <= h and x >= -1 and x <= w) or h == 0 or w == 0:  # NaN fails too
         return []
     y = max(y, g(0))
     x = max(x, g(0))

@@ -8,6 +8,9 @@ import pytest
 
 import jax_roi
 
+# bad data through the kernels and through the pure-JAX implementation alike
+pytestmark = pytest.mark.usefixtures("both_implementations")
+
 OPS = {
     "align_avg": lambda f, r, **kw: jax_roi.roi_align(f, r, 2, 1.0, -1, False, **kw),
     "align_avg_aligned": lambda f, r, **kw: jax_roi.roi_align(f, r, 2, 1.0, 2, True, **kw),

@@ -1,7 +1,6 @@
 """Forward values and feature gradients of the kernels and of the pure-JAX
 implementation against numpy_reference."""
 
-import functools
 import zlib
 
 import jax
@@ -13,14 +12,8 @@ import jax_roi
 import numpy_reference as ref
 
 
-@pytest.fixture(autouse=True, params=[None, "xla"], ids=["kernel", "pure_jax"])
-def implementation(request, monkeypatch):
-    """Every value test runs through the kernels and through the pure-JAX
-    implementation that platforms without a kernel run."""
-    for name in ("roi_align", "roi_pool"):
-        monkeypatch.setattr(jax_roi, name, functools.partial(
-            getattr(jax_roi._roi, name), implementation=request.param))
-    return request.param
+# every value test runs through both implementations
+pytestmark = pytest.mark.usefixtures("both_implementations")
 
 
 F64, F32 = np.dtype(np.float64), np.dtype(np.float32)

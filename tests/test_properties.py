@@ -1,0 +1,183 @@
+"""Property-based tests: random shapes (zero-sized ones included), random and
+malformed boxes, random output sizes and sampling ratios, over every op, mode,
+layout and dtype. Properties: values equal the float64 NumPy oracle, the
+derivative passes the dot-product test (forward against backward kernel), vmap
+equals a loop, [N, L, 4] boxes equal [K, 5] rows, and the kernels equal the
+pure-JAX implementation.
+
+The default profile has a fixed seed and a budget that keeps this module near a
+minute; JAX_ROI_HYPOTHESIS_PROFILE=long runs many more examples with fresh
+seeds (see the README's Reliability section).
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import jax_roi
+import numpy_reference as ref
+
+settings.register_profile(
+    "ci", max_examples=150, deadline=None, derandomize=True, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "long", max_examples=400, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("JAX_ROI_HYPOTHESIS_PROFILE", "ci"))
+
+OPS = ["align_avg", "align_max", "pool"]
+DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16,
+          "float16": jnp.float16}
+# relative tolerance of the output against the float64 oracle, per dtype
+TOLERANCE = {"float64": 1e-10, "float32": 2e-5, "bfloat16": 2e-2, "float16": 2e-3}
+NOT_FINITE = [np.nan, np.inf, -np.inf]
+HUGE = [1e30, -1e30, 1e6, -1e6]
+
+
+def coordinate(extent, bad):
+    """An image coordinate: mostly near the map, sometimes one of `bad`."""
+    near = st.floats(-0.5 * extent - 4, 1.5 * extent + 4, allow_nan=False)
+    return st.one_of(near, near, st.sampled_from(bad)) if bad else near
+
+
+def batch_index(n, malformed):
+    index = st.integers(0, max(n - 1, 0)).map(float)
+    if not malformed:
+        return index
+    return st.one_of(index, st.sampled_from([-1.0, float(n), 0.5, n - 0.5, 1e9, np.nan,
+                                             np.inf, -np.inf]))
+
+
+@st.composite
+def problems(draw, malformed=True, dtypes=tuple(DTYPES), for_oracle=False):
+    """A random call: its op, arguments, features and [K, 5] ROIs."""
+    op = draw(st.sampled_from(OPS))
+    layout = draw(st.sampled_from(["NCHW", "NHWC"]))
+    dtype = draw(st.sampled_from(dtypes))
+    n, c = draw(st.integers(0, 2)), draw(st.integers(0, 3))
+    h, w = draw(st.integers(0, 6)), draw(st.integers(0, 6))
+    k = draw(st.integers(0, 4))
+    scale = draw(st.sampled_from([1.0, 0.5, 0.3, 2.0]))
+    output_size = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    ratio = draw(st.integers(-1, 3))
+    aligned = draw(st.booleans())
+    img_h, img_w = max(h, 1) / scale, max(w, 1) / scale
+    # the NumPy oracle visits every sample of an adaptive grid: no huge boxes there
+    bad = NOT_FINITE + (HUGE if not (for_oracle and op != "pool" and ratio <= 0) else [])
+    bad = bad if malformed else []
+    rois = np.array([[draw(batch_index(n, malformed)), draw(coordinate(img_w, bad)),
+                      draw(coordinate(img_h, bad)), draw(coordinate(img_w, bad)),
+                      draw(coordinate(img_h, bad))] for _ in range(k)]).reshape(k, 5)
+    seed = draw(st.integers(0, 2**31 - 1))
+    x = np.random.default_rng(seed).standard_normal((n, c, h, w))
+    if layout == "NHWC":
+        x = x.transpose(0, 2, 3, 1)
+    return dict(op=op, layout=layout, dtype=dtype, output_size=output_size, scale=scale,
+                ratio=ratio, aligned=aligned, x=x, rois=rois)
+
+
+def call(p, features, rois, implementation=None):
+    if p["op"] == "pool":
+        return jax_roi.roi_pool(features, rois, p["output_size"], p["scale"],
+                                layout=p["layout"], implementation=implementation)
+    return jax_roi.roi_align(features, rois, p["output_size"], p["scale"], p["ratio"],
+                             p["aligned"], mode=p["op"][6:], layout=p["layout"],
+                             implementation=implementation)
+
+
+def features_of(p, dtype=None):
+    return jnp.asarray(p["x"], DTYPES[dtype or p["dtype"]])
+
+
+def oracle(p, x64):
+    geom = np.float64 if p["dtype"] == "float64" else np.float32
+    rows = p["rois"].astype(geom)
+    if p["op"] == "pool":
+        return ref.roi_pool(x64, rows, p["output_size"], p["scale"], layout=p["layout"],
+                            geom=geom)[0]
+    return ref.roi_align(x64, rows, p["output_size"], p["scale"], p["ratio"], p["aligned"],
+                         mode=p["op"][6:], layout=p["layout"], geom=geom)
+
+
+@given(problems(for_oracle=True))
+def test_values_equal_the_numpy_oracle(p):
+    features = features_of(p)
+    x64 = np.asarray(features, np.float64)  # the oracle sees the rounded inputs
+    out = call(p, features, jnp.asarray(p["rois"]))
+    assert out.dtype == features.dtype
+    want = oracle(p, x64)
+    assert out.shape == want.shape
+    tol = TOLERANCE[p["dtype"]]
+    scale = max(1.0, float(np.abs(want).max(initial=0)))
+    np.testing.assert_allclose(np.asarray(out, np.float64), want, rtol=tol, atol=tol * scale)
+
+
+@given(problems(dtypes=("float64",)))
+def test_dot_product_forward_against_backward(p):
+    # <J v, u> == <v, J^T u>: J v by the forward-mode rules (the forward
+    # kernel or the winner gather), J^T u by the backward kernel
+    features, rois = features_of(p), jnp.asarray(p["rois"])
+    fn = lambda f: call(p, f, rois)
+    rng = np.random.default_rng(1)
+    v = jnp.asarray(rng.standard_normal(features.shape))
+    out, jv = jax.jvp(fn, (features,), (v,))
+    u = jnp.asarray(rng.standard_normal(out.shape))
+    (jtu,) = jax.vjp(fn, features)[1](u)
+    lhs, rhs = float(jnp.vdot(jv, u)), float(jnp.vdot(v, jtu))
+    assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs), abs(rhs))
+
+
+@given(problems())
+def test_vmap_equals_a_loop(p):
+    features, rois = features_of(p), jnp.asarray(p["rois"])
+    stack = jnp.stack([features, -2 * features, features + 1])
+    batched = jax.vmap(lambda f: call(p, f, rois))(stack)
+    for i in range(3):
+        np.testing.assert_array_equal(np.asarray(batched[i], np.float64),
+                                      np.asarray(call(p, stack[i], rois), np.float64))
+
+
+@given(problems(), st.integers(0, 3))
+def test_per_image_boxes_equal_rows(p, per_image):
+    features = features_of(p)
+    n = features.shape[0]
+    boxes = np.resize(p["rois"][:, 1:], (n, per_image, 4)) if p["rois"].size else \
+        np.zeros((n, per_image, 4))
+    rows = np.concatenate([np.repeat(np.arange(n, dtype=float), per_image)[:, None],
+                           boxes.reshape(-1, 4)], axis=1)
+    by_image = call(p, features, jnp.asarray(boxes))
+    by_row = call(p, features, jnp.asarray(rows))
+    assert by_image.shape[:2] == (n, per_image)
+    np.testing.assert_array_equal(np.asarray(by_image, np.float64).reshape(by_row.shape),
+                                  np.asarray(by_row, np.float64))
+
+
+@given(problems(dtypes=("float64", "float32")))
+def test_kernels_equal_the_pure_jax_implementation(p):
+    features, rois = features_of(p), jnp.asarray(p["rois"])
+    tol = TOLERANCE[p["dtype"]]
+    kernel, vjp_kernel = jax.vjp(lambda f: call(p, f, rois), features)
+    pure, vjp_pure = jax.vjp(lambda f: call(p, f, rois, "xla"), features)
+    # huge float32 boxes place samples a rounding apart when the kernels fuse
+    # multiply-adds: compare values only where every coordinate is ordinary
+    ordinary = np.all(np.abs(np.nan_to_num(p["rois"][:, 1:], posinf=0, neginf=0)) < 1e5,
+                      axis=1) | (p["dtype"] == "float64")
+    scale = max(1.0, float(np.abs(np.asarray(kernel, np.float64)).max(initial=0)))
+    np.testing.assert_allclose(np.asarray(pure)[ordinary], np.asarray(kernel)[ordinary],
+                               rtol=tol, atol=tol * scale)
+    if np.all(ordinary):
+        u = jnp.asarray(np.random.default_rng(2).standard_normal(kernel.shape), features.dtype)
+        want = np.asarray(vjp_kernel(u)[0])
+        np.testing.assert_allclose(vjp_pure(u)[0], want, rtol=tol,
+                                   atol=tol * max(1.0, float(np.abs(want).max(initial=0))))
+
+
+def test_ci_profile_has_a_fixed_seed_and_a_budget():
+    # what runs by default is reproducible and bounded
+    ci = settings.get_profile("ci")
+    assert ci.derandomize and ci.max_examples <= 200 and ci.database is None

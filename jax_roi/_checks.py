@@ -204,3 +204,33 @@ def pyramid_boxes(boxes, maps):
     if not jnp.issubdtype(boxes.dtype, jnp.floating):
         raise TypeError(f"boxes must have a floating dtype; got {boxes.dtype}")
     return boxes.astype(geometry_dtype(maps[0].dtype))
+
+
+# ------------------------------------------------------ module settings
+
+def align_settings(output_size, spatial_scale, sampling_ratio, aligned, mode, layout,
+                   implementation):
+    """roi_align's settings, checked and normalised (the Flax modules' fields)."""
+    return dict(output_size=output_size_pair(output_size),
+                spatial_scale=spatial_scale_value(spatial_scale),
+                sampling_ratio=sampling_ratio_value(sampling_ratio),
+                aligned=aligned_value(aligned), mode=choice("mode", mode, ALIGN_MODES),
+                layout=choice("layout", layout, LAYOUTS),
+                implementation=implementation_value(implementation))
+
+
+def pool_settings(output_size, spatial_scale, layout, implementation):
+    return dict(output_size=output_size_pair(output_size),
+                spatial_scale=spatial_scale_value(spatial_scale),
+                layout=choice("layout", layout, LAYOUTS),
+                implementation=implementation_value(implementation))
+
+
+def pyramid_settings(output_size, scales, sampling_ratio, aligned, canonical_scale,
+                     canonical_level, mode, layout, implementation):
+    settings = align_settings(output_size, 1.0, sampling_ratio, aligned, mode, layout,
+                              implementation)
+    del settings["spatial_scale"]  # one per level
+    return dict(settings, scales=tuple(2.0 ** -k for k in pyramid_levels(scales)),
+                canonical_scale=canonical_scale_value(canonical_scale),
+                canonical_level=canonical_level_value(canonical_level))

@@ -29,13 +29,8 @@ class RoIAlign(nn.Module):
 
     def __post_init__(self):
         # Bad settings fail where the module is built, naming the field.
-        _checks.output_size_pair(self.output_size)
-        _checks.spatial_scale_value(self.spatial_scale)
-        _checks.sampling_ratio_value(self.sampling_ratio)
-        _checks.aligned_value(self.aligned)
-        _checks.choice("mode", self.mode, _checks.ALIGN_MODES)
-        _checks.choice("layout", self.layout, _checks.LAYOUTS)
-        _checks.implementation_value(self.implementation)
+        _checks.align_settings(self.output_size, self.spatial_scale, self.sampling_ratio,
+                               self.aligned, self.mode, self.layout, self.implementation)
         super().__post_init__()
 
     def __call__(self, features, rois):
@@ -52,10 +47,8 @@ class RoIPool(nn.Module):
     implementation: Optional[str] = None
 
     def __post_init__(self):
-        _checks.output_size_pair(self.output_size)
-        _checks.spatial_scale_value(self.spatial_scale)
-        _checks.choice("layout", self.layout, _checks.LAYOUTS)
-        _checks.implementation_value(self.implementation)
+        _checks.pool_settings(self.output_size, self.spatial_scale, self.layout,
+                              self.implementation)
         super().__post_init__()
 
     def __call__(self, features, rois):
@@ -78,15 +71,9 @@ class MultiScaleRoIAlign(nn.Module):
     implementation: Optional[str] = None
 
     def __post_init__(self):
-        _checks.output_size_pair(self.output_size)
-        _checks.pyramid_levels(self.scales)
-        _checks.sampling_ratio_value(self.sampling_ratio)
-        _checks.aligned_value(self.aligned)
-        _checks.canonical_scale_value(self.canonical_scale)
-        _checks.canonical_level_value(self.canonical_level)
-        _checks.choice("mode", self.mode, _checks.ALIGN_MODES)
-        _checks.choice("layout", self.layout, _checks.LAYOUTS)
-        _checks.implementation_value(self.implementation)
+        _checks.pyramid_settings(self.output_size, self.scales, self.sampling_ratio,
+                                 self.aligned, self.canonical_scale, self.canonical_level,
+                                 self.mode, self.layout, self.implementation)
         super().__post_init__()
 
     def level_indices(self, boxes):

@@ -14,6 +14,11 @@ from ._pyramid import level_indices, multi_scale_roi_align
 from ._roi import roi_align, roi_pool
 
 
+def _set(module, settings):
+    for name, value in settings.items():
+        setattr(module, name, value)
+
+
 class RoIAlign(nnx.Module):
     """``jax_roi.roi_align`` as a module: ``RoIAlign(...)(features, rois)``.
 
@@ -26,13 +31,8 @@ class RoIAlign(nnx.Module):
 
     def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
                  mode="avg", layout="NHWC", implementation=None):
-        self.output_size = _checks.output_size_pair(output_size)
-        self.spatial_scale = _checks.spatial_scale_value(spatial_scale)
-        self.sampling_ratio = _checks.sampling_ratio_value(sampling_ratio)
-        self.aligned = _checks.aligned_value(aligned)
-        self.mode = _checks.choice("mode", mode, _checks.ALIGN_MODES)
-        self.layout = _checks.choice("layout", layout, _checks.LAYOUTS)
-        self.implementation = _checks.implementation_value(implementation)
+        _set(self, _checks.align_settings(output_size, spatial_scale, sampling_ratio, aligned,
+                                          mode, layout, implementation))
 
     def __call__(self, features, rois):
         return roi_align(features, rois, self.output_size, self.spatial_scale,
@@ -45,10 +45,7 @@ class RoIPool(nnx.Module):
     with the shapes of :class:`RoIAlign`."""
 
     def __init__(self, output_size, spatial_scale=1.0, layout="NHWC", implementation=None):
-        self.output_size = _checks.output_size_pair(output_size)
-        self.spatial_scale = _checks.spatial_scale_value(spatial_scale)
-        self.layout = _checks.choice("layout", layout, _checks.LAYOUTS)
-        self.implementation = _checks.implementation_value(implementation)
+        _set(self, _checks.pool_settings(output_size, spatial_scale, layout, implementation))
 
     def __call__(self, features, rois):
         return roi_pool(features, rois, self.output_size, self.spatial_scale, layout=self.layout,
@@ -70,15 +67,9 @@ class MultiScaleRoIAlign(nnx.Module):
     def __init__(self, output_size, scales, sampling_ratio=-1, aligned=False,
                  canonical_scale=224, canonical_level=4, mode="avg", layout="NHWC",
                  implementation=None):
-        self.output_size = _checks.output_size_pair(output_size)
-        self.scales = tuple(2.0 ** -k for k in _checks.pyramid_levels(scales))
-        self.sampling_ratio = _checks.sampling_ratio_value(sampling_ratio)
-        self.aligned = _checks.aligned_value(aligned)
-        self.canonical_scale = _checks.canonical_scale_value(canonical_scale)
-        self.canonical_level = _checks.canonical_level_value(canonical_level)
-        self.mode = _checks.choice("mode", mode, _checks.ALIGN_MODES)
-        self.layout = _checks.choice("layout", layout, _checks.LAYOUTS)
-        self.implementation = _checks.implementation_value(implementation)
+        _set(self, _checks.pyramid_settings(output_size, scales, sampling_ratio, aligned,
+                                            canonical_scale, canonical_level, mode, layout,
+                                            implementation))
 
     def level_indices(self, boxes):
         """``[N, L]`` int32: the index into ``features`` each box is pooled from."""

@@ -541,165 +541,153 @@ def _image_by_image(fn, *args, **params):
                                                               **params)))(*args)
 
 
+def _several_images(boxes):
+    return boxes.ndim == 3 and boxes.shape[0] > 1
+
+
 def _one_image(shape):
     return (1,) + tuple(shape[1:])
 
 
+def _nhwc(shape, layout):
+    return tuple(shape) if layout == "NHWC" else (shape[0], shape[2], shape[3], shape[1])
 
-def roi_forward(features, rois, *, op, output_size, spatial_scale, sampling_ratio, aligned,
-                layout, **_):
-    """roi_forward's results: [out] for "align_avg", [out, argmax] otherwise."""
-    params = dict(op=op, output_size=output_size, spatial_scale=spatial_scale,
-                  sampling_ratio=sampling_ratio, aligned=aligned, layout=layout)
-    if rois.ndim == 3 and rois.shape[0] > 1:
-        return _image_by_image(roi_forward, features, rois, **params)
-    table, shape = _table(features, layout)
-    sites = _single_map_sites(rois.astype(geometry_dtype(features.dtype)), shape,
-                              spatial_scale)
-    lead = _lead(rois)
-    k, (ph, pw), c = sites.valid.shape[0], output_size, shape[3]
-    if k == 0 or c == 0 or table.shape[0] == 0 or 0 in shape[1:3]:
-        outs = [jnp.zeros((k, ph, pw, c), features.dtype)]
+
+def _from_table(table, shape, layout):
+    """Rows of a [rows, C] table back to one map of `shape` in `layout`."""
+    n, h, w, c = _nhwc(shape, layout)
+    x = table.reshape(n, h, w, c)
+    return x if layout == "NHWC" else jnp.transpose(x, (0, 3, 1, 2))
+
+
+# The three computations on a table of rows and the sites of the ROIs; the
+# primitives below only build those for one map or for a pyramid. `pixels`
+# is (H, W) of the one map roi_pool reads.
+
+def _pooled(table, sites, dtype, pixels, *, op, output_size, sampling_ratio, aligned, **_):
+    """[out] or [out, argmax], each [K, PH, PW, C]."""
+    k, (ph, pw), c = sites.valid.shape[0], output_size, table.shape[1]
+    if k == 0 or c == 0 or table.shape[0] == 0:
+        outs = [jnp.zeros((k, ph, pw, c), dtype)]
         if op != "align_avg":
             outs.append(jnp.full((k, ph, pw, c), -1, jnp.int32))
     elif op == "pool":
-        outs = _pool_forward(table, sites, output_size, shape[1], shape[2])
+        outs = _pool_forward(table, sites, output_size, *pixels)
     else:
         outs = _align_forward(table, sites, output_size, sampling_ratio, aligned, op[6:])
-    outs[0] = outs[0].astype(features.dtype)
-    return [_in_layout(o, layout, lead) for o in outs]
+    return [outs[0].astype(dtype)] + outs[1:]
 
 
-def roi_backward(grad_out, rois, *argmax, op, features_shape, output_size, spatial_scale,
-                 sampling_ratio, aligned, layout, **_):
-    """The gradient with respect to the features, in the geometry dtype."""
-    if rois.ndim == 3 and rois.shape[0] > 1:
-        return _image_by_image(
-            roi_backward, grad_out, rois, *argmax, op=op,
-            features_shape=_one_image(features_shape), output_size=output_size,
-            spatial_scale=spatial_scale, sampling_ratio=sampling_ratio, aligned=aligned,
-            layout=layout)
-    acc = geometry_dtype(grad_out.dtype)
-    n, h, w, c = (features_shape if layout == "NHWC" else
-                  (features_shape[0], features_shape[2], features_shape[3], features_shape[1]))
-    rows = n * h * w
-    grad = _from_layout(grad_out, layout)
-    if grad.shape[0] == 0 or rows == 0 or c == 0:
-        table = jnp.zeros((rows, c), acc)
-    else:
-        sites = _single_map_sites(rois.astype(acc), (n, h, w, c), spatial_scale)
-        if op == "align_avg":
-            table = _align_avg_backward(grad, sites, rows, output_size, sampling_ratio,
-                                        aligned)
-        elif op == "align_max":
-            table = _align_winner_scatter(grad, sites, _from_layout(argmax[0], layout), rows,
-                                          output_size, sampling_ratio, aligned)
-        else:
-            where, ok = _pool_winner_rows(sites, _from_layout(argmax[0], layout), h * w)
-            table = _channel_add(jnp.zeros((rows, c), acc), jnp.where(ok, where, rows),
-                                 grad.astype(acc))
-    table = table.reshape(n, h, w, c)
-    return table if layout == "NHWC" else jnp.transpose(table, (0, 3, 1, 2))
+def _pulled_back(grad, argmax, sites, rows, channels, pixels, *, op, output_size,
+                 sampling_ratio, aligned, **_):
+    """The adjoint of _pooled: a [rows, C] table in the geometry dtype."""
+    acc = sites.scale.dtype
+    if grad.shape[0] == 0 or rows == 0 or channels == 0:
+        return jnp.zeros((rows, channels), acc)
+    if op == "align_avg":
+        return _align_avg_backward(grad, sites, rows, output_size, sampling_ratio, aligned)
+    if op == "align_max":
+        return _align_winner_scatter(grad, sites, argmax, rows, output_size, sampling_ratio,
+                                     aligned)
+    where, ok = _pool_winner_rows(sites, argmax, pixels[0] * pixels[1])
+    return _channel_add(jnp.zeros((rows, channels), acc), jnp.where(ok, where, rows),
+                        grad.astype(acc))
 
 
-def roi_winner(features, rois, argmax, *, op, output_size, spatial_scale, sampling_ratio,
-               aligned, layout, **_):
-    """The features read at each output element's recorded winner: the
-    forward-mode derivative of the max modes (linear in features)."""
-    if rois.ndim == 3 and rois.shape[0] > 1:
-        return _image_by_image(roi_winner, features, rois, argmax, op=op,
-                               output_size=output_size, spatial_scale=spatial_scale,
-                               sampling_ratio=sampling_ratio, aligned=aligned, layout=layout)
-    table, shape = _table(features, layout)
-    acc = geometry_dtype(features.dtype)
-    sites = _single_map_sites(rois.astype(acc), shape, spatial_scale)
-    packed = _from_layout(argmax, layout)
-    if 0 in packed.shape or table.shape[0] == 0:
-        out = jnp.zeros(packed.shape, features.dtype)
-    elif op == "pool":
-        where, ok = _pool_winner_rows(sites, packed, shape[1] * shape[2])
+def _read_winners(table, argmax, sites, dtype, pixels, *, op, output_size, sampling_ratio,
+                  aligned, **_):
+    """The table read at each output element's recorded winner."""
+    if 0 in argmax.shape or table.shape[0] == 0:
+        return jnp.zeros(argmax.shape, dtype)
+    if op == "pool":
+        where, ok = _pool_winner_rows(sites, argmax, pixels[0] * pixels[1])
         out = jnp.where(ok, _channel_read(table, jnp.where(ok, where, table.shape[0])), 0)
     else:
-        out = _align_winner_read(table, sites, packed, output_size, sampling_ratio, aligned)
-    return _in_layout(out.astype(features.dtype), layout, _lead(rois))
+        out = _align_winner_read(table, sites, argmax, output_size, sampling_ratio, aligned)
+    return out.astype(dtype)
 
 
-# A pyramid: per-image boxes, an int32 level per box, one map per level.
+def roi_forward(features, rois, **params):
+    """roi_forward's results: [out] for "align_avg", [out, argmax] otherwise."""
+    if _several_images(rois):
+        return _image_by_image(roi_forward, features, rois, **params)
+    layout = params["layout"]
+    table, shape = _table(features, layout)
+    sites = _single_map_sites(rois.astype(geometry_dtype(features.dtype)), shape,
+                              params["spatial_scale"])
+    outs = _pooled(table, sites, features.dtype, shape[1:3], **params)
+    return [_in_layout(o, layout, _lead(rois)) for o in outs]
 
-def _pyramid_table(maps, layout):
-    tables, shapes = zip(*(_table(m, layout) for m in maps))
-    return jnp.concatenate(tables, axis=0), shapes
+
+def roi_backward(grad_out, rois, *argmax, features_shape, **params):
+    """The gradient with respect to the features, in the geometry dtype."""
+    if _several_images(rois):
+        return _image_by_image(roi_backward, grad_out, rois, *argmax,
+                               features_shape=_one_image(features_shape), **params)
+    layout = params["layout"]
+    shape = _nhwc(features_shape, layout)
+    sites = _single_map_sites(rois.astype(geometry_dtype(grad_out.dtype)), shape,
+                              params["spatial_scale"])
+    table = _pulled_back(_from_layout(grad_out, layout),
+                         _from_layout(argmax[0], layout) if argmax else None, sites,
+                         shape[0] * shape[1] * shape[2], shape[3], shape[1:3], **params)
+    return _from_table(table, features_shape, layout)
 
 
-def levels_forward(boxes, levels, *maps, op, output_size, spatial_scales, sampling_ratio,
-                   aligned, layout, **_):
-    if boxes.shape[0] > 1:
-        return _image_by_image(levels_forward, boxes, levels, *maps, op=op,
-                               output_size=output_size, spatial_scales=spatial_scales,
-                               sampling_ratio=sampling_ratio, aligned=aligned, layout=layout)
-    table, shapes = _pyramid_table(maps, layout)
+def roi_winner(features, rois, argmax, **params):
+    """The features read at each output element's recorded winner: the
+    forward-mode derivative of the max modes (linear in features)."""
+    if _several_images(rois):
+        return _image_by_image(roi_winner, features, rois, argmax, **params)
+    layout = params["layout"]
+    table, shape = _table(features, layout)
+    sites = _single_map_sites(rois.astype(geometry_dtype(features.dtype)), shape,
+                              params["spatial_scale"])
+    out = _read_winners(table, _from_layout(argmax, layout), sites, features.dtype,
+                        shape[1:3], **params)
+    return _in_layout(out, layout, _lead(rois))
+
+
+# A pyramid: per-image boxes, an int32 level per box, one map per level,
+# stacked in one table.
+
+def _pyramid(maps, boxes, levels, params):
+    tables, shapes = zip(*(_table(m, params["layout"]) for m in maps))
     sites = _pyramid_sites(boxes.astype(geometry_dtype(maps[0].dtype)), levels, shapes,
-                           spatial_scales)
-    k, (ph, pw), c = sites.valid.shape[0], output_size, shapes[0][3]
-    if k == 0 or c == 0 or table.shape[0] == 0:
-        outs = [jnp.zeros((k, ph, pw, c), maps[0].dtype)]
-        if op != "align_avg":
-            outs.append(jnp.full((k, ph, pw, c), -1, jnp.int32))
-    else:
-        outs = _align_forward(table, sites, output_size, sampling_ratio, aligned, op[6:])
-    outs[0] = outs[0].astype(maps[0].dtype)
-    return [_in_layout(o, layout, boxes.shape[:2]) for o in outs]
+                           params["spatial_scales"])
+    return jnp.concatenate(tables, axis=0), sites
 
 
-def _split_table(table, map_shapes, layout):
-    grads, start = [], 0
-    for shape in map_shapes:
-        n, h, w, c = shape if layout == "NHWC" else (shape[0], shape[2], shape[3], shape[1])
-        g = table[start:start + n * h * w].reshape(n, h, w, c)
-        start += n * h * w
-        grads.append(g if layout == "NHWC" else jnp.transpose(g, (0, 3, 1, 2)))
-    return grads
+def levels_forward(boxes, levels, *maps, **params):
+    if _several_images(boxes):
+        return _image_by_image(levels_forward, boxes, levels, *maps, **params)
+    table, sites = _pyramid(maps, boxes, levels, params)
+    outs = _pooled(table, sites, maps[0].dtype, None, **params)
+    return [_in_layout(o, params["layout"], boxes.shape[:2]) for o in outs]
 
 
-def levels_backward(grad_out, boxes, levels, *argmax, op, map_shapes, output_size,
-                    spatial_scales, sampling_ratio, aligned, layout, **_):
-    if boxes.shape[0] > 1:
-        return _image_by_image(
-            levels_backward, grad_out, boxes, levels, *argmax, op=op,
-            map_shapes=tuple(_one_image(s) for s in map_shapes), output_size=output_size,
-            spatial_scales=spatial_scales, sampling_ratio=sampling_ratio, aligned=aligned,
-            layout=layout)
-    acc = geometry_dtype(grad_out.dtype)
-    shapes = [s if layout == "NHWC" else (s[0], s[2], s[3], s[1]) for s in map_shapes]
-    rows = sum(n * h * w for n, h, w, _ in shapes)
-    c = shapes[0][3]
-    grad = _from_layout(grad_out, layout)
-    if grad.shape[0] == 0 or rows == 0 or c == 0:
-        table = jnp.zeros((rows, c), acc)
-    else:
-        sites = _pyramid_sites(boxes.astype(acc), levels, shapes, spatial_scales)
-        if op == "align_avg":
-            table = _align_avg_backward(grad, sites, rows, output_size, sampling_ratio,
-                                        aligned)
-        else:
-            table = _align_winner_scatter(grad, sites, _from_layout(argmax[0], layout), rows,
-                                          output_size, sampling_ratio, aligned)
-    return _split_table(table, map_shapes, layout)
+def levels_backward(grad_out, boxes, levels, *argmax, map_shapes, **params):
+    if _several_images(boxes):
+        return _image_by_image(levels_backward, grad_out, boxes, levels, *argmax,
+                               map_shapes=tuple(_one_image(s) for s in map_shapes), **params)
+    layout = params["layout"]
+    shapes = [_nhwc(s, layout) for s in map_shapes]
+    sites = _pyramid_sites(boxes.astype(geometry_dtype(grad_out.dtype)), levels, shapes,
+                           params["spatial_scales"])
+    sizes = [n * h * w for n, h, w, _ in shapes]
+    table = _pulled_back(_from_layout(grad_out, layout),
+                         _from_layout(argmax[0], layout) if argmax else None, sites,
+                         sum(sizes), shapes[0][3], None, **params)
+    starts = np.cumsum([0] + sizes)
+    return [_from_table(table[start:start + size], shape, layout)
+            for start, size, shape in zip(starts, sizes, map_shapes)]
 
 
-def levels_winner(boxes, levels, *maps_and_argmax, op, output_size, spatial_scales,
-                  sampling_ratio, aligned, layout, **_):
-    if boxes.shape[0] > 1:
-        return _image_by_image(levels_winner, boxes, levels, *maps_and_argmax, op=op,
-                               output_size=output_size, spatial_scales=spatial_scales,
-                               sampling_ratio=sampling_ratio, aligned=aligned, layout=layout)
+def levels_winner(boxes, levels, *maps_and_argmax, **params):
+    if _several_images(boxes):
+        return _image_by_image(levels_winner, boxes, levels, *maps_and_argmax, **params)
     *maps, argmax = maps_and_argmax
-    table, shapes = _pyramid_table(maps, layout)
-    sites = _pyramid_sites(boxes.astype(geometry_dtype(maps[0].dtype)), levels, shapes,
-                           spatial_scales)
-    packed = _from_layout(argmax, layout)
-    if 0 in packed.shape or table.shape[0] == 0:
-        out = jnp.zeros(packed.shape, maps[0].dtype)
-    else:
-        out = _align_winner_read(table, sites, packed, output_size, sampling_ratio, aligned)
-    return _in_layout(out.astype(maps[0].dtype), layout, boxes.shape[:2])
+    table, sites = _pyramid(maps, boxes, levels, params)
+    out = _read_winners(table, _from_layout(argmax, params["layout"]), sites, maps[0].dtype,
+                        None, **params)
+    return _in_layout(out, params["layout"], boxes.shape[:2])

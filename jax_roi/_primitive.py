@@ -133,7 +133,8 @@ def check_kernel_available(implementation):
     """implementation="kernel" on a default backend without kernels fails
     at trace time (lowering for another platform fails at lowering)."""
     if implementation == "kernel":
-        platform = jax.devices()[0].client.platform
+        platform = jax.devices()[0].client.platform  # "cpu", "cuda", "rocm", "tpu"
+        platform = "cuda" if platform == "gpu" else platform  # as older clients name CUDA
         if platform not in _ffi.KERNEL_PLATFORMS:
             raise ValueError(
                 f"implementation='kernel': jax_roi has no compiled kernels for the {platform} "

@@ -93,8 +93,9 @@ def gradient_digest():
 
 
 def child_digest(threads):
-    out = subprocess.run([sys.executable, "-c", DIGEST_SCRIPT, threads,
-                          os.path.dirname(os.path.abspath(__file__))],
+    here = os.path.dirname(os.path.abspath(__file__))
+    # run from tests/, so the installed jax_roi is imported, not the source tree
+    out = subprocess.run([sys.executable, "-c", DIGEST_SCRIPT, threads, here], cwd=here,
                          capture_output=True, text=True, timeout=600,
                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert out.returncode == 0, out.stderr[-3000:]
@@ -147,8 +148,8 @@ def test_thousands_of_calls_leave_memory_flat():
     # In a child whose malloc returns every block over 128 KiB to the system
     # at once, so resident memory is what is alive, not what glibc caches.
     env = dict(os.environ, JAX_PLATFORMS="cpu", MALLOC_MMAP_THRESHOLD_="131072")
-    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT,
-                          os.path.dirname(os.path.abspath(__file__))],
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, here], cwd=here,
                          capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     readings = json.loads(out.stdout.strip().splitlines()[-1])

@@ -286,3 +286,17 @@ def test_argument_errors(kwargs, error):
     args = dict(features=features(), rois=ROIS, output_size=2) | kwargs
     with pytest.raises(error):
         reference.roi_align(**args)
+
+
+@pytest.mark.parametrize("op,ratio", [("align_max", -1), ("align_max", 2), ("pool", 0)])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_argmax_is_packed_as_the_kernels_pack_it(op, ratio, layout):
+    # either implementation's backward accepts the other's forward
+    from jax_roi._roi import roi_forward_p
+    feat = jnp.asarray(to_layout(features(11), layout))
+    params = dict(op=op, output_size=(3, 2), spatial_scale=SCALE, sampling_ratio=ratio,
+                  aligned=True, layout=layout)
+    _, kernel = roi_forward_p.bind(feat, jnp.asarray(ROIS), implementation="kernel", **params)
+    _, pure = roi_forward_p.bind(feat, jnp.asarray(ROIS), implementation="xla", **params)
+    np.testing.assert_array_equal(pure, kernel)
+    assert np.any(np.asarray(kernel) > 0) and np.any(np.asarray(kernel) == -1)

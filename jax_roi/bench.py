@@ -2,8 +2,9 @@
 (implementation="xla", what platforms without a kernel run) and, when
 installed, torchvision's CPU ops, in one run.
 
-    python -m jax_roi.bench            # the workloads of the benchmark spec
-    python -m jax_roi.bench --quick    # reduced sizes, seconds
+    python -m jax_roi.bench                     # the workloads of the benchmark spec
+    python -m jax_roi.bench --quick             # reduced sizes, seconds
+    python -m jax_roi.bench --vector-bytes 32   # the AVX2 kernels on an AVX-512 machine
 
 Prints one table (median time per call after a compiling warm-up, and the
 ratio baseline time / jax_roi time, so higher is better), writes the results
@@ -77,6 +78,29 @@ def op_for(implementation, w, mode, layout):
     return lambda f, r: jax_roi.roi_align(f, r, w.output, w.spatial_scale, w.sampling_ratio,
                                           w.aligned, mode=mode, layout=layout,
                                           implementation=implementation)
+
+
+def floor_call(out):
+    """Writing a fresh array of `out`'s size: the cost no implementation avoids."""
+    shape, dtype = out.shape, out.dtype
+    fresh = jax.jit(lambda: jnp.full(shape, 1, dtype))
+    return lambda: fresh().block_until_ready()
+
+
+def processor_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def vector_bytes():
+    from jax_roi import _jax_roi_cpu
+    return _jax_roi_cpu.vector_bytes()
 
 
 def jax_calls(op, features, rois):
@@ -173,6 +197,10 @@ def run(quick_run=False, repeats=DEFAULT_REPEATS, with_torch=True, log=print):
         for name, implementation in (("jax_roi", "kernel"), ("xla", "xla")):
             calls[name], memory[name] = jax_calls(op_for(implementation, w, mode, layout),
                                                   features, rois)
+        # the floor: a fresh output forward, a fresh feature gradient backward
+        calls["floor"] = {"forward": floor_call(jax.eval_shape(op_for(None, w, mode, layout),
+                                                                   features, rois)),
+                          "backward": floor_call(jnp.asarray(features))}
         # torchvision has no max-pooling roi_align.
         if with_torch and dtype == "float32" and not (w.op == "align" and mode == "max"):
             nchw, _ = make_inputs(w, "NCHW", np.float32)
@@ -190,7 +218,7 @@ def run(quick_run=False, repeats=DEFAULT_REPEATS, with_torch=True, log=print):
 
 
 HEADER = (f"{'workload':9} {'op':15} {'layout':6} {'dtype':8} {'pass':8} {'jax_roi ms':>10} "
-          f"{'xla ms':>9} {'x xla':>6} {'tv ms':>9} {'x tv':>6}")
+          f"{'xla ms':>9} {'x xla':>6} {'tv ms':>9} {'x tv':>6} {'/ floor':>7}")
 
 
 def format_row(row):
@@ -200,8 +228,11 @@ def format_row(row):
         xla = row["xla"][f"{direction}_ms"]
         tv = row.get("torchvision", {}).get(f"{direction}_ms")
         tv_text = f"{tv:9.1f} {tv / ours:6.1f}" if tv else f"{'-':>9} {'-':>6}"
+        floor = row.get("floor", {}).get(f"{direction}_ms")
+        floor_text = f"{ours / floor:7.1f}" if floor else f"{'-':>7}"
         lines.append(f"{row['workload']:9} {row['op']:15} {row['layout']:6} {row['dtype']:8} "
-                     f"{direction:8} {ours:10.1f} {xla:9.1f} {xla / ours:6.1f} {tv_text}")
+                     f"{direction:8} {ours:10.1f} {xla:9.1f} {xla / ours:6.1f} {tv_text} "
+                     f"{floor_text}")
     return "\n".join(lines)
 
 
@@ -246,21 +277,30 @@ def main(argv=None):
                         help="directory for bench.json and bench.png")
     parser.add_argument("--no-torch", action="store_true",
                         help="skip the torchvision baseline even when it is installed")
+    parser.add_argument("--vector-bytes", type=int, choices=(16, 32, 64),
+                        help="hide CPU vectors wider than this (32: the AVX2 kernels on an "
+                             "AVX-512 machine); the same as JAX_ROI_CPU_VECTOR_BYTES")
     args = parser.parse_args(argv)
+    if args.vector_bytes:  # read by the kernels at their first call
+        os.environ["JAX_ROI_CPU_VECTOR_BYTES"] = str(args.vector_bytes)
 
     with_torch = not args.no_torch and torchvision_available()
-    print(f"jax {jax.__version__} on {platform.machine()}, {os.cpu_count()} cores; "
-          f"devices {jax.devices()}")
+    print(f"jax {jax.__version__}, jax_roi {jax_roi.__version__} on {processor_model()} "
+          f"({platform.machine()}, {os.cpu_count()} cores); CPU kernels use "
+          f"{vector_bytes()}-byte vectors; devices {jax.devices()}")
     if not with_torch:
         print("torchvision baseline: not run (torch and torchvision are not installed"
               + (", or --no-torch)" if args.no_torch else ")"))
-    print("ratios are baseline time / jax_roi time: higher is better\n")
+    print("ratios are baseline time / jax_roi time: higher is better; '/ floor' is jax_roi's "
+          "time over writing a fresh output of the same size\n")
     print(HEADER)
     results = run(args.quick, args.repeats, with_torch)
 
     os.makedirs(args.out, exist_ok=True)
     report = {"quick": args.quick, "repeats": args.repeats, "jax": jax.__version__,
-              "machine": platform.machine(), "cores": os.cpu_count(), "results": results}
+              "jax_roi": jax_roi.__version__, "machine": platform.machine(),
+              "processor": processor_model(), "vector_bytes": vector_bytes(),
+              "cores": os.cpu_count(), "results": results}
     json_path = os.path.join(args.out, "bench.json")
     with open(json_path, "w") as f:
         json.dump(report, f, indent=1)

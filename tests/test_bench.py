@@ -9,17 +9,20 @@ import sys
 def test_quick_benchmark_writes_its_report(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "jax_roi.bench", "--quick", "--repeats", "1", "--no-torch",
-         "--out", str(tmp_path)],
+         "--vector-bytes", "16", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "box-p2" in result.stdout and "pool-vgg" in result.stdout
     with open(os.path.join(tmp_path, "bench.json")) as f:
         report = json.load(f)
+    # the processor and the vector width in use (16 bytes: asked for)
+    assert report["processor"] and report["vector_bytes"] == 16
+    assert "CPU kernels use 16-byte vectors" in result.stdout
     rows = report["results"]
     assert {r["workload"] for r in rows} == {"box-p2", "mask-c4", "pool-vgg"}
     assert {r["layout"] for r in rows} == {"NCHW", "NHWC"}
     for row in rows:
-        for impl in ("jax_roi", "xla"):
+        for impl in ("jax_roi", "xla", "floor"):
             assert row[impl]["forward_ms"] > 0 and row[impl]["backward_ms"] > 0
         assert "torchvision" not in row
 

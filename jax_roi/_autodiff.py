@@ -73,14 +73,20 @@ def define_rules(f):
                                          **params))
         return [_as_cotangent(g, x.aval) for g, x in zip(grads, features)]
 
+    def feature_tangents_of(operand_tangents):
+        """The features' tangents, or None when all are zero (geometry gets none)."""
+        tangents, _ = f.split(operand_tangents)
+        if all(type(t) is ad.Zero for t in tangents):
+            return None
+        return [ad.instantiate_zeros(t) for t in tangents]
+
     def forward_jvp(primals, tangents, **params):
         outs = f.forward.bind(*primals, **params)
         _, geometry = f.split(primals)
-        feature_tangents, _ = f.split(tangents)
+        feature_tangents = feature_tangents_of(tangents)
         zeros = [_zero(o) for o in outs]
-        if all(type(t) is ad.Zero for t in feature_tangents):
+        if feature_tangents is None:
             return outs, zeros
-        feature_tangents = [ad.instantiate_zeros(t) for t in feature_tangents]
         argmax = outs[1] if len(outs) > 1 else None
         return outs, [tangent_out(feature_tangents, geometry, argmax, params)] + zeros[1:]
 
@@ -96,10 +102,9 @@ def define_rules(f):
         *operands, argmax = primals
         out = f.winner.bind(*primals, **params)
         _, geometry = f.split(operands)
-        feature_tangents, _ = f.split(tangents[:-1])
-        if all(type(t) is ad.Zero for t in feature_tangents):
+        feature_tangents = feature_tangents_of(tangents[:-1])
+        if feature_tangents is None:
             return out, _zero(out)
-        feature_tangents = [ad.instantiate_zeros(t) for t in feature_tangents]
         return out, f.winner.bind(*f.join(feature_tangents, geometry), argmax, **params)
 
     def winner_transpose(ct, *args, **params):

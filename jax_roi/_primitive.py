@@ -84,7 +84,6 @@ def kernel_attributes(op, spatial_scale, sampling_ratio, aligned, layout):
     return attrs
 
 
-
 def _no_kernel(ctx, name):
     platforms = ", ".join(ctx.module_context.platforms)
     raise ValueError(

@@ -13,6 +13,8 @@ clamped), maps [N, ...] finest first with one spatial scale each. The output
 is that of roi_align on one map: [N, L, C, PH, PW] or [N, L, PH, PW, C].
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -129,10 +131,9 @@ def _backward_batch(args, dims, *, map_shapes, **params):
     return [g.reshape((size,) + tuple(s)) for g, s in zip(grads, map_shapes)], [0] * len(grads)
 
 
-batching.primitive_batchers[levels_forward_p] = \
-    lambda args, dims, **p: _pooled_batch(levels_forward_p, args, dims, **p)
-batching.primitive_batchers[levels_winner_p] = \
-    lambda args, dims, **p: _pooled_batch(levels_winner_p, args, dims, **p)
+batching.primitive_batchers[levels_forward_p] = functools.partial(_pooled_batch,
+                                                                  levels_forward_p)
+batching.primitive_batchers[levels_winner_p] = functools.partial(_pooled_batch, levels_winner_p)
 batching.primitive_batchers[levels_backward_p] = _backward_batch
 
 

@@ -10,6 +10,8 @@ grad_features is float32 for 16-bit features (the kernels accumulate in
 float32) and float64 for float64 features; the transposes cast it.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.interpreters import batching
@@ -120,17 +122,15 @@ def _pooled_batch(primitive, args, dims, **params):
     pooled = [_to_front(a, d, size) for a, d in zip(pooled, p_dims)]
     rois = _to_front(rois, r_dim, size)
     # Leading shapes are spelled out: a -1 is ambiguous when a dimension is 0.
-    if f_dim is not None or rois.ndim == 3:
-        if f_dim is not None:
-            features = _to_front(features, f_dim, size)
-            folded_rois = _stack_images(rois, features.shape[1])
-            features = _merge_leading(features)
-        else:  # [B, K, 5] -> [B*K, 5] on the same images
-            folded_rois = _merge_leading(rois)
-        folded = (features, folded_rois, *map(_merge_leading, pooled))
-        lead = rois.shape[:-1]  # (B, K) or (B, N, L)
-        unfold = lambda o: o.reshape(lead + o.shape[len(lead) - 1:])
-        out_dim = 0
+    lead = rois.shape[:-1]  # (B, K) or (B, N, L)
+    unfold = lambda o: o.reshape(lead + o.shape[len(lead) - 1:])
+    out_dim = 0
+    if f_dim is not None:
+        features = _to_front(features, f_dim, size)
+        folded = (_merge_leading(features), _stack_images(rois, features.shape[1]),
+                  *map(_merge_leading, pooled))
+    elif rois.ndim == 3:  # [B, K, 5] -> [B*K, 5] on the same images
+        folded = (features, _merge_leading(rois), *map(_merge_leading, pooled))
     else:  # [B, N, L, 4] -> [N, B*L, 4]: the image axis stays the kernel's own
         n, boxes = rois.shape[1:3]
         fold = lambda a: jnp.moveaxis(a, 0, 1).reshape((n, size * boxes) + a.shape[3:])
@@ -153,10 +153,8 @@ def _backward_batch(args, dims, *, features_shape, **params):
     return grad.reshape((size,) + tuple(features_shape)), 0
 
 
-batching.primitive_batchers[roi_forward_p] = \
-    lambda args, dims, **p: _pooled_batch(roi_forward_p, args, dims, **p)
-batching.primitive_batchers[roi_winner_p] = \
-    lambda args, dims, **p: _pooled_batch(roi_winner_p, args, dims, **p)
+batching.primitive_batchers[roi_forward_p] = functools.partial(_pooled_batch, roi_forward_p)
+batching.primitive_batchers[roi_winner_p] = functools.partial(_pooled_batch, roi_winner_p)
 batching.primitive_batchers[roi_backward_p] = _backward_batch
 
 

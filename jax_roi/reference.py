@@ -87,13 +87,16 @@ def _single_map_sites(rois, shape, scale):
                  scale=full(scale, boxes.dtype), boxes=boxes, valid=valid)
 
 
+def _map_rows(shapes):
+    """Where each map of NHWC `shapes` starts in a stacked table, and its rows."""
+    sizes = [n * h * w for n, h, w, _ in shapes]
+    return [int(v) for v in np.cumsum([0] + sizes[:-1])], sum(sizes)
+
+
 def _pyramid_sites(boxes, levels, shapes, scales):
     """Sites of [N, L, 4] boxes over maps stacked in one table, finest first."""
     image, flat_boxes, valid = _parse_rois(boxes, shapes[0][0])
-    starts, rows = [], 0
-    for n, h, w, _ in shapes:
-        starts.append(rows)
-        rows += n * h * w
+    starts, rows = _map_rows(shapes)
     if rows >= _INT32_LIMIT:
         raise ValueError("features: the maps together have >= 2**31 pixels, more than the "
                          "pure-JAX implementation indexes (int32); use implementation='kernel'")
@@ -121,17 +124,23 @@ def _chunk_size(num_rois, bytes_per_roi):
     return max(1, min(num_rois, budget // max(bytes_per_roi, 1)))
 
 
-def _chunked(sites, chunk):
-    """Sites padded with invalid ROIs to whole chunks: [steps, chunk, ...]."""
-    k = sites.valid.shape[0]
+def _in_chunks(arrays, chunk):
+    """Arrays of K rows, padded with zero rows (an invalid ROI, an empty
+    window: no work) to whole chunks: each [steps, chunk, ...], and steps."""
+    k = arrays[0].shape[0]
     steps = -(-k // chunk)
     pad = steps * chunk - k
 
     def split(a):
-        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))  # padding is invalid: no work
+        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
         return a.reshape((steps, chunk) + a.shape[1:])
 
-    return Sites(*map(split, sites)), steps
+    return [split(a) for a in arrays], steps
+
+
+def _joined(chunked, k):
+    """The first k rows of [steps, chunk, ...] results."""
+    return [o.reshape((o.shape[0] * o.shape[1],) + o.shape[2:])[:k] for o in chunked]
 
 
 def _in_layout(out, layout, lead):
@@ -296,16 +305,17 @@ def _read(table, rows, weights, acc):
     return total
 
 
+def _grid_loop(rows, cols, body, init):
+    """body(i, j, carry) for i < rows, j < cols (traced counts), row by row."""
+    return lax.fori_loop(0, rows * cols, lambda t, carry: body(t // cols, t % cols, carry),
+                         init)
+
+
 def _scan(axes, body, init):
     """body(ty, tx, carry) over the chunk's scan steps, in each bin's order
     (rows of samples, then columns), for the chunk's largest range."""
-    steps_x = jnp.max(axes.xs.n, initial=0)
-    steps = jnp.max(axes.ys.n, initial=0) * steps_x
-
-    def step(t, carry):
-        return body(t // steps_x, t % steps_x, carry)
-
-    return lax.fori_loop(0, steps, step, init)
+    return _grid_loop(jnp.max(axes.ys.n, initial=0), jnp.max(axes.xs.n, initial=0), body,
+                      init)
 
 
 # ------------------------------------------------------- roi_align kernels
@@ -378,15 +388,14 @@ def _winner_corners(sites, axes, packed):
 def _align_forward(table, sites, output_size, sampling_ratio, aligned, mode):
     ph, pw = output_size
     chunk = _chunk_size(sites.valid.shape[0], ph * pw * table.shape[1] * 4 * 16)
-    chunks, steps = _chunked(sites, chunk)
+    chunks, _ = _in_chunks(list(sites), chunk)
 
     def body(s):
-        out, packed = _align_forward_chunk(table, s, output_size, sampling_ratio, aligned, mode)
+        out, packed = _align_forward_chunk(table, Sites(*s), output_size, sampling_ratio,
+                                           aligned, mode)
         return (out, packed) if mode == "max" else (out,)
 
-    outs = lax.map(body, chunks)
-    k = sites.valid.shape[0]
-    return [o.reshape((steps * chunk,) + o.shape[2:])[:k] for o in outs]
+    return _joined(lax.map(body, chunks), sites.valid.shape[0])
 
 
 def _align_avg_backward(grad, sites, rows_total, output_size, sampling_ratio, aligned):
@@ -395,10 +404,7 @@ def _align_avg_backward(grad, sites, rows_total, output_size, sampling_ratio, al
     ph, pw = output_size
     c = grad.shape[-1]
     chunk = _chunk_size(sites.valid.shape[0], ph * pw * c * 4 * 16)
-    chunks, steps = _chunked(sites, chunk)
-    pad = steps * chunk - grad.shape[0]
-    grads = jnp.pad(grad.astype(acc), [(0, pad), (0, 0), (0, 0), (0, 0)])
-    grads = grads.reshape((steps, chunk) + grads.shape[1:])
+    (grads, *chunks), steps = _in_chunks([grad.astype(acc), *sites], chunk)
 
     def one_chunk(i, table):
         s = Sites(*(a[i] for a in chunks))
@@ -491,12 +497,10 @@ def _pool_forward_chunk(table, width, base, h0, h1, w0, w1):
     as its widest, row by row, so the first strict maximum wins."""
     k, ph = h0.shape
     pw, c = w0.shape[1], table.shape[1]
-    ext_w = jnp.maximum(jnp.max(w1 - w0, initial=0), 1)
-    steps = jnp.max(h1 - h0, initial=0) * ext_w
 
-    def step(t, state):
+    def step(ty, tx, state):
         best, where = state
-        rows, cols = h0 + t // ext_w, w0 + t % ext_w
+        rows, cols = h0 + ty, w0 + tx
         inside = (rows < h1)[:, :, None] & (cols < w1)[:, None, :]
         pixel = rows[:, :, None] * width + cols[:, None, :]
         v = table.at[jnp.where(inside, base[:, None, None] + pixel, 0)].get(mode="clip")
@@ -505,7 +509,8 @@ def _pool_forward_chunk(table, width, base, h0, h1, w0, w1):
 
     init = (jnp.full((k, ph, pw, c), -jnp.inf, table.dtype),
             jnp.full((k, ph, pw, c), -1, jnp.int32))
-    best, where = lax.fori_loop(0, steps, step, init)
+    best, where = _grid_loop(jnp.max(h1 - h0, initial=0), jnp.max(w1 - w0, initial=0), step,
+                             init)
     return jnp.where(where < 0, 0, best), where
 
 
@@ -514,14 +519,9 @@ def _pool_forward(table, sites, output_size, height, width):
     ph, pw = output_size
     k = h0.shape[0]
     chunk = _chunk_size(k, ph * pw * table.shape[1] * 12)
-    steps = -(-k // chunk)
-    pad = steps * chunk - k
-    split = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(
-        (steps, chunk) + a.shape[1:])
-    # Padding has empty windows (h0 == h1 == 0): no work.
-    outs = lax.map(lambda a: _pool_forward_chunk(table, width, *a),
-                   tuple(map(split, (sites.base, h0, h1, w0, w1))))
-    return [o.reshape((steps * chunk,) + o.shape[2:])[:k] for o in outs]
+    chunks, _ = _in_chunks([sites.base, h0, h1, w0, w1], chunk)
+    outs = lax.map(lambda a: _pool_forward_chunk(table, width, *a), chunks)
+    return _joined(outs, k)
 
 
 def _pool_winner_rows(sites, argmax, pixels):
@@ -674,13 +674,12 @@ def levels_backward(grad_out, boxes, levels, *argmax, map_shapes, **params):
     shapes = [_nhwc(s, layout) for s in map_shapes]
     sites = _pyramid_sites(boxes.astype(geometry_dtype(grad_out.dtype)), levels, shapes,
                            params["spatial_scales"])
-    sizes = [n * h * w for n, h, w, _ in shapes]
+    starts, rows = _map_rows(shapes)
     table = _pulled_back(_from_layout(grad_out, layout),
-                         _from_layout(argmax[0], layout) if argmax else None, sites,
-                         sum(sizes), shapes[0][3], None, **params)
-    starts = np.cumsum([0] + sizes)
-    return [_from_table(table[start:start + size], shape, layout)
-            for start, size, shape in zip(starts, sizes, map_shapes)]
+                         _from_layout(argmax[0], layout) if argmax else None, sites, rows,
+                         shapes[0][3], None, **params)
+    return [_from_table(table[start:end], shape, layout)
+            for start, end, shape in zip(starts, starts[1:] + [rows], map_shapes)]
 
 
 def levels_winner(boxes, levels, *maps_and_argmax, **params):

@@ -70,12 +70,13 @@ def test_jacfwd_equals_jacrev(op, layout, implementation):
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=["kernel", "pure_jax"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("op", sorted(OPS))
-def test_hessian_of_a_quadratic_loss_is_twice_j_transpose_j(op, implementation):
+def test_hessian_of_a_quadratic_loss_is_twice_j_transpose_j(op, layout, implementation):
     # every op is linear in the features wherever its winners stay put, so
     # the loss sum(out**2) has the Hessian 2 J^T J there
-    x, rois, _ = problem(3, "NHWC", n=1, c=2, h=4, w=5, k=2)
-    fn = lambda f: OPS[op](f, rois, "NHWC", implementation)
+    x, rois, _ = problem(3, layout, n=1, c=2, h=4, w=5, k=2)
+    fn = lambda f: OPS[op](f, rois, layout, implementation)
     jac = np.asarray(jax.jacrev(fn)(x)).reshape(-1, x.size)
     hessian = np.asarray(jax.hessian(lambda f: jnp.sum(fn(f) ** 2))(x)).reshape(x.size, x.size)
     np.testing.assert_allclose(hessian, 2 * jac.T @ jac, rtol=1e-10, atol=1e-10)

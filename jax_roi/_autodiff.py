@@ -3,7 +3,7 @@ transpose rules on the primitives, as jax.lax ops have.
 
 A family has three primitives:
 
-  forward(*operands) -> out            ("align_avg": linear in the features)
+  forward(*operands) -> out            (the linear ops, reference.LINEAR_OPS)
                      -> out, argmax    (max modes: argmax records each
                                         output element's winner)
   winner(*operands, argmax) -> out     the features read through the
@@ -12,7 +12,7 @@ A family has three primitives:
   backward(grad_out, *geometry[, argmax]) -> grads   the backward kernel
 
 The operands are feature maps and geometry (ROIs, levels). The tangent of
-the output is forward(tangent) for "avg" and winner(tangent, argmax) for the
+the output is forward(tangent) for the linear ops and winner(tangent, argmax) for the
 max modes; transposing either gives the backward kernel, which is what
 reverse mode runs. backward is linear in grad_out and transposes back to
 forward or winner, so derivatives of every order follow. The ROIs get zero
@@ -25,6 +25,7 @@ import jax
 from jax.interpreters import ad
 
 from ._primitive import RoiPrimitive
+from .reference import LINEAR_OPS
 
 
 class Family(NamedTuple):
@@ -57,7 +58,7 @@ def _as_cotangent(grad, aval):
 
 
 def define_rules(f):
-    is_linear = lambda params: params["op"] == "align_avg"
+    is_linear = lambda params: params["op"] in LINEAR_OPS
 
     def tangent_out(feature_tangents, geometry, argmax, params):
         operands = f.join(feature_tangents, geometry)

@@ -48,22 +48,41 @@ def geometry_dtype(feature_dtype):
     return jnp.float64 if feature_dtype == jnp.float64 else jnp.float32
 
 
-def rois_array(rois, features):
+BOX = ("x1", "y1", "x2", "y2")
+ROTATED_BOX = ("cx", "cy", "w", "h", "angle")
+
+
+def rois_array(rois, features, coordinates=BOX):
+    """ROIs as [K, 1 + len(coordinates)] rows (batch_index, coordinates...) or
+    [N, L, len(coordinates)] per image, in the geometry dtype."""
     rois = jnp.asarray(rois)
+    n = len(coordinates)
+    names = ", ".join(coordinates)
     if not jnp.issubdtype(rois.dtype, jnp.floating):
         raise TypeError(f"rois must have a floating dtype; got {rois.dtype}")
-    if rois.ndim == 2 and rois.shape[1] == 5:
+    if rois.ndim == 2 and rois.shape[1] == n + 1:
         pass
-    elif rois.ndim == 3 and rois.shape[2] == 4:
+    elif rois.ndim == 3 and rois.shape[2] == n:
         if rois.shape[0] != features.shape[0]:
             raise ValueError(
-                f"rois of shape [N, L, 4] need N equal to the batch size of features "
+                f"rois of shape [N, L, {n}] need N equal to the batch size of features "
                 f"({features.shape[0]}); got shape {rois.shape}")
     else:
         raise ValueError(
-            "rois must have shape [K, 5] (batch_index, x1, y1, x2, y2) or [N, L, 4] "
-            f"(x1, y1, x2, y2 per image); got shape {rois.shape}")
+            f"rois must have shape [K, {n + 1}] (batch_index, {names}) or [N, L, {n}] "
+            f"({names} per image); got shape {rois.shape}")
     return rois.astype(geometry_dtype(features.dtype))
+
+
+def position_sensitive_channels(features, layout, output_size):
+    """The ps ops split the channels among the bins: C must be a multiple of PH*PW."""
+    channels = features.shape[1] if layout == "NCHW" else features.shape[3]
+    bins = output_size[0] * output_size[1]
+    if channels % bins:
+        raise ValueError(
+            f"features must have a channel count that is a multiple of PH*PW = {bins} for "
+            f"output_size={output_size} (each output channel has one input channel per "
+            f"bin); got {channels} channels")
 
 
 def output_size_pair(output_size):
@@ -100,10 +119,14 @@ def sampling_ratio_value(sampling_ratio):
     return value
 
 
+def flag_value(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool; got {value!r}")
+    return bool(value)
+
+
 def aligned_value(aligned):
-    if not isinstance(aligned, (bool, np.bool_)):
-        raise TypeError(f"aligned must be a bool; got {aligned!r}")
-    return bool(aligned)
+    return flag_value("aligned", aligned)
 
 
 def spatial_size(features, layout):
@@ -124,7 +147,7 @@ def check_argmax_range(features, layout, op):
 
 # ----------------------------------------------------------- pyramids
 
-MAX_LEVELS = 8  # kMaxLevels in lib/roi_elements.h
+MAX_LEVELS = 8  # kMaxLevels in lib/elements/pyramid.h
 
 
 def pyramid_levels(scales):
@@ -217,6 +240,21 @@ def align_settings(output_size, spatial_scale, sampling_ratio, aligned, mode, la
                 aligned=aligned_value(aligned), mode=choice("mode", mode, ALIGN_MODES),
                 layout=choice("layout", layout, LAYOUTS),
                 implementation=implementation_value(implementation))
+
+
+def rotated_settings(output_size, spatial_scale, sampling_ratio, aligned, clockwise, layout,
+                     implementation):
+    settings = align_settings(output_size, spatial_scale, sampling_ratio, aligned, "avg", layout,
+                              implementation)
+    del settings["mode"]
+    return dict(settings, clockwise=flag_value("clockwise", clockwise))
+
+
+def ps_align_settings(output_size, spatial_scale, sampling_ratio, layout, implementation):
+    settings = align_settings(output_size, spatial_scale, sampling_ratio, True, "avg", layout,
+                              implementation)
+    del settings["mode"], settings["aligned"]
+    return settings
 
 
 def pool_settings(output_size, spatial_scale, layout, implementation):

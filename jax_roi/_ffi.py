@@ -36,8 +36,14 @@ def _check_jaxlib():
 TARGET_PREFIX = f"jax_roi_v{_jax_roi_cpu.abi_version}_"
 
 
+# Every kernel's name, as lib/kernel_list.h lists them.
+KERNELS = tuple(_jax_roi_cpu.registrations())
+
+
 def target(kernel):
     """The custom-call target name of a kernel, e.g. "align_avg_forward"."""
+    if kernel not in KERNELS:
+        raise ValueError(f"jax_roi: no kernel named {kernel!r}; the kernels are {KERNELS}")
     return TARGET_PREFIX + kernel
 
 
@@ -68,7 +74,7 @@ KERNEL_PLATFORMS = ("cpu",) + (("cuda",) if _jax_roi_cuda is not None else ())
 
 # Lets XLA split a call that carries num_batch_dims along its leading
 # dimension, on every platform at once (see _sharding.py for which calls do).
-for _kernel in _jax_roi_cpu.registrations():
+for _kernel in KERNELS:
     jax.ffi.register_ffi_target_as_batch_partitionable(target(_kernel))
 
 
@@ -87,4 +93,4 @@ def export_disabled_checks():
     custom call and run on every platform.
     """
     return [_export.DisabledSafetyCheck.custom_call(target(kernel))
-            for kernel in _jax_roi_cpu.registrations()]
+            for kernel in KERNELS]

@@ -75,13 +75,13 @@ def channels_of(features_shape, layout):
     return features_shape[1] if layout == "NCHW" else features_shape[3]
 
 
-def kernel_attributes(op, spatial_scale, sampling_ratio, aligned, layout):
-    """The attributes a kernel's handler binds, typed as it decodes them (f64, i64, bool)."""
-    attrs = {"channels_last": layout == "NHWC", "spatial_scale": np.float64(spatial_scale)}
-    if op != "pool":
-        attrs["sampling_ratio"] = np.int64(sampling_ratio)
-        attrs["aligned"] = bool(aligned)
-    return attrs
+def kernel_attributes(op, spatial_scale, sampling_ratio, aligned, layout, clockwise=False):
+    """The attributes every single-map kernel's handler decodes (lib/ffi_problem.h's
+    Geometry), typed as it decodes them (f64, i64, bool); each op reads those it needs."""
+    del op  # every kernel takes the same attributes
+    return {"spatial_scale": np.float64(spatial_scale), "sampling_ratio": np.int64(sampling_ratio),
+            "aligned": bool(aligned), "clockwise": bool(clockwise),
+            "channels_last": layout == "NHWC"}
 
 
 def _no_kernel(ctx, name):

@@ -32,7 +32,7 @@ levels_backward_p = RoiPrimitive("roi_levels_backward", multiple_results=True)
 
 def level_kernel_attributes(op, spatial_scales, sampling_ratio, aligned, layout):
     attrs = kernel_attributes(op, 1.0, sampling_ratio, aligned, layout)
-    del attrs["spatial_scale"]
+    del attrs["spatial_scale"], attrs["clockwise"]  # the pyramid kernels' own set
     attrs["spatial_scales"] = np.asarray(spatial_scales, np.float64)
     return attrs
 

@@ -1,7 +1,9 @@
-"""roi_align and roi_pool on one feature map: the op family's primitives
-with all their rules, and the public functions.
+"""The ops on one feature map: the family's primitives with all their
+rules, and the public roi_align and roi_pool (roi_align_rotated and the
+position-sensitive ops have their own modules and bind the same primitives).
 
-  roi_forward(features, rois) -> out           ("align_avg")
+  roi_forward(features, rois) -> out           (the linear ops: "align_avg",
+                                                "rotated", "ps_align", "ps_pool")
                               -> out, argmax   ("align_max", "pool")
   roi_winner(features, rois, argmax) -> out    (max modes' tangent, pure JAX)
   roi_backward(grad_out, rois[, argmax]) -> grad_features
@@ -29,16 +31,24 @@ roi_backward_p = RoiPrimitive("roi_backward", multiple_results=False)
 
 # ------------------------------------------------------- abstract evaluation
 
-def _pooled_aval(features, rois, *, output_size, layout, **_):
-    shape = pooled_shape(rois.shape, channels_of(features.shape, layout), output_size, layout)
+def _out_channels(features_shape, op, output_size, layout):
+    channels = channels_of(features_shape, layout)
+    if op in reference.POSITION_SENSITIVE_OPS:
+        return channels // (output_size[0] * output_size[1])
+    return channels
+
+
+def _pooled_aval(features, rois, *, op, output_size, layout, **_):
+    channels = _out_channels(features.shape, op, output_size, layout)
+    shape = pooled_shape(rois.shape, channels, output_size, layout)
     sharding = _sharding.forward_result_sharding(features, rois, layout)
     return with_vma(features.update(shape=shape, sharding=sharding),
                     common_vma((features, rois)))
 
 
 def _forward_abstract(features, rois, *, op, **params):
-    out = _pooled_aval(features, rois, **params)
-    return [out] if op == "align_avg" else [out, out.update(dtype=jnp.int32)]
+    out = _pooled_aval(features, rois, op=op, **params)
+    return [out] if op in reference.LINEAR_OPS else [out, out.update(dtype=jnp.int32)]
 
 
 def _winner_abstract(features, rois, argmax, **params):
@@ -60,28 +70,30 @@ roi_backward_p.def_abstract_eval(_backward_abstract)
 # ----------------------------------------------------------------- lowering
 
 def _forward_kernel(ctx, features, rois, *, op, output_size, spatial_scale, sampling_ratio,
-                    aligned, layout):
+                    aligned, layout, clockwise=False):
     del output_size  # read by the kernel from the result's dimensions
     features_aval, rois_aval = ctx.avals_in
     rule = jax.ffi.ffi_lowering(
         _ffi.target(op + "_forward"),
         extra_attributes=_sharding.forward_attributes(
-            features_aval.shape, rois_aval.shape, [a.shape for a in ctx.avals_out], layout))
+            features_aval.shape, rois_aval.shape, [a.shape for a in ctx.avals_out], layout,
+            position_sensitive=op in reference.POSITION_SENSITIVE_OPS))
     return rule(ctx, features, rois,
-                **kernel_attributes(op, spatial_scale, sampling_ratio, aligned, layout))
+                **kernel_attributes(op, spatial_scale, sampling_ratio, aligned, layout, clockwise))
 
 
 def _backward_kernel(ctx, grad_out, rois, *argmax, op, features_shape, output_size,
-                     spatial_scale, sampling_ratio, aligned, layout):
+                     spatial_scale, sampling_ratio, aligned, layout, clockwise=False):
     del features_shape, output_size  # read by the kernel from buffer dimensions
     grad_aval, rois_aval, *argmax_avals = ctx.avals_in
     rule = jax.ffi.ffi_lowering(
         _ffi.target(op + "_backward"),
         extra_attributes=_sharding.backward_attributes(
             [grad_aval.shape] + [a.shape for a in argmax_avals], rois_aval.shape,
-            ctx.avals_out[0].shape, layout))
+            ctx.avals_out[0].shape, layout,
+            position_sensitive=op in reference.POSITION_SENSITIVE_OPS))
     return rule(ctx, grad_out, rois, *argmax,
-                **kernel_attributes(op, spatial_scale, sampling_ratio, aligned, layout))
+                **kernel_attributes(op, spatial_scale, sampling_ratio, aligned, layout, clockwise))
 
 
 register_lowerings(roi_forward_p, reference.roi_forward, _forward_kernel)
@@ -170,7 +182,8 @@ _autodiff.define_rules(_autodiff.Family(
 
 # ---------------------------------------------------------- the public ops
 
-def _pooled(features, rois, **params):
+def pooled(features, rois, **params):
+    """Binds roi_forward for a public op and returns its output."""
     check_kernel_available(params["implementation"])
     # Cast before bind, so that the gradient of features shared across
     # shard_map devices is summed by the cast's transpose.
@@ -231,7 +244,7 @@ def roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
     op = "align_" + mode
     if mode == "max":
         _checks.check_argmax_range(features, layout, op)
-    return _pooled(features, rois, op=op, output_size=_checks.output_size_pair(output_size),
+    return pooled(features, rois, op=op, output_size=_checks.output_size_pair(output_size),
                    spatial_scale=_checks.spatial_scale_value(spatial_scale),
                    sampling_ratio=_checks.sampling_ratio_value(sampling_ratio),
                    aligned=_checks.aligned_value(aligned), layout=layout,
@@ -259,7 +272,7 @@ def roi_pool(features, rois, output_size, spatial_scale=1.0, *, layout="NCHW",
     features = _checks.features_array(features, layout)
     rois = _checks.rois_array(rois, features)
     _checks.check_argmax_range(features, layout, "pool")
-    return _pooled(features, rois, op="pool", output_size=_checks.output_size_pair(output_size),
+    return pooled(features, rois, op="pool", output_size=_checks.output_size_pair(output_size),
                    spatial_scale=_checks.spatial_scale_value(spatial_scale), sampling_ratio=0,
                    aligned=False, layout=layout,
                    implementation=_checks.implementation_value(implementation))

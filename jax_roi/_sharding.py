@@ -38,9 +38,10 @@ def _rois_factors(per_image_boxes):
     return (SPLIT, "l", "xy") if per_image_boxes else ("k", "xy")
 
 
-def _pooled_factors(layout, per_image_boxes):
+def _pooled_factors(layout, per_image_boxes, position_sensitive=False):
     lead = (SPLIT, "l") if per_image_boxes else ("k",)
-    return lead + (("c", "ph", "pw") if layout == "NCHW" else ("ph", "pw", "c"))
+    c = "c_out" if position_sensitive else "c"  # the ps ops' C / (PH*PW) channels
+    return lead + ((c, "ph", "pw") if layout == "NCHW" else ("ph", "pw", c))
 
 
 def _rule(operands, results):
@@ -70,19 +71,21 @@ def _attributes(operands, results, per_image_boxes):
     return attrs
 
 
-def forward_attributes(features_shape, rois_shape, result_shapes, layout):
+def forward_attributes(features_shape, rois_shape, result_shapes, layout,
+                       position_sensitive=False):
     """Custom-call attributes of roi_forward(features, rois) -> out[, argmax]."""
     boxes = _per_image(rois_shape)
-    pooled = _pooled_factors(layout, boxes)
+    pooled = _pooled_factors(layout, boxes, position_sensitive)
     return _attributes([(features_shape, _features_factors(layout, boxes)),
                         (rois_shape, _rois_factors(boxes))],
                        [(shape, pooled) for shape in result_shapes], boxes)
 
 
-def backward_attributes(pooled_shapes, rois_shape, features_shape, layout):
+def backward_attributes(pooled_shapes, rois_shape, features_shape, layout,
+                        position_sensitive=False):
     """Custom-call attributes of roi_backward(grad_out, rois[, argmax]) -> grad."""
     boxes = _per_image(rois_shape)
-    pooled = _pooled_factors(layout, boxes)
+    pooled = _pooled_factors(layout, boxes, position_sensitive)
     operands = [(pooled_shapes[0], pooled), (rois_shape, _rois_factors(boxes))]
     operands += [(shape, pooled) for shape in pooled_shapes[1:]]
     return _attributes(operands, [(features_shape, _features_factors(layout, boxes))], boxes)

@@ -25,6 +25,7 @@ How it stays exact and small:
 Sums run in the geometry dtype (float32, float64 for float64 features).
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -61,14 +62,14 @@ class Sites(NamedTuple):
     height: jax.Array   # [K] int32
     width: jax.Array    # [K] int32
     scale: jax.Array    # [K] geometry dtype
-    boxes: jax.Array    # [K, 4] geometry dtype: x1, y1, x2, y2
+    boxes: jax.Array    # [K, 4] x1, y1, x2, y2 (rotated: [K, 5] cx, cy, w, h, angle)
     valid: jax.Array    # [K] bool
 
 
 def _parse_rois(rois, num_images):
-    """[K] image index, [K, 4] boxes and validity, as the kernels' load_roi."""
-    if rois.ndim == 3:  # [N, L, 4]
-        boxes = rois.reshape(-1, 4)
+    """[K] image index, [K, coords] boxes and validity, as the kernels' load_roi."""
+    if rois.ndim == 3:  # [N, L, coords]
+        boxes = rois.reshape(rois.shape[0] * rois.shape[1], rois.shape[2])
         batch = jnp.repeat(jnp.arange(rois.shape[0], dtype=rois.dtype), rois.shape[1])
     else:
         boxes, batch = rois[:, 1:], rois[:, 0]
@@ -202,18 +203,18 @@ class SampleRange(NamedTuple):
     complete: jax.Array
 
 
-def _sample_range(start, bin_size, grid, extent, bins, valid):
-    start, bin_size, grid = (a[:, None] for a in (start, bin_size, grid))
-    ext = extent.astype(start.dtype)[:, None]
+def _sample_range(start, bin_size, grid, first, last, bins, valid):
+    """Ranges of samples whose positions can land in [first, last] ([k] each)."""
+    start, bin_size, grid, first, last = (a[:, None] for a in (start, bin_size, grid, first, last))
     bin_start = start + jnp.arange(bins, dtype=start.dtype) * bin_size
     step = _divide(bin_size, grid)
     flat = step == 0
     safe_step = jnp.where(flat, 1, step)
-    a = _divide(-1 - bin_start, safe_step) - 0.5
-    b = _divide(ext - bin_start, safe_step) - 0.5
+    a = _divide(first - bin_start, safe_step) - 0.5
+    b = _divide(last - bin_start, safe_step) - 0.5
     lo = jnp.floor(jnp.minimum(a, b)) - 1
     hi = jnp.ceil(jnp.maximum(a, b)) + 2
-    on_map = (bin_start >= -1) & (bin_start <= ext)
+    on_map = (bin_start >= first) & (bin_start <= last)
     lo = jnp.where(flat, 0, lo)
     hi = jnp.where(flat, jnp.where(on_map, grid, 0), hi)
     lo, hi = jnp.maximum(lo, 0), jnp.minimum(hi, grid)
@@ -259,18 +260,78 @@ def _corners(base, width, ay, ax):
     return rows, weights, ay.inside & ax.inside
 
 
+class Rotation(NamedTuple):
+    """A rotated ROI's turn and centre ([k] each): sample (yy, xx) of its
+    frame sits at y = yy*cos - xx*sin + centre_y, x = yy*sin + xx*cos + centre_x."""
+    cos: jax.Array
+    sin: jax.Array
+    centre_x: jax.Array
+    centre_y: jax.Array
+
+
 class BinAxes(NamedTuple):
-    """Per-chunk axis data: geometry and sample ranges along y and x."""
+    """Per-chunk axis data: geometry and sample ranges along y and x, and
+    for roi_align_rotated the rotation (None for roi_align)."""
     geometry: AlignGeometry
     ys: SampleRange   # [k, PH]
     xs: SampleRange   # [k, PW]
+    rotation: Rotation = None
 
 
-def _bin_axes(sites, output_size, sampling_ratio, aligned):
-    g = _align_geometry(sites, output_size, sampling_ratio, aligned)
+def _rotated_geometry(sites, output_size, sampling_ratio, aligned, clockwise):
+    """The kernels' rotated_roi: the bins of each box's own frame, its
+    rotation, and whether it reads (a negative size does not)."""
     ph, pw = output_size
-    ys = _sample_range(g.y_start, g.bin_h, g.grid_h, sites.height, ph, sites.valid)
-    xs = _sample_range(g.x_start, g.bin_w, g.grid_w, sites.width, pw, sites.valid)
+    offset = 0.5 if aligned else 0.0
+    cx, cy, w, h, angle = (sites.boxes[:, i] for i in range(5))
+    centre_x, centre_y = cx * sites.scale - offset, cy * sites.scale - offset
+    roi_w, roi_h = w * sites.scale, h * sites.scale
+    if not aligned:
+        roi_w, roi_h = jnp.maximum(roi_w, 1), jnp.maximum(roi_h, 1)
+    reads = (roi_w >= 0) & (roi_h >= 0)
+    # Degrees to radians in float64 where JAX has it, then rounded (the kernels' order).
+    wide = jnp.float64 if jax.config.jax_enable_x64 else angle.dtype
+    theta = (angle.astype(wide) * np.pi / 180).astype(angle.dtype)
+    theta = -theta if clockwise else theta
+    bin_w, bin_h = _divide(roi_w, pw), _divide(roi_h, ph)
+    if sampling_ratio > 0:
+        grid_w = grid_h = jnp.full_like(roi_w, sampling_ratio)
+    else:
+        grid_w, grid_h = jnp.ceil(bin_w), jnp.ceil(bin_h)
+    g = AlignGeometry(-roi_w / 2, -roi_h / 2, bin_w, bin_h, grid_w, grid_h,
+                      jnp.maximum(grid_h * grid_w, 1))
+    return g, Rotation(jnp.cos(theta), jnp.sin(theta), centre_x, centre_y), reads
+
+
+def _frame_bounds(rotation, height, width):
+    """The bounding box, in each rotated box's frame, of the map's
+    [-1, H] x [-1, W] widened by a pixel: (yy_lo, yy_hi, xx_lo, xx_hi)."""
+    ys, xs = [], []
+    for corner_y in (-2.0, height.astype(rotation.cos.dtype) + 1):
+        for corner_x in (-2.0, width.astype(rotation.cos.dtype) + 1):
+            dy, dx = corner_y - rotation.centre_y, corner_x - rotation.centre_x
+            ys.append(dy * rotation.cos + dx * rotation.sin)
+            xs.append(dx * rotation.cos - dy * rotation.sin)
+    return (functools.reduce(jnp.minimum, ys), functools.reduce(jnp.maximum, ys),
+            functools.reduce(jnp.minimum, xs), functools.reduce(jnp.maximum, xs))
+
+
+def _bin_axes(sites, output_size, sampling_ratio, aligned, op="align_avg", clockwise=False):
+    ph, pw = output_size
+    if op == "rotated":
+        g, rotation, reads = _rotated_geometry(sites, output_size, sampling_ratio, aligned,
+                                               clockwise)
+        yy_lo, yy_hi, xx_lo, xx_hi = _frame_bounds(rotation, sites.height, sites.width)
+        valid = sites.valid & reads
+        ys = _sample_range(g.y_start, g.bin_h, g.grid_h, yy_lo, yy_hi, ph, valid)
+        xs = _sample_range(g.x_start, g.bin_w, g.grid_w, xx_lo, xx_hi, pw, valid)
+        return BinAxes(g, ys, xs, rotation)
+    g = _align_geometry(sites, output_size, sampling_ratio, aligned)
+    lo = jnp.full_like(g.x_start, -1)
+    ys = _sample_range(g.y_start, g.bin_h, g.grid_h, lo, sites.height.astype(lo.dtype), ph,
+                       sites.valid)
+    xs = _sample_range(g.x_start, g.bin_w, g.grid_w, lo, sites.width.astype(lo.dtype), pw,
+                       sites.valid)
     return BinAxes(g, ys, xs)
 
 
@@ -282,26 +343,36 @@ def _axis_at(start, bin_size, grid, extent, bin_index, sample):
 def _step_samples(sites, axes, ty, tx):
     """Corners of scan step (ty, tx) of every bin of a chunk: [k, PH, PW] each,
     with whether the step is in the bin's range."""
-    g, ys, xs = axes
+    g, ys, xs, rotation = axes
     ph, pw = ys.lo.shape[1], xs.lo.shape[1]
     col = lambda a: a[:, None]
-    ay = _axis_at(col(g.y_start), col(g.bin_h), col(g.grid_h), col(sites.height),
-                  jnp.arange(ph, dtype=g.y_start.dtype), ys.lo + ty)
-    ax = _axis_at(col(g.x_start), col(g.bin_w), col(g.grid_w), col(sites.width),
-                  jnp.arange(pw, dtype=g.x_start.dtype), xs.lo + tx)
-    ay = AxisWeights(*(a[:, :, None] for a in ay))
-    ax = AxisWeights(*(a[:, None, :] for a in ax))
+    y = _sample_position(col(g.y_start), jnp.arange(ph, dtype=g.y_start.dtype), col(g.bin_h),
+                         ys.lo + ty, col(g.grid_h))[:, :, None]
+    x = _sample_position(col(g.x_start), jnp.arange(pw, dtype=g.x_start.dtype), col(g.bin_w),
+                         xs.lo + tx, col(g.grid_w))[:, None, :]
+    if rotation is not None:  # y, x are positions in the box's frame
+        r = Rotation(*(a[:, None, None] for a in rotation))
+        y, x = y * r.cos - x * r.sin + r.centre_y, y * r.sin + x * r.cos + r.centre_x
+    ay = _axis_weights(y, sites.height[:, None, None])
+    ax = _axis_weights(x, sites.width[:, None, None])
     rows, weights, inside = _corners(sites.base[:, None, None], sites.width[:, None, None],
                                      ay, ax)
     active = (ty < ys.n)[:, :, None] & (tx < xs.n)[:, None, :]
     return rows, weights, inside, active
 
 
-def _read(table, rows, weights, acc):
-    """Bilinear value of samples from the table: [..., C] in acc."""
+def _read(table, rows, weights, acc, channels=None):
+    """Bilinear value of samples from the table: [..., C] in acc, or with
+    `channels` ([..., C_out] input channels per output element) each
+    output element's own channel."""
     total = 0
     for r, w in zip(rows, weights):
-        total = total + w[..., None] * table.at[r].get(mode="fill", fill_value=0).astype(acc)
+        if channels is None:
+            v = table.at[r].get(mode="fill", fill_value=0)
+        else:
+            v = _channel_read(table, jnp.broadcast_to(r[..., None], r.shape + channels.shape[-1:]),
+                              channels)
+        total = total + w[..., None] * v.astype(acc)
     return total
 
 
@@ -320,18 +391,22 @@ def _scan(axes, body, init):
 
 # ------------------------------------------------------- roi_align kernels
 
-def _align_forward_chunk(table, sites, output_size, sampling_ratio, aligned, mode):
-    """[k, PH, PW, C] (and the packed argmax for "max") of one chunk."""
+def _align_forward_chunk(table, sites, output_size, sampling_ratio, aligned, op, clockwise):
+    """[k, PH, PW, C] (and the packed argmax for "align_max") of one chunk;
+    also roi_align_rotated and ps_roi_align, which average as "avg" does."""
     acc = sites.scale.dtype
-    axes = _bin_axes(sites, output_size, sampling_ratio, aligned)
-    k, (ph, pw), c = sites.valid.shape[0], output_size, table.shape[1]
+    axes = _bin_axes(sites, output_size, sampling_ratio, aligned, op, clockwise)
+    channels = _position_sensitive_channels(output_size, table.shape[1]) if op == "ps_align" \
+        else None
+    k, (ph, pw) = sites.valid.shape[0], output_size
+    c = table.shape[1] if channels is None else channels.shape[-1]
 
     def value(ty, tx):
         rows, weights, inside, active = _step_samples(sites, axes, ty, tx)
-        v = jnp.where(inside[..., None], _read(table, rows, weights, acc), 0)
+        v = jnp.where(inside[..., None], _read(table, rows, weights, acc, channels), 0)
         return v, active[..., None]
 
-    if mode == "avg":
+    if op != "align_max":
         def add(ty, tx, total):
             v, active = value(ty, tx)
             return total + jnp.where(active, v, 0)
@@ -385,57 +460,71 @@ def _winner_corners(sites, axes, packed):
     return rows, weights, ok & inside
 
 
-def _align_forward(table, sites, output_size, sampling_ratio, aligned, mode):
+def _align_forward(table, sites, output_size, sampling_ratio, aligned, op, clockwise):
     ph, pw = output_size
     chunk = _chunk_size(sites.valid.shape[0], ph * pw * table.shape[1] * 4 * 16)
     chunks, _ = _in_chunks(list(sites), chunk)
 
     def body(s):
         out, packed = _align_forward_chunk(table, Sites(*s), output_size, sampling_ratio,
-                                           aligned, mode)
-        return (out, packed) if mode == "max" else (out,)
+                                           aligned, op, clockwise)
+        return (out, packed) if op == "align_max" else (out,)
 
     return _joined(lax.map(body, chunks), sites.valid.shape[0])
 
 
-def _align_avg_backward(grad, sites, rows_total, output_size, sampling_ratio, aligned):
-    """The adjoint of "avg": [rows, C] gradient in the geometry dtype."""
+def _align_avg_backward(grad, sites, rows_total, channels_in, output_size, sampling_ratio,
+                        aligned, op, clockwise):
+    """The adjoint of "avg" (and of roi_align_rotated and ps_roi_align):
+    [rows, C] gradient in the geometry dtype."""
     acc = sites.scale.dtype
     ph, pw = output_size
     c = grad.shape[-1]
+    channels = _position_sensitive_channels(output_size, channels_in) if op == "ps_align" \
+        else None
     chunk = _chunk_size(sites.valid.shape[0], ph * pw * c * 4 * 16)
     (grads, *chunks), steps = _in_chunks([grad.astype(acc), *sites], chunk)
 
     def one_chunk(i, table):
         s = Sites(*(a[i] for a in chunks))
-        axes = _bin_axes(s, output_size, sampling_ratio, aligned)
+        axes = _bin_axes(s, output_size, sampling_ratio, aligned, op, clockwise)
         g = _divide(grads[i], axes.geometry.count[:, None, None, None])
 
         def scatter(ty, tx, table):
             rows, weights, inside, active = _step_samples(s, axes, ty, tx)
             keep = inside & active
             for r, w in zip(rows, weights):
-                table = table.at[jnp.where(keep, r, rows_total)].add(
-                    w[..., None] * g, mode="drop")
+                r = jnp.where(keep, r, rows_total)
+                if channels is None:
+                    table = table.at[r].add(w[..., None] * g, mode="drop")
+                else:
+                    table = _channel_add(table, jnp.broadcast_to(r[..., None], g.shape),
+                                         w[..., None] * g, channels)
             return table
 
         return _scan(axes, scatter, table)
 
-    return lax.fori_loop(0, steps, one_chunk, jnp.zeros((rows_total, c), acc))
+    return lax.fori_loop(0, steps, one_chunk, jnp.zeros((rows_total, channels_in), acc))
 
 
-def _channel_read(table, rows):
-    """table[rows[..., c], c]: each output element's own pixel; 0 past the end."""
-    channel = lax.broadcasted_iota(jnp.int32, rows.shape, rows.ndim - 1)
+def _channel_read(table, rows, channel=None):
+    """table[rows[..., c], channel[..., c]] (channel c by default): each
+    output element's own pixel and channel; 0 past the end."""
+    if channel is None:
+        channel = lax.broadcasted_iota(jnp.int32, rows.shape, rows.ndim - 1)
+    channel = jnp.broadcast_to(channel, rows.shape)
     if table.size < _INT32_LIMIT:  # flat indices: no index array to fold at compile time
         return table.reshape(-1).at[rows * table.shape[1] + channel].get(
             mode="fill", fill_value=0)
     return table.at[rows, channel].get(mode="fill", fill_value=0)
 
 
-def _channel_add(table, rows, values):
-    """table[rows[..., c], c] += values (rows past the end are dropped)."""
-    channel = lax.broadcasted_iota(jnp.int32, rows.shape, rows.ndim - 1)
+def _channel_add(table, rows, values, channel=None):
+    """table[rows[..., c], channel[..., c]] += values (rows past the end are
+    dropped)."""
+    if channel is None:
+        channel = lax.broadcasted_iota(jnp.int32, rows.shape, rows.ndim - 1)
+    channel = jnp.broadcast_to(channel, rows.shape)
     if table.size < _INT32_LIMIT:
         flat = table.reshape(-1).at[rows * table.shape[1] + channel].add(values, mode="drop")
         return flat.reshape(table.shape)
@@ -524,6 +613,77 @@ def _pool_forward(table, sites, output_size, height, width):
     return _joined(outs, k)
 
 
+# ------------------------------------------------- position-sensitive pooling
+
+def _position_sensitive_channels(output_size, channels_in):
+    """[PH, PW, C_out]: the input channel each output element reads,
+    (c*PH + ph)*PW + pw."""
+    ph, pw = output_size
+    c_out = channels_in // (ph * pw)
+    c = np.arange(c_out)[None, None, :]
+    return jnp.asarray((c * ph + np.arange(ph)[:, None, None]) * pw
+                       + np.arange(pw)[None, :, None], jnp.int32)
+
+
+def _ps_pool_windows(sites, output_size, height, width):
+    """ps_roi_pool's bins: rounded like roi_pool's, with an exclusive end."""
+    ph, pw = output_size
+    x1, y1, x2, y2 = (_round_half_away(sites.boxes[:, i] * sites.scale) for i in range(4))
+    h0, h1 = _pool_bins(y1, jnp.maximum(y2 - y1, 1), ph, height)
+    w0, w1 = _pool_bins(x1, jnp.maximum(x2 - x1, 1), pw, width)
+    h1 = jnp.where(sites.valid[:, None], h1, h0)  # invalid ROIs: empty bins, no work
+    return h0, h1, w0, w1
+
+
+def _ps_pool_steps(width, base, h0, h1, w0, w1, channels, body, init):
+    """body(rows, keep, carry) over a chunk's window steps: rows [k, PH, PW,
+    C_out] of each bin's pixel at that step, keep whether it is in the bin."""
+    def step(ty, tx, carry):
+        rows, cols = h0 + ty, w0 + tx
+        inside = (rows < h1)[:, :, None] & (cols < w1)[:, None, :]
+        pixel = base[:, None, None] + rows[:, :, None] * width + cols[:, None, :]
+        full = jnp.broadcast_to(pixel[..., None], inside.shape + channels.shape[-1:])
+        return body(full, inside[..., None], carry)
+
+    return _grid_loop(jnp.max(h1 - h0, initial=0), jnp.max(w1 - w0, initial=0), step, init)
+
+
+def _bin_area(h0, h1, w0, w1):
+    return ((h1 - h0)[:, :, None] * (w1 - w0)[:, None, :])[..., None]
+
+
+def _ps_pool_forward(table, sites, output_size, height, width, acc):
+    h0, h1, w0, w1 = _ps_pool_windows(sites, output_size, height, width)
+    channels = _position_sensitive_channels(output_size, table.shape[1])
+    (ph, pw), k = output_size, h0.shape[0]
+    chunk = _chunk_size(k, ph * pw * channels.shape[-1] * 12)
+    chunks, _ = _in_chunks([sites.base, h0, h1, w0, w1], chunk)
+    rows_total = table.shape[0]
+
+    def one_chunk(a):
+        base, h0, h1, w0, w1 = a
+        add = lambda rows, keep, total: total + jnp.where(
+            keep, _channel_read(table, jnp.where(keep, rows, rows_total), channels), 0).astype(acc)
+        total = _ps_pool_steps(width, base, h0, h1, w0, w1, channels, add,
+                               jnp.zeros((h0.shape[0], ph, pw, channels.shape[-1]), acc))
+        area = _bin_area(h0, h1, w0, w1)
+        return (jnp.where(area > 0, _divide(total, jnp.maximum(area, 1).astype(acc)), 0),)
+
+    return _joined(lax.map(one_chunk, chunks), k)
+
+
+def _ps_pool_backward(grad, sites, rows_total, channels_in, output_size, height, width):
+    acc = sites.scale.dtype
+    h0, h1, w0, w1 = _ps_pool_windows(sites, output_size, height, width)
+    channels = _position_sensitive_channels(output_size, channels_in)
+    area = _bin_area(h0, h1, w0, w1)
+    g = jnp.where(area > 0, _divide(grad.astype(acc), jnp.maximum(area, 1).astype(acc)), 0)
+    add = lambda rows, keep, table: _channel_add(table, jnp.where(keep, rows, rows_total), g,
+                                                 channels)
+    return _ps_pool_steps(width, sites.base, h0, h1, w0, w1, channels, add,
+                          jnp.zeros((rows_total, channels_in), acc))
+
+
 def _pool_winner_rows(sites, argmax, pixels):
     ok = (argmax >= 0) & (argmax < pixels) & sites.valid[:, None, None, None]
     return sites.base[:, None, None, None] + argmax, ok
@@ -564,28 +724,40 @@ def _from_table(table, shape, layout):
 # primitives below only build those for one map or for a pyramid. `pixels`
 # is (H, W) of the one map roi_pool reads.
 
-def _pooled(table, sites, dtype, pixels, *, op, output_size, sampling_ratio, aligned, **_):
-    """[out] or [out, argmax], each [K, PH, PW, C]."""
+LINEAR_OPS = ("align_avg", "rotated", "ps_align", "ps_pool")
+POSITION_SENSITIVE_OPS = ("ps_align", "ps_pool")
+
+
+def _pooled(table, sites, dtype, pixels, *, op, output_size, sampling_ratio, aligned,
+            clockwise=False, **_):
+    """[out] or [out, argmax], each [K, PH, PW, C_out]."""
     k, (ph, pw), c = sites.valid.shape[0], output_size, table.shape[1]
-    if k == 0 or c == 0 or table.shape[0] == 0:
-        outs = [jnp.zeros((k, ph, pw, c), dtype)]
-        if op != "align_avg":
-            outs.append(jnp.full((k, ph, pw, c), -1, jnp.int32))
+    c_out = c // (ph * pw) if op in POSITION_SENSITIVE_OPS else c
+    if k == 0 or c_out == 0 or table.shape[0] == 0:
+        outs = [jnp.zeros((k, ph, pw, c_out), dtype)]
+        if op not in LINEAR_OPS:
+            outs.append(jnp.full((k, ph, pw, c_out), -1, jnp.int32))
     elif op == "pool":
         outs = _pool_forward(table, sites, output_size, *pixels)
+    elif op == "ps_pool":
+        outs = _ps_pool_forward(table, sites, output_size, *pixels, sites.scale.dtype)
     else:
-        outs = _align_forward(table, sites, output_size, sampling_ratio, aligned, op[6:])
+        outs = _align_forward(table, sites, output_size, sampling_ratio,
+                              aligned or op == "ps_align", op, clockwise)
     return [outs[0].astype(dtype)] + outs[1:]
 
 
 def _pulled_back(grad, argmax, sites, rows, channels, pixels, *, op, output_size,
-                 sampling_ratio, aligned, **_):
+                 sampling_ratio, aligned, clockwise=False, **_):
     """The adjoint of _pooled: a [rows, C] table in the geometry dtype."""
     acc = sites.scale.dtype
-    if grad.shape[0] == 0 or rows == 0 or channels == 0:
+    if grad.shape[0] == 0 or 0 in grad.shape[1:] or rows == 0 or channels == 0:
         return jnp.zeros((rows, channels), acc)
-    if op == "align_avg":
-        return _align_avg_backward(grad, sites, rows, output_size, sampling_ratio, aligned)
+    if op == "ps_pool":
+        return _ps_pool_backward(grad, sites, rows, channels, output_size, *pixels)
+    if op in LINEAR_OPS:
+        return _align_avg_backward(grad, sites, rows, channels, output_size, sampling_ratio,
+                                   aligned or op == "ps_align", op, clockwise)
     if op == "align_max":
         return _align_winner_scatter(grad, sites, argmax, rows, output_size, sampling_ratio,
                                      aligned)

@@ -3,10 +3,11 @@
 // device code share one definition and round identically (to nearest even).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
-#include "roi_geometry.h"
+#include "host_device.h"
 
 namespace jax_roi {
 
@@ -17,7 +18,7 @@ struct float16_t {
   uint16_t bits;
 };
 
-HOST_DEVICE uint32_t float_bits(float f) {
+JAX_ROI_HOST_DEVICE uint32_t float_bits(float f) {
 #if defined(__CUDA_ARCH__)
   return __float_as_uint(f);
 #else
@@ -27,7 +28,7 @@ HOST_DEVICE uint32_t float_bits(float f) {
 #endif
 }
 
-HOST_DEVICE float bits_float(uint32_t u) {
+JAX_ROI_HOST_DEVICE float bits_float(uint32_t u) {
 #if defined(__CUDA_ARCH__)
   return __uint_as_float(u);
 #else
@@ -49,11 +50,11 @@ struct AccumulatorOf<double> {
 template <typename T>
 using acc_t = typename AccumulatorOf<T>::type;
 
-HOST_DEVICE float to_acc(float v) { return v; }
-HOST_DEVICE double to_acc(double v) { return v; }
-HOST_DEVICE float to_acc(bfloat16_t v) { return bits_float(uint32_t(v.bits) << 16); }
+JAX_ROI_HOST_DEVICE float to_acc(float v) { return v; }
+JAX_ROI_HOST_DEVICE double to_acc(double v) { return v; }
+JAX_ROI_HOST_DEVICE float to_acc(bfloat16_t v) { return bits_float(uint32_t(v.bits) << 16); }
 
-HOST_DEVICE float to_acc(float16_t v) {
+JAX_ROI_HOST_DEVICE float to_acc(float16_t v) {
   uint32_t sign = uint32_t(v.bits & 0x8000u) << 16;
   uint32_t exponent = (v.bits >> 10) & 0x1fu;
   uint32_t mantissa = v.bits & 0x3ffu;
@@ -70,15 +71,15 @@ struct StoreAs;
 
 template <>
 struct StoreAs<float> {
-  HOST_DEVICE static float from(float v) { return v; }
+  JAX_ROI_HOST_DEVICE static float from(float v) { return v; }
 };
 template <>
 struct StoreAs<double> {
-  HOST_DEVICE static double from(double v) { return v; }
+  JAX_ROI_HOST_DEVICE static double from(double v) { return v; }
 };
 template <>
 struct StoreAs<bfloat16_t> {
-  HOST_DEVICE static bfloat16_t from(float v) {
+  JAX_ROI_HOST_DEVICE static bfloat16_t from(float v) {
     uint32_t u = float_bits(v);
     if ((u & 0x7fffffffu) > 0x7f800000u) return {uint16_t((u >> 16) | 0x40u)};
     u += 0x7fffu + ((u >> 16) & 1u);
@@ -87,7 +88,7 @@ struct StoreAs<bfloat16_t> {
 };
 template <>
 struct StoreAs<float16_t> {
-  HOST_DEVICE static float16_t from(float v) {
+  JAX_ROI_HOST_DEVICE static float16_t from(float v) {
     uint32_t u = float_bits(v);
     uint16_t sign = uint16_t((u >> 16) & 0x8000u);
     uint32_t magnitude = u & 0x7fffffffu;
@@ -104,7 +105,7 @@ struct StoreAs<float16_t> {
 };
 
 template <typename T>
-HOST_DEVICE T from_acc(acc_t<T> v) {
+JAX_ROI_HOST_DEVICE T from_acc(acc_t<T> v) {
   return StoreAs<T>::from(v);
 }
 

@@ -3,10 +3,9 @@
 #include "ffi_handlers.h"
 #include "ffi_module.h"
 
-JAX_ROI_DEFINE_HANDLERS(Cpu, ::jax_roi::CpuBackend, ::xla::ffi::ThreadPool);
-
 NB_MODULE(_jax_roi_cpu, m) {
-  m.def("registrations", JAX_ROI_REGISTRATIONS(Cpu));
+  m.def("registrations",
+        [] { return ::jax_roi::registrations_of(::jax_roi::kernel_entries<::jax_roi::CpuBackend>()); });
   m.attr("ffi_api_version") = JAX_ROI_FFI_API_VERSION;
   m.attr("abi_version") = JAX_ROI_ABI_VERSION;
   // The width of the vectors the kernels use on this machine, in bytes.

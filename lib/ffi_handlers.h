@@ -1,18 +1,24 @@
-// Handler bodies shared by every platform: they check buffers, build the
-// Problem, pick the storage type and call the platform's Backend:
-//   Backend::Context: the FFI context it runs in (thread pool, stream);
+// The FFI handlers, written once for every platform: they check buffers,
+// build the Problem, pick the storage type and call the platform's Backend:
+//   Backend::Binding / Context: the FFI context it binds (thread pool,
+//     stream) and what the handler receives;
+//   Backend::traits(): the handlers' FFI traits;
 //   Backend::forward<op, T, G>(ctx, problem, features, out, argmax);
 //   Backend::backward<op, T, G>(ctx, problem, grad_out, argmax, grad_features),
 //     which also zeroes grad_features;
 //   Backend::forward_levels / backward_levels: the same over a pyramid
 //     (LevelProblems), with one map and one gradient per level.
+// kernel_entries<Backend>() lists every kernel of lib/kernel_list.h with
+// its handler.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "ffi_problem.h"
-#include "roi_elements.h"
+#include "kernel_entry.h"
+#include "kernel_list.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace jax_roi {
@@ -20,14 +26,7 @@ namespace jax_roi {
 template <typename T>
 T* data_of(const ffi::AnyBuffer& b) { return reinterpret_cast<T*>(b.untyped_data()); }
 
-struct Geometry {
-  double spatial_scale;
-  int64_t sampling_ratio;
-  bool aligned;
-  bool channels_last;
-};
-
-// argmax is null for roi_align "avg".
+// argmax is null for the linear ops.
 template <typename Backend, Op op>
 ffi::Error forward(typename Backend::Context& ctx, const ffi::AnyBuffer& features,
                    const ffi::AnyBuffer& rois, ffi::AnyBuffer& out,
@@ -41,8 +40,7 @@ ffi::Error forward(typename Backend::Context& ctx, const ffi::AnyBuffer& feature
     using T = decltype(tag);
     using G = acc_t<T>;
     Problem<G> p;
-    if (auto e = make_problem<G>(features.dimensions(), rois, out.dimensions(), g.channels_last,
-                                 g.spatial_scale, g.sampling_ratio, g.aligned, &p);
+    if (auto e = make_problem<G>(op, features.dimensions(), rois, out.dimensions(), g, &p);
         e.failure())
       return e;
     return Backend::template forward<op, T, G>(ctx, p, data_of<T>(features), data_of<T>(out),
@@ -63,8 +61,7 @@ ffi::Error backward(typename Backend::Context& ctx, const ffi::AnyBuffer& grad_o
     using G = acc_t<T>;
     if (auto e = check_gradient_type<G>(grad_features); e.failure()) return e;
     Problem<G> p;
-    if (auto e = make_problem<G>(grad_features.dimensions(), rois, grad_out.dimensions(),
-                                 g.channels_last, g.spatial_scale, g.sampling_ratio, g.aligned,
+    if (auto e = make_problem<G>(op, grad_features.dimensions(), rois, grad_out.dimensions(), g,
                                  &p);
         e.failure())
       return e;
@@ -110,12 +107,12 @@ ffi::Error start_levels(const ffi::AnyBuffer& rois, const ffi::Buffer<ffi::S32>&
 }
 
 template <typename G>
-ffi::Error make_level_problem(int l, ffi::Span<const int64_t> map, const ffi::AnyBuffer& rois,
-                              ffi::Span<const int64_t> pooled, const LevelGeometry& g,
-                              LevelProblems<G>* lp) {
+ffi::Error make_level_problem(Op op, int l, ffi::Span<const int64_t> map,
+                              const ffi::AnyBuffer& rois, ffi::Span<const int64_t> pooled,
+                              const LevelGeometry& g, LevelProblems<G>* lp) {
   Problem<G>& p = lp->level[l];
-  if (auto e = make_problem<G>(map, rois, pooled, g.channels_last, g.spatial_scales[l],
-                               g.sampling_ratio, g.aligned, &p);
+  const Geometry level{g.spatial_scales[l], g.sampling_ratio, g.aligned, false, g.channels_last};
+  if (auto e = make_problem<G>(op, map, rois, pooled, level, &p);
       e.failure())
     return e;
   if (p.shape.num_images != lp->level[0].shape.num_images)
@@ -142,7 +139,7 @@ ffi::Error forward_levels(typename Backend::Context& ctx, const ffi::AnyBuffer& 
       if (map.has_error()) return map.error();
       if (map->element_type() != out.element_type())
         return ffi::Error::InvalidArgument("jax_roi: every map must have the output's dtype");
-      if (auto e = make_level_problem<G>(l, map->dimensions(), rois, out.dimensions(), g, &lp);
+      if (auto e = make_level_problem<G>(op, l, map->dimensions(), rois, out.dimensions(), g, &lp);
           e.failure())
         return e;
       features.data[l] = data_of<const T>(*map);
@@ -171,7 +168,7 @@ ffi::Error backward_levels(typename Backend::Context& ctx, const ffi::AnyBuffer&
       auto grad = grads.get<ffi::AnyBuffer>(l);
       if (grad.has_error()) return grad.error();
       if (auto e = check_gradient_type<G>(**grad); e.failure()) return e;
-      if (auto e = make_level_problem<G>(l, (*grad)->dimensions(), rois, grad_out.dimensions(),
+      if (auto e = make_level_problem<G>(op, l, (*grad)->dimensions(), rois, grad_out.dimensions(),
                                          g, &lp);
           e.failure())
         return e;
@@ -182,181 +179,148 @@ ffi::Error backward_levels(typename Backend::Context& ctx, const ffi::AnyBuffer&
   });
 }
 
-// The six handlers' signatures, as the FFI binds them.
-template <typename Backend>
-struct Handlers {
+// ------------------------------------------------------------ handlers
+// One handler per kernel: its FFI binding (operands, results, attributes)
+// is chosen by the op's kind (linear or with an argmax, one map or a
+// pyramid) and written once here.
+
+template <typename Backend, Op op>
+struct Handler {
   using Ctx = typename Backend::Context;
   using Out = ffi::Result<ffi::AnyBuffer>;
   using Argmax = ffi::Result<ffi::Buffer<ffi::S32>>;
-
-  static ffi::Error AlignAvgForward(Ctx ctx, ffi::AnyBuffer features, ffi::AnyBuffer rois,
-                                    Out out, double scale, int64_t ratio, bool aligned,
-                                    bool channels_last) {
-    return forward<Backend, Op::kAlignAvg>(ctx, features, rois, *out, nullptr,
-                                           {scale, ratio, aligned, channels_last});
-  }
-  static ffi::Error AlignAvgBackward(Ctx ctx, ffi::AnyBuffer grad_out, ffi::AnyBuffer rois,
-                                     Out grad, double scale, int64_t ratio, bool aligned,
-                                     bool channels_last) {
-    return backward<Backend, Op::kAlignAvg>(ctx, grad_out, rois, nullptr, *grad,
-                                            {scale, ratio, aligned, channels_last});
-  }
-  static ffi::Error AlignMaxForward(Ctx ctx, ffi::AnyBuffer features, ffi::AnyBuffer rois,
-                                    Out out, Argmax argmax, double scale, int64_t ratio,
-                                    bool aligned, bool channels_last) {
-    return forward<Backend, Op::kAlignMax>(ctx, features, rois, *out, &*argmax,
-                                           {scale, ratio, aligned, channels_last});
-  }
-  static ffi::Error AlignMaxBackward(Ctx ctx, ffi::AnyBuffer grad_out, ffi::AnyBuffer rois,
-                                     ffi::Buffer<ffi::S32> argmax, Out grad, double scale,
-                                     int64_t ratio, bool aligned, bool channels_last) {
-    return backward<Backend, Op::kAlignMax>(ctx, grad_out, rois, &argmax, *grad,
-                                            {scale, ratio, aligned, channels_last});
-  }
-  static ffi::Error PoolForward(Ctx ctx, ffi::AnyBuffer features, ffi::AnyBuffer rois, Out out,
-                                Argmax argmax, double scale, bool channels_last) {
-    return forward<Backend, Op::kPool>(ctx, features, rois, *out, &*argmax,
-                                       {scale, 0, false, channels_last});
-  }
-  static ffi::Error PoolBackward(Ctx ctx, ffi::AnyBuffer grad_out, ffi::AnyBuffer rois,
-                                 ffi::Buffer<ffi::S32> argmax, Out grad, double spatial_scale,
-                                 bool channels_last) {
-    // The scale gives the CPU kernel each bin's pixel window, which it
-    // sweeps instead of scattering when the window is small.
-    return backward<Backend, Op::kPool>(ctx, grad_out, rois, &argmax, *grad,
-                                        {spatial_scale, 0, false, channels_last});
-  }
-
-  using Levels = ffi::Buffer<ffi::S32>;
+  using Int32 = ffi::Buffer<ffi::S32>;
   using Scales = ffi::Span<const double>;
 
-  static ffi::Error AlignAvgLevelsForward(Ctx ctx, ffi::AnyBuffer rois, Levels levels,
+  static auto bind() { return ffi::Ffi::Bind().template Ctx<typename Backend::Binding>(); }
+
+  static ffi::Error forward_linear(Ctx ctx, ffi::AnyBuffer features, ffi::AnyBuffer rois,
+                                   Out out, Geometry g) {
+    return forward<Backend, op>(ctx, features, rois, *out, nullptr, g);
+  }
+  static ffi::Error forward_argmax(Ctx ctx, ffi::AnyBuffer features, ffi::AnyBuffer rois,
+                                   Out out, Argmax argmax, Geometry g) {
+    return forward<Backend, op>(ctx, features, rois, *out, &*argmax, g);
+  }
+  static ffi::Error backward_linear(Ctx ctx, ffi::AnyBuffer grad_out, ffi::AnyBuffer rois,
+                                    Out grad, Geometry g) {
+    return backward<Backend, op>(ctx, grad_out, rois, nullptr, *grad, g);
+  }
+  static ffi::Error backward_argmax(Ctx ctx, ffi::AnyBuffer grad_out, ffi::AnyBuffer rois,
+                                    Int32 argmax, Out grad, Geometry g) {
+    return backward<Backend, op>(ctx, grad_out, rois, &argmax, *grad, g);
+  }
+
+  static ffi::Error levels_forward_linear(Ctx ctx, ffi::AnyBuffer rois, Int32 levels,
                                           ffi::RemainingArgs maps, Out out, Scales scales,
                                           int64_t ratio, bool aligned, bool channels_last) {
-    return forward_levels<Backend, Op::kAlignAvg>(ctx, rois, levels, maps, *out, nullptr,
-                                                  {scales, ratio, aligned, channels_last});
+    return forward_levels<Backend, op>(ctx, rois, levels, maps, *out, nullptr,
+                                       {scales, ratio, aligned, channels_last});
   }
-  static ffi::Error AlignAvgLevelsBackward(Ctx ctx, ffi::AnyBuffer grad_out, ffi::AnyBuffer rois,
-                                           Levels levels, ffi::RemainingRets grads,
-                                           Scales scales, int64_t ratio, bool aligned,
-                                           bool channels_last) {
-    return backward_levels<Backend, Op::kAlignAvg>(ctx, grad_out, rois, levels, nullptr, grads,
-                                                   {scales, ratio, aligned, channels_last});
-  }
-  static ffi::Error AlignMaxLevelsForward(Ctx ctx, ffi::AnyBuffer rois, Levels levels,
+  static ffi::Error levels_forward_argmax(Ctx ctx, ffi::AnyBuffer rois, Int32 levels,
                                           ffi::RemainingArgs maps, Out out, Argmax argmax,
                                           Scales scales, int64_t ratio, bool aligned,
                                           bool channels_last) {
-    return forward_levels<Backend, Op::kAlignMax>(ctx, rois, levels, maps, *out, &*argmax,
-                                                  {scales, ratio, aligned, channels_last});
+    return forward_levels<Backend, op>(ctx, rois, levels, maps, *out, &*argmax,
+                                       {scales, ratio, aligned, channels_last});
   }
-  static ffi::Error AlignMaxLevelsBackward(Ctx ctx, ffi::AnyBuffer grad_out, ffi::AnyBuffer rois,
-                                           Levels levels, ffi::Buffer<ffi::S32> argmax,
-                                           ffi::RemainingRets grads, Scales scales,
-                                           int64_t ratio, bool aligned, bool channels_last) {
-    return backward_levels<Backend, Op::kAlignMax>(ctx, grad_out, rois, levels, &argmax, grads,
-                                                   {scales, ratio, aligned, channels_last});
+  static ffi::Error levels_backward_linear(Ctx ctx, ffi::AnyBuffer grad_out, ffi::AnyBuffer rois,
+                                           Int32 levels, ffi::RemainingRets grads,
+                                           Scales scales, int64_t ratio, bool aligned,
+                                           bool channels_last) {
+    return backward_levels<Backend, op>(ctx, grad_out, rois, levels, nullptr, grads,
+                                        {scales, ratio, aligned, channels_last});
+  }
+  static ffi::Error levels_backward_argmax(Ctx ctx, ffi::AnyBuffer grad_out, ffi::AnyBuffer rois,
+                                           Int32 levels, Int32 argmax, ffi::RemainingRets grads,
+                                           Scales scales, int64_t ratio, bool aligned,
+                                           bool channels_last) {
+    return backward_levels<Backend, op>(ctx, grad_out, rois, levels, &argmax, grads,
+                                        {scales, ratio, aligned, channels_last});
+  }
+
+  // The handler of a binding, with the FFI traits of the Backend.
+  template <typename B, typename Fn>
+  static auto handler(B&& binding, Fn fn) {
+    if constexpr (Backend::kCommandBufferCompatible)
+      return std::move(binding).To(fn, {ffi::Traits::kCmdBufferCompatible});
+    else
+      return std::move(binding).To(fn);
+  }
+
+  static auto forward_handler() {
+    auto b = bind().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>();
+    if constexpr (is_linear(op))
+      return handler(std::move(b).template Attrs<Geometry>(), forward_linear);
+    else
+      return handler(std::move(b).template Ret<Int32>().template Attrs<Geometry>(), forward_argmax);
+  }
+  static auto backward_handler() {
+    auto b = bind().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>();
+    if constexpr (is_linear(op))
+      return handler(std::move(b).template Ret<ffi::AnyBuffer>().template Attrs<Geometry>(),
+                     backward_linear);
+    else
+      return handler(
+          std::move(b).template Arg<Int32>().template Ret<ffi::AnyBuffer>().template Attrs<Geometry>(),
+          backward_argmax);
+  }
+  template <typename B>
+  static auto with_level_attrs(B&& b) {
+    return std::move(b)
+        .template Attr<Scales>("spatial_scales")
+        .template Attr<int64_t>("sampling_ratio")
+        .template Attr<bool>("aligned")
+        .template Attr<bool>("channels_last");
+  }
+  static auto levels_forward_handler() {
+    auto b = bind().template Arg<ffi::AnyBuffer>().template Arg<Int32>().RemainingArgs().template Ret<ffi::AnyBuffer>();
+    if constexpr (is_linear(op))
+      return handler(with_level_attrs(std::move(b)), levels_forward_linear);
+    else
+      return handler(with_level_attrs(std::move(b).template Ret<Int32>()), levels_forward_argmax);
+  }
+  static auto levels_backward_handler() {
+    auto b = bind().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Arg<Int32>();
+    if constexpr (is_linear(op))
+      return handler(with_level_attrs(std::move(b).RemainingRets()), levels_backward_linear);
+    else
+      return handler(with_level_attrs(std::move(b).template Arg<Int32>().RemainingRets()),
+                     levels_backward_argmax);
   }
 };
 
+// The C entry point XLA calls for one handler, built on first use.
+template <typename MakeHandler>
+XLA_FFI_Error* call_handler(XLA_FFI_CallFrame* frame) {
+  static auto* handler = MakeHandler::make().release();
+  return handler->Call(frame);
+}
+
+#define JAX_ROI_ENTRY(name, make_expr)                                      \
+  {                                                                        \
+    struct Make {                                                          \
+      static auto make() { return make_expr; }                             \
+    };                                                                     \
+    entries.push_back({name, reinterpret_cast<void*>(&call_handler<Make>)}); \
+  }
+
+template <typename Backend>
+std::vector<KernelEntry> kernel_entries() {
+  std::vector<KernelEntry> entries;
+#define JAX_ROI_OP_ENTRIES(name, op)                                                  \
+  JAX_ROI_ENTRY(#name "_forward", (Handler<Backend, Op::op>::forward_handler()))     \
+  JAX_ROI_ENTRY(#name "_backward", (Handler<Backend, Op::op>::backward_handler()))
+#define JAX_ROI_LEVEL_ENTRIES(name, op)                                                       \
+  JAX_ROI_ENTRY(#name "_levels_forward", (Handler<Backend, Op::op>::levels_forward_handler())) \
+  JAX_ROI_ENTRY(#name "_levels_backward", (Handler<Backend, Op::op>::levels_backward_handler()))
+  JAX_ROI_OPS(JAX_ROI_OP_ENTRIES)
+  JAX_ROI_LEVEL_OPS(JAX_ROI_LEVEL_ENTRIES)
+#undef JAX_ROI_OP_ENTRIES
+#undef JAX_ROI_LEVEL_ENTRIES
+  return entries;
+}
+
+#undef JAX_ROI_ENTRY
+
 }  // namespace jax_roi
-
-// Defines the six exported handler symbols <Prefix>AlignAvgForward, ... for
-// a Backend whose context binds as CtxBinding (e.g. ffi::ThreadPool).
-#define JAX_ROI_ALIGN_ATTRS                                                   \
-  .Attr<double>("spatial_scale").Attr<int64_t>("sampling_ratio").Attr<bool>( \
-      "aligned").Attr<bool>("channels_last")
-
-#define JAX_ROI_LEVEL_ATTRS                                                      \
-  .Attr<::xla::ffi::Span<const double>>("spatial_scales")                       \
-      .Attr<int64_t>("sampling_ratio")                                          \
-      .Attr<bool>("aligned")                                                    \
-      .Attr<bool>("channels_last")
-
-#define JAX_ROI_DEFINE_HANDLERS(Prefix, Backend, CtxBinding, ...)                              \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                               \
-      Prefix##AlignAvgForward, ::jax_roi::Handlers<Backend>::AlignAvgForward,                  \
-      ::xla::ffi::Ffi::Bind()                                                                  \
-          .Ctx<CtxBinding>()                                                                   \
-          .Arg<::xla::ffi::AnyBuffer>()                                                        \
-          .Arg<::xla::ffi::AnyBuffer>()                                                        \
-          .Ret<::xla::ffi::AnyBuffer>() JAX_ROI_ALIGN_ATTRS, ##__VA_ARGS__);                   \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                               \
-      Prefix##AlignAvgBackward, ::jax_roi::Handlers<Backend>::AlignAvgBackward,                \
-      ::xla::ffi::Ffi::Bind()                                                                  \
-          .Ctx<CtxBinding>()                                                                   \
-          .Arg<::xla::ffi::AnyBuffer>()                                                        \
-          .Arg<::xla::ffi::AnyBuffer>()                                                        \
-          .Ret<::xla::ffi::AnyBuffer>() JAX_ROI_ALIGN_ATTRS, ##__VA_ARGS__);                   \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                               \
-      Prefix##AlignMaxForward, ::jax_roi::Handlers<Backend>::AlignMaxForward,                  \
-      ::xla::ffi::Ffi::Bind()                                                                  \
-          .Ctx<CtxBinding>()                                                                   \
-          .Arg<::xla::ffi::AnyBuffer>()                                                        \
-          .Arg<::xla::ffi::AnyBuffer>()                                                        \
-          .Ret<::xla::ffi::AnyBuffer>()                                                        \
-          .Ret<::xla::ffi::Buffer<::xla::ffi::S32>>() JAX_ROI_ALIGN_ATTRS, ##__VA_ARGS__);     \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                               \
-      Prefix##AlignMaxBackward, ::jax_roi::Handlers<Backend>::AlignMaxBackward,                \
-      ::xla::ffi::Ffi::Bind()                                                                  \
-          .Ctx<CtxBinding>()                                                                   \
-          .Arg<::xla::ffi::AnyBuffer>()                                                        \
-          .Arg<::xla::ffi::AnyBuffer>()                                                        \
-          .Arg<::xla::ffi::Buffer<::xla::ffi::S32>>()                                          \
-          .Ret<::xla::ffi::AnyBuffer>() JAX_ROI_ALIGN_ATTRS, ##__VA_ARGS__);                   \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                               \
-      Prefix##PoolForward, ::jax_roi::Handlers<Backend>::PoolForward,                          \
-      ::xla::ffi::Ffi::Bind()                                                                  \
-          .Ctx<CtxBinding>()                                                                   \
-          .Arg<::xla::ffi::AnyBuffer>()                                                        \
-          .Arg<::xla::ffi::AnyBuffer>()                                                        \
-          .Ret<::xla::ffi::AnyBuffer>()                                                        \
-          .Ret<::xla::ffi::Buffer<::xla::ffi::S32>>()                                          \
-          .Attr<double>("spatial_scale")                                                       \
-          .Attr<bool>("channels_last"),                                                        \
-      ##__VA_ARGS__);                                                                          \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                               \
-      Prefix##PoolBackward, ::jax_roi::Handlers<Backend>::PoolBackward,                        \
-      ::xla::ffi::Ffi::Bind()                                                                  \
-          .Ctx<CtxBinding>()                                                                   \
-          .Arg<::xla::ffi::AnyBuffer>()                                                        \
-          .Arg<::xla::ffi::AnyBuffer>()                                                        \
-          .Arg<::xla::ffi::Buffer<::xla::ffi::S32>>()                                          \
-          .Ret<::xla::ffi::AnyBuffer>()                                                        \
-          .Attr<double>("spatial_scale")                                                       \
-          .Attr<bool>("channels_last"),                                                        \
-      ##__VA_ARGS__);                                                                                         \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                               \
-      Prefix##AlignAvgLevelsForward, ::jax_roi::Handlers<Backend>::AlignAvgLevelsForward,      \
-      ::xla::ffi::Ffi::Bind()                                                                  \
-          .Ctx<CtxBinding>()                                                                   \
-          .Arg<::xla::ffi::AnyBuffer>()                                                        \
-          .Arg<::xla::ffi::Buffer<::xla::ffi::S32>>()                                          \
-          .RemainingArgs()                                                                     \
-          .Ret<::xla::ffi::AnyBuffer>() JAX_ROI_LEVEL_ATTRS, ##__VA_ARGS__);                   \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                               \
-      Prefix##AlignAvgLevelsBackward, ::jax_roi::Handlers<Backend>::AlignAvgLevelsBackward,    \
-      ::xla::ffi::Ffi::Bind()                                                                  \
-          .Ctx<CtxBinding>()                                                                   \
-          .Arg<::xla::ffi::AnyBuffer>()                                                        \
-          .Arg<::xla::ffi::AnyBuffer>()                                                        \
-          .Arg<::xla::ffi::Buffer<::xla::ffi::S32>>()                                          \
-          .RemainingRets() JAX_ROI_LEVEL_ATTRS, ##__VA_ARGS__);                                \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                               \
-      Prefix##AlignMaxLevelsForward, ::jax_roi::Handlers<Backend>::AlignMaxLevelsForward,      \
-      ::xla::ffi::Ffi::Bind()                                                                  \
-          .Ctx<CtxBinding>()                                                                   \
-          .Arg<::xla::ffi::AnyBuffer>()                                                        \
-          .Arg<::xla::ffi::Buffer<::xla::ffi::S32>>()                                          \
-          .RemainingArgs()                                                                     \
-          .Ret<::xla::ffi::AnyBuffer>()                                                        \
-          .Ret<::xla::ffi::Buffer<::xla::ffi::S32>>() JAX_ROI_LEVEL_ATTRS, ##__VA_ARGS__);     \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                               \
-      Prefix##AlignMaxLevelsBackward, ::jax_roi::Handlers<Backend>::AlignMaxLevelsBackward,    \
-      ::xla::ffi::Ffi::Bind()                                                                  \
-          .Ctx<CtxBinding>()                                                                   \
-          .Arg<::xla::ffi::AnyBuffer>()                                                        \
-          .Arg<::xla::ffi::AnyBuffer>()                                                        \
-          .Arg<::xla::ffi::Buffer<::xla::ffi::S32>>()                                          \
-          .Arg<::xla::ffi::Buffer<::xla::ffi::S32>>()                                          \
-          .RemainingRets() JAX_ROI_LEVEL_ATTRS, ##__VA_ARGS__)

@@ -6,7 +6,8 @@
 #include <cstdint>
 #include <string>
 
-#include "roi_elements.h"
+#include "elements/pyramid.h"
+#include "problem.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace jax_roi {
@@ -45,12 +46,35 @@ ffi::Error dispatch_feature_type(ffi::DataType type, const F& f) {
   }
 }
 
-// features: [N, C, H, W] or [N, H, W, C]; pooled: the output (or its
-// gradient), [K, ...] for [K, 5] rois or [N, L, ...] for [N, L, 4] boxes.
+// The geometry attributes every single-map kernel takes (each op reads
+// those it needs; Python passes them all).
+struct Geometry {
+  double spatial_scale;
+  int64_t sampling_ratio;
+  bool aligned;
+  bool clockwise;
+  bool channels_last;
+};
+
+}  // namespace jax_roi
+
+// Geometry decodes from the call's attributes by name.
+XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(::jax_roi::Geometry,
+                                      ::xla::ffi::StructMember<double>("spatial_scale"),
+                                      ::xla::ffi::StructMember<int64_t>("sampling_ratio"),
+                                      ::xla::ffi::StructMember<bool>("aligned"),
+                                      ::xla::ffi::StructMember<bool>("clockwise"),
+                                      ::xla::ffi::StructMember<bool>("channels_last"));
+
+namespace jax_roi {
+
+// features: [N, C, H, W] or [N, H, W, C]; rois: [K, 1 + coords] or
+// [N, L, coords] (coords from the op); pooled: the output (or its
+// gradient), [K, ...] or [N, L, ...], with C or, for the
+// position-sensitive ops, C / (PH*PW) channels.
 template <typename G>
-ffi::Error make_problem(ffi::Span<const int64_t> features, const ffi::AnyBuffer& rois,
-                        ffi::Span<const int64_t> pooled, bool channels_last,
-                        double spatial_scale, int64_t sampling_ratio, bool aligned,
+ffi::Error make_problem(Op op, ffi::Span<const int64_t> features, const ffi::AnyBuffer& rois,
+                        ffi::Span<const int64_t> pooled, const Geometry& g,
                         Problem<G>* problem) {
   if (features.size() != 4)
     return ffi::Error::InvalidArgument("jax_roi: features must have rank 4, got " +
@@ -58,6 +82,7 @@ ffi::Error make_problem(ffi::Span<const int64_t> features, const ffi::AnyBuffer&
   if (rois.element_type() != geometry_type<G>())
     return ffi::Error::InvalidArgument(
         "jax_roi: rois must be float64 with float64 features, float32 otherwise");
+  const bool channels_last = g.channels_last;
   Shape& s = problem->shape;
   s.channels_last = channels_last;
   s.num_images = features[0];
@@ -65,37 +90,45 @@ ffi::Error make_problem(ffi::Span<const int64_t> features, const ffi::AnyBuffer&
   s.height = channels_last ? features[1] : features[2];
   s.width = channels_last ? features[2] : features[3];
 
+  const int64_t coords = roi_coords(op);
   auto roi_dims = rois.dimensions();
   RoiTable<G>& table = problem->rois;
   table.data = rois.typed_data<G>();
   table.num_images = s.num_images;
+  table.coords = coords;
   size_t lead;  // leading output dims that index ROIs
-  if (roi_dims.size() == 2 && roi_dims[1] == 5) {
+  if (roi_dims.size() == 2 && roi_dims[1] == coords + 1) {
     s.num_rois = roi_dims[0];
     table.rois_per_image = 0;
     lead = 1;
-  } else if (roi_dims.size() == 3 && roi_dims[2] == 4 && roi_dims[0] == s.num_images) {
+  } else if (roi_dims.size() == 3 && roi_dims[2] == coords && roi_dims[0] == s.num_images) {
     s.num_rois = roi_dims[0] * roi_dims[1];
     // With no boxes there is nothing to read; 0 would mean the [K, 5] format.
     table.rois_per_image = roi_dims[1] > 0 ? roi_dims[1] : 1;
     lead = 2;
   } else {
-    return ffi::Error::InvalidArgument("jax_roi: rois must be [K, 5] or [N, L, 4], got " +
-                                       dims_text(roi_dims));
+    return ffi::Error::InvalidArgument(
+        "jax_roi: rois must be [K, " + std::to_string(coords + 1) + "] or [N, L, " +
+        std::to_string(coords) + "], got " + dims_text(roi_dims));
   }
   if (pooled.size() != lead + 3 || pooled[0] != roi_dims[0] ||
       (lead == 2 && pooled[1] != roi_dims[1]))
     return ffi::Error::InvalidArgument("jax_roi: output " + dims_text(pooled) +
                                        " does not match rois " + dims_text(roi_dims));
-  int64_t c = channels_last ? pooled[lead + 2] : pooled[lead];
+  s.out_channels = channels_last ? pooled[lead + 2] : pooled[lead];
   s.pooled_h = channels_last ? pooled[lead] : pooled[lead + 1];
   s.pooled_w = channels_last ? pooled[lead + 1] : pooled[lead + 2];
-  if (c != s.channels)
+  const int64_t bins = s.pooled_h * s.pooled_w;
+  const bool channels_match =
+      is_position_sensitive(op) ? s.out_channels * bins == s.channels : s.out_channels == s.channels;
+  if (!channels_match)
     return ffi::Error::InvalidArgument("jax_roi: output " + dims_text(pooled) +
                                        " does not match features " + dims_text(features));
-  problem->spatial_scale = static_cast<G>(spatial_scale);
-  problem->sampling_ratio = sampling_ratio;
-  problem->aligned = aligned;
+  problem->spatial_scale = static_cast<G>(g.spatial_scale);
+  problem->sampling_ratio = g.sampling_ratio;
+  // ps_roi_align always shifts by half a pixel (torchvision's arithmetic).
+  problem->aligned = g.aligned || op == Op::kPsAlign;
+  problem->clockwise = g.clockwise;
   return ffi::Error::Success();
 }
 

@@ -7,69 +7,78 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define HOST_DEVICE inline
-#endif
+#include "host_device.h"
 
 namespace jax_roi {
 
 template <typename G>
-HOST_DEVICE G min_of(G a, G b) { return b < a ? b : a; }
+JAX_ROI_HOST_DEVICE G min_of(G a, G b) { return b < a ? b : a; }
 template <typename G>
-HOST_DEVICE G max_of(G a, G b) { return a < b ? b : a; }
+JAX_ROI_HOST_DEVICE G max_of(G a, G b) { return a < b ? b : a; }
 
 // Clamps a (possibly huge or negative) real to [lo, hi] before it is turned
 // into an index, so no conversion ever overflows.
 template <typename G>
-HOST_DEVICE int64_t clamp_to_index(G v, int64_t lo, int64_t hi) {
+JAX_ROI_HOST_DEVICE int64_t clamp_to_index(G v, int64_t lo, int64_t hi) {
   if (!(v > static_cast<G>(lo))) return lo;  // also catches NaN
   if (!(v < static_cast<G>(hi))) return hi;
   return static_cast<int64_t>(v);
 }
 
-// One ROI as read from either format, with validity decided once.
+// One ROI as read from its table, with validity decided once. Its
+// coordinates are (x1, y1, x2, y2) for axis-aligned boxes and
+// (cx, cy, w, h, angle in degrees) for rotated ones.
 template <typename G>
 struct Roi {
   bool valid;
   int64_t batch;
-  G x1, y1, x2, y2;
+  G v[5];
 };
 
-// The two ROI formats: [K, 5] (batch index, x1, y1, x2, y2) when
-// rois_per_image == 0, else [N, L, 4] with L = rois_per_image.
+// The ROI formats: [K, 1 + coords] (batch index, coordinates) when
+// rois_per_image == 0, else [N, L, coords] with L = rois_per_image; coords
+// is 4 (boxes) or 5 (rotated boxes).
 template <typename G>
 struct RoiTable {
   const G* data;
   int64_t rois_per_image;
   int64_t num_images;
+  int64_t coords;
 };
 
 template <typename G>
-HOST_DEVICE Roi<G> load_roi(const RoiTable<G>& table, int64_t k) {
+JAX_ROI_HOST_DEVICE Roi<G> load_roi(const RoiTable<G>& table, int64_t k) {
   Roi<G> r;
   const G* box;
   G batch;
   if (table.rois_per_image > 0) {
-    box = table.data + k * 4;
+    box = table.data + k * table.coords;
     batch = static_cast<G>(k / table.rois_per_image);
   } else {
-    box = table.data + k * 5;
+    box = table.data + k * (table.coords + 1);
     batch = box[0];
     box += 1;
   }
-  r.x1 = box[0];
-  r.y1 = box[1];
-  r.x2 = box[2];
-  r.y2 = box[3];
+  bool finite = true;
+  for (int i = 0; i < 5; ++i) {
+    r.v[i] = i < table.coords ? box[i] : G(0);
+    finite = finite && std::isfinite(r.v[i]);
+  }
   // Comparisons are false for NaN, so a NaN index is invalid too.
   bool batch_ok = batch >= G(0) && batch < static_cast<G>(table.num_images);
-  bool finite = std::isfinite(r.x1) && std::isfinite(r.y1) &&
-                std::isfinite(r.x2) && std::isfinite(r.y2);
   r.valid = batch_ok && finite;
   r.batch = batch_ok ? static_cast<int64_t>(batch) : 0;
   return r;
+}
+
+// The centre of a ROI in image coordinates (for the CPU kernels' visiting order).
+template <typename G>
+JAX_ROI_HOST_DEVICE void roi_centre(const Roi<G>& r, int64_t coords, G* x, G* y) {
+  if (coords == 5) {
+    *x = r.v[0], *y = r.v[1];
+  } else {
+    *x = (r.v[0] + r.v[2]) / G(2), *y = (r.v[1] + r.v[3]) / G(2);
+  }
 }
 
 // ---------------------------------------------------------------- roi_pool
@@ -81,11 +90,11 @@ struct PoolRoi {
 };
 
 template <typename G>
-HOST_DEVICE PoolRoi<G> pool_roi(const Roi<G>& r, G scale, int64_t pooled_h,
+JAX_ROI_HOST_DEVICE PoolRoi<G> pool_roi(const Roi<G>& r, G scale, int64_t pooled_h,
                                 int64_t pooled_w) {
   // std::round rounds half away from zero, as C's round does.
-  G xs = std::round(r.x1 * scale), ys = std::round(r.y1 * scale);
-  G xe = std::round(r.x2 * scale), ye = std::round(r.y2 * scale);
+  G xs = std::round(r.v[0] * scale), ys = std::round(r.v[1] * scale);
+  G xe = std::round(r.v[2] * scale), ye = std::round(r.v[3] * scale);
   G roi_w = max_of(xe - xs + G(1), G(1));
   G roi_h = max_of(ye - ys + G(1), G(1));
   return {xs, ys, roi_w / static_cast<G>(pooled_w),
@@ -95,11 +104,11 @@ HOST_DEVICE PoolRoi<G> pool_roi(const Roi<G>& r, G scale, int64_t pooled_h,
 // The half-open pixel window [h0, h1) x [w0, w1) of one bin, clipped to the map.
 struct PixelWindow {
   int64_t h0, h1, w0, w1;
-  HOST_DEVICE bool empty() const { return h1 <= h0 || w1 <= w0; }
+  JAX_ROI_HOST_DEVICE bool empty() const { return h1 <= h0 || w1 <= w0; }
 };
 
 template <typename G>
-HOST_DEVICE PixelWindow pool_bin(const PoolRoi<G>& p, int64_t ph, int64_t pw,
+JAX_ROI_HOST_DEVICE PixelWindow pool_bin(const PoolRoi<G>& p, int64_t ph, int64_t pw,
                                  int64_t height, int64_t width) {
   PixelWindow w;
   w.h0 = clamp_to_index(std::floor(static_cast<G>(ph) * p.bin_h) + p.y_start, 0, height);
@@ -122,15 +131,15 @@ struct AlignRoi {
 };
 
 template <typename G>
-HOST_DEVICE AlignRoi<G> align_roi(const Roi<G>& r, G scale, int64_t pooled_h,
+JAX_ROI_HOST_DEVICE AlignRoi<G> align_roi(const Roi<G>& r, G scale, int64_t pooled_h,
                                   int64_t pooled_w, int64_t sampling_ratio,
                                   bool aligned) {
   G offset = aligned ? G(0.5) : G(0);
   AlignRoi<G> a;
-  a.x_start = r.x1 * scale - offset;
-  a.y_start = r.y1 * scale - offset;
-  G roi_w = r.x2 * scale - offset - a.x_start;
-  G roi_h = r.y2 * scale - offset - a.y_start;
+  a.x_start = r.v[0] * scale - offset;
+  a.y_start = r.v[1] * scale - offset;
+  G roi_w = r.v[2] * scale - offset - a.x_start;
+  G roi_h = r.v[3] * scale - offset - a.y_start;
   if (!aligned) {
     roi_w = max_of(roi_w, G(1));
     roi_h = max_of(roi_h, G(1));
@@ -150,36 +159,37 @@ HOST_DEVICE AlignRoi<G> align_roi(const Roi<G>& r, G scale, int64_t pooled_h,
 // Position of sample t of a bin that starts at `bin_start` (evaluated in
 // the same order as the peers, so float32 results agree bit for bit).
 template <typename G>
-HOST_DEVICE G sample_position(G roi_start, int64_t bin_index, G bin_size,
+JAX_ROI_HOST_DEVICE G sample_position(G roi_start, int64_t bin_index, G bin_size,
                               int64_t t, G grid) {
   return roi_start + static_cast<G>(bin_index) * bin_size +
          (static_cast<G>(t) + G(0.5)) * bin_size / grid;
 }
 
-// The samples [lo, hi) of one bin axis that can land in [-1, extent]; all
-// others read zero. The range is found by inverting the affine sample
-// position and widened by one, the exact test being left to `bilinear`.
-// `complete` says whether [lo, hi) is the whole grid.
+// The samples [lo, hi) of one bin axis whose positions can land in
+// [first, last] (the map's [-1, extent] for roi_align); all others read
+// zero. The range is found by inverting the affine sample position and
+// widened by one, the exact test being left to `bilinear`. `complete` says
+// whether [lo, hi) is the whole grid.
 struct SampleRange {
   int64_t lo, hi;
   bool complete;
 };
 
 template <typename G>
-HOST_DEVICE SampleRange sample_range(G roi_start, int64_t bin_index,
-                                     G bin_size, G grid, int64_t extent) {
+JAX_ROI_HOST_DEVICE SampleRange sample_range_within(G roi_start, int64_t bin_index, G bin_size,
+                                                    G grid, G first, G last) {
   SampleRange s{0, 0, true};
   if (!(grid >= G(1))) return s;  // no samples at all (also NaN)
   G bin_start = roi_start + static_cast<G>(bin_index) * bin_size;
   G step = bin_size / grid;
   G lo, hi;
   if (step == G(0)) {
-    bool inside = bin_start >= G(-1) && bin_start <= static_cast<G>(extent);
+    bool inside = bin_start >= first && bin_start <= last;
     lo = G(0);
     hi = inside ? grid : G(0);
   } else {
-    G a = (G(-1) - bin_start) / step - G(0.5);
-    G b = (static_cast<G>(extent) - bin_start) / step - G(0.5);
+    G a = (first - bin_start) / step - G(0.5);
+    G b = (last - bin_start) / step - G(0.5);
     lo = std::floor(min_of(a, b)) - G(1);
     hi = std::ceil(max_of(a, b)) + G(2);
   }
@@ -195,6 +205,13 @@ HOST_DEVICE SampleRange sample_range(G roi_start, int64_t bin_index,
   return s;
 }
 
+template <typename G>
+JAX_ROI_HOST_DEVICE SampleRange sample_range(G roi_start, int64_t bin_index, G bin_size, G grid,
+                                             int64_t extent) {
+  return sample_range_within(roi_start, bin_index, bin_size, grid, G(-1),
+                             static_cast<G>(extent));
+}
+
 // Linear interpolation along one axis of length `extent`: the two
 // neighbouring indices and their weights. Bilinear weights are products of
 // two of these, which lets the CPU kernels tabulate each axis once per ROI.
@@ -206,7 +223,7 @@ struct AxisWeights {
 };
 
 template <typename G>
-HOST_DEVICE AxisWeights<G> axis_weights(G pos, int64_t extent) {
+JAX_ROI_HOST_DEVICE AxisWeights<G> axis_weights(G pos, int64_t extent) {
   AxisWeights<G> a{};
   // Written so that NaN also fails the test.
   a.inside = pos >= G(-1) && pos <= static_cast<G>(extent) && extent > 0;
@@ -233,7 +250,7 @@ struct Bilinear {
 };
 
 template <typename G>
-HOST_DEVICE Bilinear<G> bilinear(const AxisWeights<G>& ay, const AxisWeights<G>& ax) {
+JAX_ROI_HOST_DEVICE Bilinear<G> bilinear(const AxisWeights<G>& ay, const AxisWeights<G>& ax) {
   Bilinear<G> b{};
   b.inside = ay.inside && ax.inside;
   if (!b.inside) return b;
@@ -249,19 +266,19 @@ HOST_DEVICE Bilinear<G> bilinear(const AxisWeights<G>& ay, const AxisWeights<G>&
 }
 
 template <typename G>
-HOST_DEVICE Bilinear<G> bilinear(G y, G x, int64_t height, int64_t width) {
+JAX_ROI_HOST_DEVICE Bilinear<G> bilinear(G y, G x, int64_t height, int64_t width) {
   return bilinear(axis_weights(y, height), axis_weights(x, width));
 }
 
 // Where a max-mode bin's winner sits: indices (iy, ix) inside the bin's
 // sample ranges, packed relative to the ranges so the int32 argmax stays
 // small whatever the grid size; -1 means no gradient.
-HOST_DEVICE int64_t pack_sample(int64_t iy, int64_t ix, const SampleRange& ry,
+JAX_ROI_HOST_DEVICE int64_t pack_sample(int64_t iy, int64_t ix, const SampleRange& ry,
                                 const SampleRange& rx) {
   return (iy - ry.lo) * (rx.hi - rx.lo) + (ix - rx.lo);
 }
 
-HOST_DEVICE void unpack_sample(int64_t packed, const SampleRange& ry,
+JAX_ROI_HOST_DEVICE void unpack_sample(int64_t packed, const SampleRange& ry,
                                const SampleRange& rx, int64_t* iy,
                                int64_t* ix) {
   int64_t width = rx.hi - rx.lo;
@@ -271,7 +288,7 @@ HOST_DEVICE void unpack_sample(int64_t packed, const SampleRange& ry,
 
 // True when a sample outside the scanned ranges (value 0) comes before
 // (iy, ix) in row-major scan order; such a sample wins ties at 0.
-HOST_DEVICE bool skipped_sample_precedes(const SampleRange& ry, const SampleRange& rx,
+JAX_ROI_HOST_DEVICE bool skipped_sample_precedes(const SampleRange& ry, const SampleRange& rx,
                                          int64_t iy, int64_t ix) {
   if (ry.lo > 0 || rx.lo > 0) return true;  // sample (0, 0) was skipped
   if (!rx.complete) return iy > 0;  // the first skipped sample is (0, rx.hi)
@@ -282,7 +299,7 @@ HOST_DEVICE bool skipped_sample_precedes(const SampleRange& ry, const SampleRang
 // not scanned lie outside the map and read 0, and may win. `packed` is the
 // winner (pack_sample) or -1; on return -1 means no gradient and value 0.
 template <typename G>
-HOST_DEVICE void settle_max(const SampleRange& ry, const SampleRange& rx, G* best,
+JAX_ROI_HOST_DEVICE void settle_max(const SampleRange& ry, const SampleRange& rx, G* best,
                             int64_t* packed) {
   if (*packed >= 0 && !(ry.complete && rx.complete)) {
     int64_t iy, ix;
@@ -290,6 +307,102 @@ HOST_DEVICE void settle_max(const SampleRange& ry, const SampleRange& rx, G* bes
     if (*best < G(0) || (*best == G(0) && skipped_sample_precedes(ry, rx, iy, ix))) *packed = -1;
   }
   if (*packed < 0) *best = G(0);
+}
+
+// ------------------------------------------------------- roi_align_rotated
+
+// A rotated ROI in feature coordinates: its centre, the bins and sample
+// grids of its own frame (yy down the box, xx across, origin at the
+// centre), and the rotation from that frame to the map. `reads` is false
+// for a box of negative size (bad data): no samples, no gradient.
+template <typename G>
+struct RotatedRoi {
+  bool reads;
+  G centre_x, centre_y;
+  G x_start, y_start, bin_w, bin_h;  // in the box's frame
+  G grid_w, grid_h, count;
+  G cos_t, sin_t;
+};
+
+template <typename G>
+JAX_ROI_HOST_DEVICE RotatedRoi<G> rotated_roi(const Roi<G>& r, G scale, int64_t pooled_h,
+                                              int64_t pooled_w, int64_t sampling_ratio,
+                                              bool aligned, bool clockwise) {
+  G offset = aligned ? G(0.5) : G(0);
+  RotatedRoi<G> a;
+  a.centre_x = r.v[0] * scale - offset;
+  a.centre_y = r.v[1] * scale - offset;
+  G roi_w = r.v[2] * scale, roi_h = r.v[3] * scale;
+  if (!aligned) {
+    roi_w = max_of(roi_w, G(1));
+    roi_h = max_of(roi_h, G(1));
+  }
+  a.reads = roi_w >= G(0) && roi_h >= G(0);
+  // Degrees to radians in double, then rounded to G: detectron2's order.
+  G theta = static_cast<G>(static_cast<double>(r.v[4]) * 3.14159265358979323846 / 180.0);
+  if (clockwise) theta = -theta;
+  a.cos_t = std::cos(theta);
+  a.sin_t = std::sin(theta);
+  a.x_start = -roi_w / G(2);
+  a.y_start = -roi_h / G(2);
+  a.bin_w = roi_w / static_cast<G>(pooled_w);
+  a.bin_h = roi_h / static_cast<G>(pooled_h);
+  if (sampling_ratio > 0) {
+    a.grid_w = a.grid_h = static_cast<G>(sampling_ratio);
+  } else {
+    a.grid_w = std::ceil(roi_w / static_cast<G>(pooled_w));
+    a.grid_h = std::ceil(roi_h / static_cast<G>(pooled_h));
+  }
+  a.count = max_of(a.grid_h * a.grid_w, G(1));
+  return a;
+}
+
+// A sample's map position from its position (yy, xx) in the box's frame.
+template <typename G>
+JAX_ROI_HOST_DEVICE void rotate_sample(const RotatedRoi<G>& a, G yy, G xx, G* y, G* x) {
+  *y = yy * a.cos_t - xx * a.sin_t + a.centre_y;
+  *x = yy * a.sin_t + xx * a.cos_t + a.centre_x;
+}
+
+// The sample ranges of bin (ph, pw) that can land on the map: those whose
+// frame position falls in the bounding box, in the box's frame, of the
+// map's [-1, H] x [-1, W] widened by a pixel (for rounding). Every other
+// sample reads 0, so a huge box costs no more than the map.
+template <typename G>
+JAX_ROI_HOST_DEVICE void rotated_sample_ranges(const RotatedRoi<G>& a, int64_t ph, int64_t pw,
+                                               int64_t height, int64_t width, SampleRange* ys,
+                                               SampleRange* xs) {
+  G yy_lo = G(INFINITY), yy_hi = G(-INFINITY), xx_lo = G(INFINITY), xx_hi = G(-INFINITY);
+  for (int corner = 0; corner < 4; ++corner) {
+    const G dy = (corner & 1 ? static_cast<G>(height) + G(1) : G(-2)) - a.centre_y;
+    const G dx = (corner & 2 ? static_cast<G>(width) + G(1) : G(-2)) - a.centre_x;
+    const G yy = dy * a.cos_t + dx * a.sin_t, xx = dx * a.cos_t - dy * a.sin_t;
+    yy_lo = min_of(yy_lo, yy), yy_hi = max_of(yy_hi, yy);
+    xx_lo = min_of(xx_lo, xx), xx_hi = max_of(xx_hi, xx);
+  }
+  *ys = sample_range_within(a.y_start, ph, a.bin_h, a.grid_h, yy_lo, yy_hi);
+  *xs = sample_range_within(a.x_start, pw, a.bin_w, a.grid_w, xx_lo, xx_hi);
+  if (!a.reads) *ys = *xs = SampleRange{0, 0, false};
+}
+
+// ------------------------------------------- position-sensitive RoI pooling
+
+// Output channel c of bin (ph, pw) reads input channel (c*PH + ph)*PW + pw.
+JAX_ROI_HOST_DEVICE int64_t position_sensitive_channel(int64_t c, int64_t ph, int64_t pw,
+                                                       int64_t pooled_h, int64_t pooled_w) {
+  return (c * pooled_h + ph) * pooled_w + pw;
+}
+
+// ps_roi_pool's box on the feature grid: rounded like roi_pool's, but with
+// an exclusive end (R-FCN), at least one pixel.
+template <typename G>
+JAX_ROI_HOST_DEVICE PoolRoi<G> ps_pool_roi(const Roi<G>& r, G scale, int64_t pooled_h,
+                                           int64_t pooled_w) {
+  G xs = std::round(r.v[0] * scale), ys = std::round(r.v[1] * scale);
+  G xe = std::round(r.v[2] * scale), ye = std::round(r.v[3] * scale);
+  G roi_w = max_of(xe - xs, G(1));
+  G roi_h = max_of(ye - ys, G(1));
+  return {xs, ys, roi_w / static_cast<G>(pooled_w), roi_h / static_cast<G>(pooled_h)};
 }
 
 }  // namespace jax_roi

@@ -48,7 +48,8 @@ BAD_CALLS = {
     "pyramid scales": ("align_avg_levels_forward",
                        (jnp.zeros((2, 3, 4), jnp.float32), jnp.zeros((2, 3), jnp.int32), X),
                        S((2, 3, 2, 2, 3), jnp.float32),
-                       dict(ALIGN, spatial_scales=np.array([0.5, 0.25])) | {"spatial_scale": None},
+                       dict(ALIGN, spatial_scales=np.array([0.5, 0.25])) | {"spatial_scale": None,
+                                                                         "clockwise": None},
                        "one spatial scale per map"),
 }
 

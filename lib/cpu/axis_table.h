@@ -14,7 +14,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "../roi_elements.h"
+#include "../problem.h"
 
 namespace jax_roi {
 

@@ -19,7 +19,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "../roi_elements.h"
+#include "../problem.h"
 #include "axis_table.h"
 
 namespace jax_roi {

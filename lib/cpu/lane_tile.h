@@ -10,7 +10,8 @@
 #include <cstring>
 #include <vector>
 
-#include "../roi_elements.h"
+#include "../problem.h"
+#include "../dtypes.h"
 #include "isa_clones.h"
 #include "native_vector.h"
 

@@ -9,9 +9,11 @@
 #include <limits>
 #include <vector>
 
-#include "align_cpu.h"
 #include "channel_scatter.h"
+#include "cpu_common.h"
+#include "cpu_kernel.h"
 #include "isa_clones.h"
+#include "lane_tile.h"
 
 namespace jax_roi {
 
@@ -191,5 +193,41 @@ JAX_ROI_CPU_CLONES void pool_backward_roi(const Problem<G>& p, int64_t k, int64_
     }
   }
 }
+
+// Buffers one thread reuses.
+template <typename G>
+struct PoolScratch {
+  PoolRun<G> run;
+  LaneTile<G> tile;
+  OutputBlock<G> block;
+  std::vector<G> best;
+  std::vector<int32_t> arg;
+};
+
+template <>
+struct CpuKernel<Op::kPool> {
+  template <typename G>
+  using Scratch = PoolScratch<G>;
+  static constexpr int64_t kNhwcChunksPerThread = 8;
+
+  template <typename T, typename G>
+  static void forward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0, int64_t c1,
+                           const T* features, T* out, int32_t* argmax, Scratch<G>& scratch) {
+    pool_forward_nchw(p, list, c0, c1, features, out, argmax, scratch.run, scratch.tile,
+                      scratch.block, scratch.arg);
+  }
+  template <typename T, typename G>
+  static void forward_nhwc(const Problem<G>& p, const RoiList& list, const T* features, T* out,
+                           int32_t* argmax, Scratch<G>& scratch) {
+    for (int64_t j = 0; j < list.size; ++j)
+      pool_forward_nhwc(p, list.ids[j], features, out, argmax, scratch.best, scratch.arg);
+  }
+  template <typename T, typename G>
+  static void backward(const Problem<G>& p, const RoiList& list, int64_t c0, int64_t c1,
+                       const T* grad_out, const int32_t* argmax, G* grad, Scratch<G>&) {
+    for (int64_t j = 0; j < list.size; ++j)
+      pool_backward_roi(p, list.ids[j], c0, c1, grad_out, argmax, grad);
+  }
+};
 
 }  // namespace jax_roi

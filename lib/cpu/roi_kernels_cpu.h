@@ -9,17 +9,22 @@
 #include <cstdint>
 
 #include "../ffi_problem.h"
-#include "align_cpu.h"
+#include "align_avg_cpu.h"
+#include "align_max_cpu.h"
 #include "gradient_blocks.h"
 #include "huge_pages.h"
 #include "parallel_for.h"
 #include "pool_cpu.h"
+#include "position_sensitive_cpu.h"
 #include "roi_order.h"
+#include "rotated_cpu.h"
 
 namespace jax_roi {
 
 struct CpuBackend {
+  using Binding = ffi::ThreadPool;
   using Context = ffi::ThreadPool;
+  static constexpr bool kCommandBufferCompatible = false;
 
   template <Op op, typename T, typename G>
   static ffi::Error forward(Context& pool, const Problem<G>& p, const T* features, T* out,
@@ -69,45 +74,24 @@ struct CpuBackend {
   template <Op op, typename T, typename G>
   static void forward_listed(Context& pool, const Problem<G>& p, const RoiList& list,
                              const T* features, T* out, int32_t* argmax) {
+    using Kernel = CpuKernel<op>;
+    using Scratch = typename Kernel::template Scratch<G>;
     const Shape& s = p.shape;
-    if (list.size == 0 || s.channels == 0 || s.pooled_h * s.pooled_w == 0) return;
+    if (list.size == 0 || s.out_channels == 0 || s.pooled_h * s.pooled_w == 0) return;
     if (!s.channels_last) {
       // Channels outermost, so each plane is read from memory once per run of ROIs.
-      parallel_for(pool, s.channels, balanced_grain(pool, s.channels, 1, 4),
-                   [&](int64_t c0, int64_t c1) {
-                     AlignScratch<G> scratch;
-                     if constexpr (op == Op::kAlignAvg) {
-                       align_avg_forward_nchw(p, list, c0, c1, features, out, scratch);
-                     } else if constexpr (op == Op::kAlignMax) {
-                       align_max_forward_nchw(p, list, c0, c1, features, out, argmax, scratch);
-                     } else {
-                       PoolRun<G> run;
-                       pool_forward_nchw(p, list, c0, c1, features, out, argmax, run,
-                                         scratch.tile, scratch.block, scratch.arg);
-                     }
-                   });
+      const int64_t C = s.out_channels;
+      parallel_for(pool, C, balanced_grain(pool, C, 1, 4), [&](int64_t c0, int64_t c1) {
+        Scratch scratch;
+        Kernel::forward_nchw(p, list, c0, c1, features, out, argmax, scratch);
+      });
       return;
     }
-    if constexpr (op == Op::kAlignAvg) {
-      // Chunks of a few runs of neighbouring ROIs (align_avg_forward_nhwc).
-      parallel_for(pool, list.size, balanced_grain(pool, list.size, 1, 4),
-                   [&](int64_t begin, int64_t end) {
-                     AlignScratch<G> scratch;
-                     align_avg_forward_nhwc(p, {list.ids + begin, end - begin}, features, out,
-                                            scratch);
-                   });
-      return;
-    }
-    parallel_for(pool, list.size, balanced_grain(pool, list.size, 1, 8),
+    parallel_for(pool, list.size, balanced_grain(pool, list.size, 1, Kernel::kNhwcChunksPerThread),
                  [&](int64_t begin, int64_t end) {
-                   AlignScratch<G> scratch;
-                   for (int64_t j = begin; j < end; ++j) {
-                     const int64_t k = list.ids[j];
-                     if constexpr (op == Op::kAlignMax)
-                       align_max_forward_roi(p, k, features, out, argmax, scratch);
-                     else
-                       pool_forward_nhwc(p, k, features, out, argmax, scratch.acc, scratch.arg);
-                   }
+                   Scratch scratch;
+                   Kernel::forward_nhwc(p, {list.ids + begin, end - begin}, features, out,
+                                        argmax, scratch);
                  });
   }
 
@@ -130,29 +114,11 @@ struct CpuBackend {
         if (!read[b]) zero_gradient_block(s, GradientBlock{{}, b, 0, s.channels}, grad);
     });
     parallel_for(pool, static_cast<int64_t>(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
-      AlignScratch<G> scratch;
+      typename CpuKernel<op>::template Scratch<G> scratch;
       for (int64_t b = b0; b < b1; ++b) {
         zero_gradient_block(s, blocks[b], grad);
         const auto& [rois, batch, c0, c1] = blocks[b];
-        if (!s.channels_last) {  // a run of ROIs at a time
-          if constexpr (op == Op::kAlignAvg)
-            align_avg_backward_nchw(p, rois, c0, c1, grad_out, grad, scratch);
-          else if constexpr (op == Op::kAlignMax)
-            align_max_backward_nchw(p, rois, c0, c1, grad_out, argmax, grad, scratch);
-          else
-            for (int64_t j = 0; j < rois.size; ++j)
-              pool_backward_roi(p, rois.ids[j], c0, c1, grad_out, argmax, grad);
-          continue;
-        }
-        for (int64_t j = 0; j < rois.size; ++j) {
-          const int64_t k = rois.ids[j];
-          if constexpr (op == Op::kAlignAvg)
-            align_avg_backward_nhwc(p, k, c0, c1, grad_out, grad, scratch);
-          else if constexpr (op == Op::kAlignMax)
-            align_max_backward_nhwc(p, k, c0, c1, grad_out, argmax, grad, scratch);
-          else
-            pool_backward_roi(p, k, c0, c1, grad_out, argmax, grad);
-        }
+        CpuKernel<op>::backward(p, rois, c0, c1, grad_out, argmax, grad, scratch);
       }
     });
   }

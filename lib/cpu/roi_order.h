@@ -13,7 +13,8 @@
 #include <utility>
 #include <vector>
 
-#include "../roi_elements.h"
+#include "../problem.h"
+#include "../elements/pyramid.h"
 #include "axis_table.h"
 
 namespace jax_roi {
@@ -57,8 +58,10 @@ std::vector<int64_t> spatial_order(const Problem<G>& p, const Group& group) {
       keys[k] = Key{group(k), -1, 0};
       continue;
     }
-    const int64_t x = map_cell((r.x1 + r.x2) / 2, p.spatial_scale, side);
-    const int64_t y = map_cell((r.y1 + r.y2) / 2, p.spatial_scale, side);
+    G cx, cy;
+    roi_centre(r, p.rois.coords, &cx, &cy);
+    const int64_t x = map_cell(cx, p.spatial_scale, side);
+    const int64_t y = map_cell(cy, p.spatial_scale, side);
     keys[k] = Key{group(k), r.batch, hilbert_index(side, x, y)};
   }
   std::vector<int64_t> order(n);

@@ -1,8 +1,13 @@
-// CUDA kernels: grid-stride loops over the shared element functions. Only
-// the launch is CUDA-specific; the arithmetic lives in roi_elements.h.
+// CUDA kernels: grid-stride loops over the shared element functions
+// (elements/), and the handlers that launch them on XLA's stream. Only the
+// launch is CUDA-specific; the arithmetic is the elements'.
+#include <cuda_runtime_api.h>
+
 #include <algorithm>
 #include <string>
 
+#include "../elements/all_elements.h"
+#include "../ffi_handlers.h"
 #include "roi_kernels_cuda.h"
 
 namespace jax_roi {
@@ -25,7 +30,7 @@ template <Op op, typename T, typename G>
 __global__ void forward_kernel(Problem<G> p, const T* features, T* out, int32_t* argmax) {
   int64_t n = p.shape.output_count();
   for (int64_t i = first_index(); i < n; i += grid_stride())
-    forward_element<op>(p, i, features, out, argmax);
+    Elements<op>::forward(p, i, features, out, argmax);
 }
 
 template <Op op, typename T, typename G>
@@ -33,7 +38,7 @@ __global__ void backward_kernel(Problem<G> p, const T* grad_out, const int32_t* 
                                 G* grad_features) {
   int64_t n = p.shape.output_count();
   for (int64_t i = first_index(); i < n; i += grid_stride())
-    backward_element<op>(p, i, grad_out, argmax, grad_features, AtomicAdd{});
+    Elements<op>::backward(p, i, grad_out, argmax, grad_features, AtomicAdd{});
 }
 
 template <Op op, typename T, typename G>
@@ -62,80 +67,70 @@ ffi::Error last_error(const char* what) {
   return ffi::Error::Internal(std::string("jax_roi: ") + what + ": " + cudaGetErrorString(err));
 }
 
+// The CUDA backend of the handlers (ffi_handlers.h). The gradient is zeroed
+// on the stream, then accumulated with atomicAdd: fast, but the order of
+// additions (and so the last bits) varies by run.
+struct CudaBackend {
+  using Binding = ffi::PlatformStream<cudaStream_t>;
+  using Context = cudaStream_t;
+  static constexpr bool kCommandBufferCompatible = true;
+
+  template <Op op, typename T, typename G>
+  static ffi::Error forward(Context& stream, const Problem<G>& p, const T* features, T* out,
+                            int32_t* argmax) {
+    int64_t n = p.shape.output_count();
+    if (n == 0) return ffi::Error::Success();
+    forward_kernel<op, T, G><<<blocks_for(n), kThreadsPerBlock, 0, stream>>>(p, features, out,
+                                                                             argmax);
+    return last_error("forward kernel launch");
+  }
+
+  template <Op op, typename T, typename G>
+  static ffi::Error backward(Context& stream, const Problem<G>& p, const T* grad_out,
+                             const int32_t* argmax, G* grad_features) {
+    int64_t features = p.shape.feature_count();
+    if (features > 0) {
+      cudaMemsetAsync(grad_features, 0, sizeof(G) * features, stream);
+      if (auto e = last_error("zeroing the gradient"); e.failure()) return e;
+    }
+    int64_t n = p.shape.output_count();
+    if (n == 0 || features == 0) return ffi::Error::Success();
+    backward_kernel<op, T, G><<<blocks_for(n), kThreadsPerBlock, 0, stream>>>(
+        p, grad_out, argmax, grad_features);
+    return last_error("backward kernel launch");
+  }
+
+  // A pyramid: one launch over the output, each element on its ROI's level.
+  template <Op op, typename T, typename G>
+  static ffi::Error forward_levels(Context& stream, const LevelProblems<G>& lp,
+                                   const PerLevel<const T>& features, T* out, int32_t* argmax) {
+    int64_t n = lp.level[0].shape.output_count();
+    if (n == 0) return ffi::Error::Success();
+    forward_levels_kernel<op, T, G><<<blocks_for(n), kThreadsPerBlock, 0, stream>>>(
+        lp, features, out, argmax);
+    return last_error("pyramid forward kernel launch");
+  }
+
+  template <Op op, typename T, typename G>
+  static ffi::Error backward_levels(Context& stream, const LevelProblems<G>& lp,
+                                    const T* grad_out, const int32_t* argmax,
+                                    const PerLevel<G>& grads) {
+    for (int l = 0; l < lp.count; ++l) {
+      int64_t features = lp.level[l].shape.feature_count();
+      if (features == 0) continue;
+      cudaMemsetAsync(grads.data[l], 0, sizeof(G) * features, stream);
+      if (auto e = last_error("zeroing the gradient"); e.failure()) return e;
+    }
+    int64_t n = lp.level[0].shape.output_count();
+    if (n == 0) return ffi::Error::Success();
+    backward_levels_kernel<op, T, G><<<blocks_for(n), kThreadsPerBlock, 0, stream>>>(
+        lp, grad_out, argmax, grads);
+    return last_error("pyramid backward kernel launch");
+  }
+};
+
 }  // namespace
 
-template <Op op, typename T, typename G>
-ffi::Error CudaBackend::forward(Context& stream, const Problem<G>& p, const T* features,
-                                T* out, int32_t* argmax) {
-  int64_t n = p.shape.output_count();
-  if (n == 0) return ffi::Error::Success();
-  forward_kernel<op, T, G><<<blocks_for(n), kThreadsPerBlock, 0, stream>>>(p, features, out,
-                                                                           argmax);
-  return last_error("forward kernel launch");
-}
-
-template <Op op, typename T, typename G>
-ffi::Error CudaBackend::backward(Context& stream, const Problem<G>& p, const T* grad_out,
-                                 const int32_t* argmax, G* grad_features) {
-  int64_t features = p.shape.feature_count();
-  if (features > 0) {
-    cudaMemsetAsync(grad_features, 0, sizeof(G) * features, stream);
-    if (auto e = last_error("zeroing the gradient"); e.failure()) return e;
-  }
-  int64_t n = p.shape.output_count();
-  if (n == 0 || features == 0) return ffi::Error::Success();
-  backward_kernel<op, T, G><<<blocks_for(n), kThreadsPerBlock, 0, stream>>>(
-      p, grad_out, argmax, grad_features);
-  return last_error("backward kernel launch");
-}
-
-template <Op op, typename T, typename G>
-ffi::Error CudaBackend::forward_levels(Context& stream, const LevelProblems<G>& lp,
-                                       const PerLevel<const T>& features, T* out,
-                                       int32_t* argmax) {
-  int64_t n = lp.level[0].shape.output_count();
-  if (n == 0) return ffi::Error::Success();
-  forward_levels_kernel<op, T, G><<<blocks_for(n), kThreadsPerBlock, 0, stream>>>(
-      lp, features, out, argmax);
-  return last_error("pyramid forward kernel launch");
-}
-
-template <Op op, typename T, typename G>
-ffi::Error CudaBackend::backward_levels(Context& stream, const LevelProblems<G>& lp,
-                                        const T* grad_out, const int32_t* argmax,
-                                        const PerLevel<G>& grads) {
-  for (int l = 0; l < lp.count; ++l) {
-    int64_t features = lp.level[l].shape.feature_count();
-    if (features == 0) continue;
-    cudaMemsetAsync(grads.data[l], 0, sizeof(G) * features, stream);
-    if (auto e = last_error("zeroing the gradient"); e.failure()) return e;
-  }
-  int64_t n = lp.level[0].shape.output_count();
-  if (n == 0) return ffi::Error::Success();
-  backward_levels_kernel<op, T, G><<<blocks_for(n), kThreadsPerBlock, 0, stream>>>(
-      lp, grad_out, argmax, grads);
-  return last_error("pyramid backward kernel launch");
-}
-
-#define JAX_ROI_INSTANTIATE(OP, T)                                                        \
-  template ffi::Error CudaBackend::forward<OP, T, acc_t<T>>(                              \
-      Context&, const Problem<acc_t<T>>&, const T*, T*, int32_t*);                        \
-  template ffi::Error CudaBackend::backward<OP, T, acc_t<T>>(                             \
-      Context&, const Problem<acc_t<T>>&, const T*, const int32_t*, acc_t<T>*);        \
-  template ffi::Error CudaBackend::forward_levels<OP, T, acc_t<T>>(                       \
-      Context&, const LevelProblems<acc_t<T>>&, const PerLevel<const T>&, T*, int32_t*);  \
-  template ffi::Error CudaBackend::backward_levels<OP, T, acc_t<T>>(                      \
-      Context&, const LevelProblems<acc_t<T>>&, const T*, const int32_t*,                 \
-      const PerLevel<acc_t<T>>&);
-
-#define JAX_ROI_INSTANTIATE_TYPES(OP)   \
-  JAX_ROI_INSTANTIATE(OP, float)        \
-  JAX_ROI_INSTANTIATE(OP, double)       \
-  JAX_ROI_INSTANTIATE(OP, float16_t)    \
-  JAX_ROI_INSTANTIATE(OP, bfloat16_t)
-
-JAX_ROI_INSTANTIATE_TYPES(Op::kAlignAvg)
-JAX_ROI_INSTANTIATE_TYPES(Op::kAlignMax)
-JAX_ROI_INSTANTIATE_TYPES(Op::kPool)
+std::vector<KernelEntry> cuda_kernel_entries() { return kernel_entries<CudaBackend>(); }
 
 }  // namespace jax_roi

@@ -4,6 +4,7 @@
 // GPU's arithmetic is checked on machines without a GPU.
 #include <algorithm>
 
+#include "../elements/all_elements.h"
 #include "../ffi_handlers.h"
 #include "../ffi_module.h"
 
@@ -15,13 +16,15 @@ struct SerialAdd {
 };
 
 struct SerialBackend {
-  using Context = ffi::ThreadPool;  // bound but unused: one thread, in index order
+  using Binding = ffi::ThreadPool;  // bound but unused: one thread, in index order
+  using Context = ffi::ThreadPool;
+  static constexpr bool kCommandBufferCompatible = false;
 
   template <Op op, typename T, typename G>
   static ffi::Error forward(Context&, const Problem<G>& p, const T* features, T* out,
                             int32_t* argmax) {
     for (int64_t i = 0; i < p.shape.output_count(); ++i)
-      forward_element<op>(p, i, features, out, argmax);
+      Elements<op>::forward(p, i, features, out, argmax);
     return ffi::Error::Success();
   }
 
@@ -31,7 +34,7 @@ struct SerialBackend {
     std::fill(grad_features, grad_features + p.shape.feature_count(), G(0));
     if (p.shape.feature_count() == 0) return ffi::Error::Success();
     for (int64_t i = 0; i < p.shape.output_count(); ++i)
-      backward_element<op>(p, i, grad_out, argmax, grad_features, SerialAdd{});
+      Elements<op>::backward(p, i, grad_out, argmax, grad_features, SerialAdd{});
     return ffi::Error::Success();
   }
 
@@ -57,8 +60,8 @@ struct SerialBackend {
 
 }  // namespace jax_roi
 
-JAX_ROI_DEFINE_HANDLERS(Serial, ::jax_roi::SerialBackend, ::xla::ffi::ThreadPool);
-
 NB_MODULE(_jax_roi_cuda_logic, m) {
-  m.def("registrations", JAX_ROI_REGISTRATIONS(Serial));
+  m.def("registrations", [] {
+    return ::jax_roi::registrations_of(::jax_roi::kernel_entries<::jax_roi::SerialBackend>());
+  });
 }

@@ -1,0 +1,262 @@
+// roi_align "avg" on the CPU, one ROI at a time: its axis tables are built
+// once and serve every channel. It sums a bin's taps (axis_table.h), the
+// element functions its samples corner by corner, so both agree to
+// rounding. In NHWC the innermost loop runs over contiguous channels and
+// vectorises; in NCHW it runs over kLanes channels of a tile.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "align_common.h"
+#include "cpu_kernel.h"
+#include "isa_clones.h"
+#include "native_vector.h"
+
+namespace jax_roi {
+
+// ------------------------------------------------------------------ forward
+
+// NHWC "avg" keeps a bin's sums in registers, a block of channels at a time:
+// for float32 256 with AVX-512, 64 with AVX2, 32 with SSE (native_vector.h).
+// It tabulates a run of neighbouring ROIs first, and with more channels
+// than a block visits them block by block, so that rows of pixels the
+// run's ROIs share are still in cache.
+constexpr size_t kNhwcRunCapacity = 1 << 12;  // axis entries: about 64 ROIs of 7 x 7 x 2 x 2
+
+// NHWC: channels [c0, c0 + vectors * lanes) of ROI `slot` of `run`.
+template <int bytes, int vectors, typename T, typename G>
+JAX_ROI_ALWAYS_INLINE void align_avg_forward_nhwc_block(const Problem<G>& p, const RoiRun<G>& run,
+                                                        int64_t slot, int64_t c0,
+                                                        const T* features, T* out) {
+  constexpr int64_t lanes = native_lanes<G, bytes>;
+  const Shape& s = p.shape;
+  const bool reads = run.batch[slot] >= 0;
+  const G count = run.count[slot];
+  Pixels<T> px = image_pixels(s, features, reads ? run.batch[slot] : 0, c0);
+  for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+    for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+      NativeVector<G, bytes> sum[vectors] = {};
+      if (reads) {
+        for_each_tap(run.tables[slot], ph, pw, [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
+          const T* __restrict__ v = px.at(y, x);
+          for (int i = 0; i < vectors; ++i) sum[i] += w * load_native<G, bytes>(v + i * lanes);
+        });
+        for (int i = 0; i < vectors; ++i) sum[i] /= count;
+      }
+      T* dst = out + output_index(s, run.roi[slot], c0, ph, pw);
+      for (int i = 0; i < vectors; ++i) store_native<bytes, T, G>(dst + i * lanes, sum[i]);
+    }
+  }
+}
+
+// NHWC: channels [c0, c1) of ROI `slot` of `run`, fewer than a vector's.
+template <typename T, typename G>
+JAX_ROI_ALWAYS_INLINE void align_avg_forward_nhwc_rest(const Problem<G>& p, const RoiRun<G>& run,
+                                                       int64_t slot, int64_t c0, int64_t c1,
+                                                       const T* features, T* out) {
+  const Shape& s = p.shape;
+  const int64_t width = c1 - c0;
+  const bool reads = run.batch[slot] >= 0;
+  const G count = run.count[slot];
+  Pixels<T> px = image_pixels(s, features, reads ? run.batch[slot] : 0, c0);
+  G sum[64 / sizeof(G)];
+  for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+    for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+      for (int64_t c = 0; c < width; ++c) sum[c] = G(0);
+      if (reads) {
+        for_each_tap(run.tables[slot], ph, pw, [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
+          const T* __restrict__ v = px.at(y, x);
+          for (int64_t c = 0; c < width; ++c) sum[c] += w * to_acc(v[c]);
+        });
+        for (int64_t c = 0; c < width; ++c) sum[c] /= count;
+      }
+      T* dst = out + output_index(s, run.roi[slot], c0, ph, pw);
+      for (int64_t c = 0; c < width; ++c) dst[c] = from_acc<T>(sum[c]);
+    }
+  }
+}
+
+// The channels from c0 of the run's ROIs in vectors of `bytes`: a block of
+// as many vectors as fit the registers and the channels left (a power of
+// 2), or the last few channels; returns the channel after them.
+template <int bytes, typename T, typename G>
+JAX_ROI_ALWAYS_INLINE int64_t align_avg_forward_nhwc_blocks(const Problem<G>& p,
+                                                            const RoiRun<G>& run, int64_t c0,
+                                                            const T* features, T* out) {
+  constexpr int64_t lanes = native_lanes<G, bytes>;
+  const int64_t vectors =
+      std::min<int64_t>(native_sum_registers(), (p.shape.channels - c0) / lanes);
+  auto each_roi = [&](auto block) JAX_ROI_INLINE_LAMBDA {
+    constexpr int n = decltype(block)::value;
+    for (int64_t slot = 0; slot < run.size(); ++slot)
+      align_avg_forward_nhwc_block<bytes, n>(p, run, slot, c0, features, out);
+    return c0 + n * lanes;
+  };
+  if (vectors >= 16) return each_roi(std::integral_constant<int, 16>{});
+  if (vectors >= 8) return each_roi(std::integral_constant<int, 8>{});
+  if (vectors >= 4) return each_roi(std::integral_constant<int, 4>{});
+  if (vectors >= 2) return each_roi(std::integral_constant<int, 2>{});
+  if (vectors >= 1) return each_roi(std::integral_constant<int, 1>{});
+  for (int64_t slot = 0; slot < run.size(); ++slot)
+    align_avg_forward_nhwc_rest(p, run, slot, c0, p.shape.channels, features, out);
+  return p.shape.channels;
+}
+
+// NHWC: all channels of the listed ROIs.
+template <typename T, typename G>
+JAX_ROI_CPU_CLONES void align_avg_forward_nhwc(const Problem<G>& p, const RoiList& list,
+                                               const T* features, T* out,
+                                               AlignScratch<G>& scratch) {
+  RoiRun<G>& run = scratch.run;
+  for (int64_t j = 0; j < list.size;) {
+    j = run.build(p, list, j, kNhwcRunCapacity);
+    with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+      for (int64_t c0 = 0; c0 < p.shape.channels;)
+        c0 = align_avg_forward_nhwc_blocks<decltype(bytes)::value>(p, run, c0, features, out);
+    });
+  }
+}
+
+// NCHW: the tile's channels of ROI `slot` of `run`, from `tile`, into
+// `block`.
+template <int bytes, typename G>
+JAX_ROI_ALWAYS_INLINE void align_avg_forward_lanes(const Problem<G>& p, const RoiRun<G>& run,
+                                                   int64_t slot, const LaneTile<G>& tile,
+                                                   OutputBlock<G>& block) {
+  const Shape& s = p.shape;
+  const bool reads = run.batch[slot] >= 0;
+  const G count = run.count[slot];
+  for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+    for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+      LaneVectors<G, bytes> sum;
+      if (reads) {
+        for_each_tap(run.tables[slot], ph, pw, [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
+          sum.add_scaled(w, tile.at(s.width, y, x));
+        });
+        sum.divide(count);
+      }
+      block.put(ph * s.pooled_w + pw, sum);
+    }
+  }
+}
+
+// NCHW: channels [c0, c1) of the listed ROIs, through tiles of kLanes channels.
+template <typename T, typename G>
+JAX_ROI_CPU_CLONES void align_avg_forward_nchw(const Problem<G>& p, const RoiList& list,
+                                               int64_t c0, int64_t c1, const T* features,
+                                               T* out, AlignScratch<G>& scratch) {
+  RoiRun<G>& run = scratch.run;
+  LaneTile<G>& tile = scratch.tile;
+  OutputBlock<G>& block = scratch.block;
+  block.resize(p.shape.pooled_h * p.shape.pooled_w);
+  for_each_run_and_lane_group(p, list, c0, c1, run, kRunCapacity, [&](int64_t c, int lanes) JAX_ROI_INLINE_LAMBDA {
+    for (int64_t slot = 0; slot < run.size(); ++slot) {
+      const int64_t batch = run.batch[slot];
+      if (batch >= 0 && (tile.batch != batch || tile.channel != c))
+        tile.load(p.shape, features, batch, c, lanes);
+      with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+        align_avg_forward_lanes<decltype(bytes)::value>(p, run, slot, tile, block);
+      });
+      block.write(out + output_index(p.shape, run.roi[slot], c, 0, 0), lanes);
+    }
+  });
+}
+
+// NHWC: ROI k's gradient into channels [c0, c1).
+template <typename T, typename G>
+JAX_ROI_CPU_CLONES void align_avg_backward_nhwc(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
+                             const T* grad_out, G* grad, AlignScratch<G>& scratch) {
+  const Shape& s = p.shape;
+  Roi<G> r;
+  AlignRoi<G> a;
+  if (!prepare_roi(p, k, &r, &a, &scratch.tables)) return;
+  const int64_t width = c1 - c0;
+  scratch.acc.resize(width);
+  G* __restrict__ g = scratch.acc.data();
+  for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+    for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+      const T* src = grad_out + output_index(s, k, c0, ph, pw);
+      for (int64_t c = 0; c < width; ++c) g[c] = to_acc(src[c]) / a.count;
+      for_each_tap(scratch.tables, ph, pw, [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
+        G* __restrict__ d = gradient_at(s, grad, r.batch, y, x, c0);
+        for (int64_t c = 0; c < width; ++c) d[c] += g[c] * w;
+      });
+    }
+  }
+}
+
+// NCHW: the gradient of ROI `slot` of `run`, read from `block`, into a
+// tile of its image.
+template <int bytes, typename G>
+JAX_ROI_ALWAYS_INLINE void align_avg_backward_lanes(const Problem<G>& p, const RoiRun<G>& run,
+                                                    int64_t slot, const OutputBlock<G>& block,
+                                                    LaneTile<G>& tile) {
+  const Shape& s = p.shape;
+  const int64_t bins = s.pooled_h * s.pooled_w;
+  const G count = run.count[slot];
+  for (int64_t b = 0; b < bins; ++b) {
+    LaneVectors<G, bytes> g = block.template get<bytes>(b);
+    g.divide(count);
+    for_each_tap(run.tables[slot], b / s.pooled_w, b % s.pooled_w,
+                 [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
+      g.add_scaled_to(tile.at(s.width, y, x), w);
+    });
+  }
+}
+
+// NCHW: the listed ROIs' gradient into channels [c0, c1), accumulated in a
+// tile per image and added to the gradient when the run moves on; each
+// channel receives its ROIs in list order.
+template <typename T, typename G>
+JAX_ROI_CPU_CLONES void align_avg_backward_nchw(const Problem<G>& p, const RoiList& list,
+                                                int64_t c0, int64_t c1, const T* grad_out,
+                                                G* grad, AlignScratch<G>& scratch) {
+  RoiRun<G>& run = scratch.run;
+  LaneTile<G>& tile = scratch.tile;
+  OutputBlock<G>& block = scratch.block;
+  block.resize(p.shape.pooled_h * p.shape.pooled_w);
+  for_each_run_and_lane_group(p, list, c0, c1, run, kRunCapacity, [&](int64_t c, int lanes) JAX_ROI_INLINE_LAMBDA {
+    for (int64_t slot = 0; slot < run.size(); ++slot) {
+      const int64_t batch = run.batch[slot];
+      if (batch < 0) continue;
+      if (tile.batch != batch || tile.channel != c) {
+        tile.flush_into(p.shape, grad, lanes);
+        tile.load_zeros(p.shape, batch, c);
+      }
+      block.read(grad_out + output_index(p.shape, run.roi[slot], c, 0, 0), lanes);
+      with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+        align_avg_backward_lanes<decltype(bytes)::value>(p, run, slot, block, tile);
+      });
+    }
+    tile.flush_into(p.shape, grad, lanes);
+  });
+}
+
+template <>
+struct CpuKernel<Op::kAlignAvg> {
+  template <typename G>
+  using Scratch = AlignScratch<G>;
+  static constexpr int64_t kNhwcChunksPerThread = 4;  // each a few runs of neighbouring ROIs
+
+  template <typename T, typename G>
+  static void forward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0, int64_t c1,
+                           const T* features, T* out, int32_t*, Scratch<G>& scratch) {
+    align_avg_forward_nchw(p, list, c0, c1, features, out, scratch);
+  }
+  template <typename T, typename G>
+  static void forward_nhwc(const Problem<G>& p, const RoiList& list, const T* features, T* out,
+                           int32_t*, Scratch<G>& scratch) {
+    align_avg_forward_nhwc(p, list, features, out, scratch);
+  }
+  template <typename T, typename G>
+  static void backward(const Problem<G>& p, const RoiList& list, int64_t c0, int64_t c1,
+                       const T* grad_out, const int32_t*, G* grad, Scratch<G>& scratch) {
+    if (!p.shape.channels_last) return align_avg_backward_nchw(p, list, c0, c1, grad_out, grad, scratch);
+    for (int64_t j = 0; j < list.size; ++j)
+      align_avg_backward_nhwc(p, list.ids[j], c0, c1, grad_out, grad, scratch);
+  }
+};
+
+}  // namespace jax_roi

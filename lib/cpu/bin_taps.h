@@ -1,0 +1,361 @@
+// The CPU kernels of the ops that are linear in the features and whose
+// samples do not factor into a y and an x axis (roi_align_rotated) or read
+// a channel of their own per bin (ps_roi_align, ps_roi_pool). A ROI is
+// first tabulated as taps: for each bin, the pixels it reads with their
+// summed weights, and the bin's divisor. Every channel then reuses them:
+//   out[bin, c] = sum over taps of weight * X[pixel, channel(c, bin)] / divisor
+// and the backward is its adjoint. An op supplies the tabulation
+// (`Tabulate::build(p, k, taps)`) and whether it is position-sensitive.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "axis_table.h"
+#include "cpu_common.h"
+#include "isa_clones.h"
+#include "lane_tile.h"
+#include "native_vector.h"
+
+namespace jax_roi {
+
+template <typename G>
+struct Tap {
+  int64_t y, x;
+  G weight;
+};
+
+// One ROI's taps, bin by bin.
+template <typename G>
+struct BinTaps {
+  std::vector<Tap<G>> taps;      // bin b's: [first[b], first[b + 1])
+  std::vector<int64_t> first;
+  std::vector<G> divisor;        // per bin
+  int64_t roi = -1, batch = -1;  // batch -1: the ROI reads nothing
+
+  void start(int64_t k, int64_t b) {
+    taps.clear();
+    first.assign(1, 0);
+    divisor.clear();
+    roi = k;
+    batch = b;
+  }
+
+  // Adds a weight to the current bin's tap of (y, x). A tap is kept even
+  // when its weights sum to 0, so a NaN pixel a sample touches still
+  // reaches the result, as it does sample by sample.
+  void add(int64_t y, int64_t x, G weight) {
+    for (int64_t i = static_cast<int64_t>(taps.size()) - 1; i >= first.back(); --i) {
+      if (taps[i].y == y && taps[i].x == x) {
+        taps[i].weight += weight;
+        return;
+      }
+    }
+    taps.push_back({y, x, weight});
+  }
+
+  void add(const Bilinear<G>& w) {
+    add(w.y0, w.x0, w.w00);
+    add(w.y0, w.x1, w.w01);
+    add(w.y1, w.x0, w.w10);
+    add(w.y1, w.x1, w.w11);
+  }
+
+  void end_bin(G bin_divisor) {
+    first.push_back(static_cast<int64_t>(taps.size()));
+    divisor.push_back(bin_divisor);
+  }
+
+  const Tap<G>* begin(int64_t b) const { return taps.data() + first[b]; }
+  const Tap<G>* end(int64_t b) const { return taps.data() + first[b + 1]; }
+};
+
+// The taps of a bin's bilinear samples (in ranges ys x xs) of a Bin as the
+// element functions define it (elements/), ending the bin.
+template <typename G, typename Bin>
+void add_sample_taps(const Bin& bin, const Shape& s, BinTaps<G>& t) {
+  for (int64_t iy = bin.ys.lo; iy < bin.ys.hi; ++iy) {
+    for (int64_t ix = bin.xs.lo; ix < bin.xs.hi; ++ix) {
+      Bilinear<G> w = bin.sample(iy, ix, s);
+      if (w.inside) t.add(w);
+    }
+  }
+  t.end_bin(bin.count);
+}
+
+// The taps of the listed ROIs, reused between calls.
+template <typename G>
+struct TapList {
+  std::vector<BinTaps<G>> rois;
+  int64_t size = 0;
+
+  template <typename Tabulate>
+  void build(const Problem<G>& p, const RoiList& list) {
+    if (rois.size() < static_cast<size_t>(list.size)) rois.resize(list.size);
+    size = list.size;
+    for (int64_t j = 0; j < list.size; ++j) Tabulate::build(p, list.ids[j], rois[j]);
+  }
+};
+
+// ------------------------------------------------------------------ forward
+
+// NHWC, channels [c0, c0 + vectors * lanes) of one bin, in registers.
+template <int bytes, int vectors, typename T, typename G>
+JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_block(const BinTaps<G>& t, int64_t b,
+                                                  const Pixels<T>& px, T* dst) {
+  constexpr int64_t lanes = native_lanes<G, bytes>;
+  NativeVector<G, bytes> sum[vectors] = {};
+  for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap) {
+    const T* __restrict__ v = px.at(tap->y, tap->x);
+    for (int i = 0; i < vectors; ++i) sum[i] += tap->weight * load_native<G, bytes>(v + i * lanes);
+  }
+  for (int i = 0; i < vectors; ++i) {
+    sum[i] /= t.divisor[b];
+    store_native<bytes, T, G>(dst + i * lanes, sum[i]);
+  }
+}
+
+// NHWC, every channel of bin b (not position-sensitive): register blocks,
+// then the last few channels.
+template <int bytes, typename T, typename G>
+JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_bin(const Shape& s, const BinTaps<G>& t, int64_t b,
+                                                const T* features, T* out) {
+  constexpr int64_t lanes = native_lanes<G, bytes>;
+  const int64_t C = s.channels;
+  const Pixels<T> base = image_pixels(s, features, t.batch, 0);
+  T* dst = out + output_index(s, t.roi, 0, b / s.pooled_w, b % s.pooled_w);
+  int64_t c = 0;
+  auto blocks = [&](auto n) JAX_ROI_INLINE_LAMBDA {
+    constexpr int vectors = decltype(n)::value;
+    for (; c + vectors * lanes <= C; c += vectors * lanes)
+      tap_forward_nhwc_block<bytes, vectors>(t, b, Pixels<T>{base.data + c, base.stride, base.row},
+                                             dst + c);
+  };
+  blocks(std::integral_constant<int, 8>{});
+  blocks(std::integral_constant<int, 1>{});
+  for (; c < C; ++c) {
+    G sum = G(0);
+    for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap)
+      sum += tap->weight * to_acc(base.at(tap->y, tap->x)[c]);
+    dst[c] = from_acc<T>(sum / t.divisor[b]);
+  }
+}
+
+// Position-sensitive, either layout: output channels [c0, c1) of bin b,
+// each from its own input channel.
+template <typename T, typename G>
+JAX_ROI_ALWAYS_INLINE void tap_forward_mapped_bin(const Shape& s, const BinTaps<G>& t, int64_t b,
+                                                  int64_t c0, int64_t c1, const T* features,
+                                                  T* out) {
+  const int64_t ph = b / s.pooled_w, pw = b % s.pooled_w;
+  for (int64_t c = c0; c < c1; ++c) {
+    const int64_t in = position_sensitive_channel(c, ph, pw, s.pooled_h, s.pooled_w);
+    const Pixels<T> px = image_pixels(s, features, t.batch, in);
+    G sum = G(0);
+    for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap)
+      sum += tap->weight * to_acc(*px.at(tap->y, tap->x));
+    out[output_index(s, t.roi, c, ph, pw)] = from_acc<T>(t.batch < 0 ? G(0) : sum / t.divisor[b]);
+  }
+}
+
+// Zeros for a ROI that reads nothing: output channels [c0, c1).
+template <typename T>
+void zero_roi_output(const Shape& s, int64_t k, int64_t c0, int64_t c1, T* out) {
+  for (int64_t ph = 0; ph < s.pooled_h; ++ph)
+    for (int64_t pw = 0; pw < s.pooled_w; ++pw)
+      for (int64_t c = c0; c < c1; ++c) out[output_index(s, k, c, ph, pw)] = from_acc<T>(acc_t<T>(0));
+}
+
+// NCHW (not position-sensitive): a tile's channels of one ROI, into `block`.
+template <int bytes, typename G>
+JAX_ROI_ALWAYS_INLINE void tap_forward_lanes(const Shape& s, const BinTaps<G>& t,
+                                             const LaneTile<G>& tile, OutputBlock<G>& block) {
+  const int64_t bins = s.pooled_h * s.pooled_w;
+  for (int64_t b = 0; b < bins; ++b) {
+    LaneVectors<G, bytes> sum;
+    for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap)
+      sum.add_scaled(tap->weight, tile.at(s.width, tap->y, tap->x));
+    sum.divide(t.divisor[b]);
+    block.put(b, sum);
+  }
+}
+
+// ----------------------------------------------------------------- backward
+
+// NHWC (not position-sensitive): ROI t's gradient into channels [c0, c1).
+template <typename T, typename G>
+JAX_ROI_ALWAYS_INLINE void tap_backward_nhwc(const Shape& s, const BinTaps<G>& t, int64_t c0,
+                                             int64_t c1, const T* grad_out, G* grad,
+                                             std::vector<G>& scaled) {
+  const int64_t width = c1 - c0, bins = s.pooled_h * s.pooled_w;
+  scaled.resize(width);
+  G* __restrict__ g = scaled.data();
+  for (int64_t b = 0; b < bins; ++b) {
+    const T* src = grad_out + output_index(s, t.roi, c0, b / s.pooled_w, b % s.pooled_w);
+    for (int64_t c = 0; c < width; ++c) g[c] = to_acc(src[c]) / t.divisor[b];
+    for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap) {
+      G* __restrict__ d = gradient_at(s, grad, t.batch, tap->y, tap->x, c0);
+      const G w = tap->weight;
+      for (int64_t c = 0; c < width; ++c) d[c] += g[c] * w;
+    }
+  }
+}
+
+// NCHW (not position-sensitive): ROI t's gradient for a tile's channels,
+// read from `block`, into the tile.
+template <int bytes, typename G>
+JAX_ROI_ALWAYS_INLINE void tap_backward_lanes(const Shape& s, const BinTaps<G>& t,
+                                              const OutputBlock<G>& block, LaneTile<G>& tile) {
+  const int64_t bins = s.pooled_h * s.pooled_w;
+  for (int64_t b = 0; b < bins; ++b) {
+    LaneVectors<G, bytes> g = block.template get<bytes>(b);
+    g.divide(t.divisor[b]);
+    for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap)
+      g.add_scaled_to(tile.at(s.width, tap->y, tap->x), tap->weight);
+  }
+}
+
+// Position-sensitive, either layout: ROI t's gradient into input channels
+// [c0, c1), each from the output channel and bin that read it.
+template <typename T, typename G>
+JAX_ROI_ALWAYS_INLINE void tap_backward_mapped(const Shape& s, const BinTaps<G>& t, int64_t c0,
+                                               int64_t c1, const T* grad_out, G* grad) {
+  const int64_t bins = s.pooled_h * s.pooled_w;
+  for (int64_t in = c0; in < c1; ++in) {
+    const int64_t c = in / bins, b = in % bins;
+    const G g = to_acc(grad_out[output_index(s, t.roi, c, b / s.pooled_w, b % s.pooled_w)]) /
+                t.divisor[b];
+    for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap)
+      *gradient_at(s, grad, t.batch, tap->y, tap->x, in) += g * tap->weight;
+  }
+}
+
+// --------------------------------------------------------------- the kernels
+
+template <typename G>
+struct TapScratch {
+  BinTaps<G> taps;
+  TapList<G> list;
+  LaneTile<G> tile;
+  OutputBlock<G> block;
+  std::vector<G> scaled;
+};
+
+template <typename Tabulate, bool position_sensitive>
+struct TapKernel {
+  template <typename G>
+  using Scratch = TapScratch<G>;
+  static constexpr int64_t kNhwcChunksPerThread = 8;
+
+  // Output channels [c0, c1) of the listed ROIs.
+  template <typename T, typename G>
+  static JAX_ROI_CPU_CLONES void forward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0,
+                                              int64_t c1, const T* features, T* out, int32_t*,
+                                              Scratch<G>& scratch) {
+    const Shape& s = p.shape;
+    if (position_sensitive) {
+      for (int64_t j = 0; j < list.size; ++j) forward_mapped(p, list.ids[j], c0, c1, features, out, scratch);
+      return;
+    }
+    // Every ROI's taps once; then a tile of channels at a time, read by
+    // every ROI of an image while it is in cache.
+    scratch.list.template build<Tabulate>(p, list);
+    scratch.block.resize(s.pooled_h * s.pooled_w);
+    for (int64_t c = c0; c < c1; c += kLanes) {
+      const int lanes = static_cast<int>(std::min<int64_t>(kLanes, c1 - c));
+      for (int64_t j = 0; j < scratch.list.size; ++j) {
+        const BinTaps<G>& t = scratch.list.rois[j];
+        if (t.batch < 0) {
+          zero_roi_output(s, t.roi, c, c + lanes, out);
+          continue;
+        }
+        if (scratch.tile.batch != t.batch || scratch.tile.channel != c)
+          scratch.tile.load(s, features, t.batch, c, lanes);
+        with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+          tap_forward_lanes<decltype(bytes)::value>(s, t, scratch.tile, scratch.block);
+        });
+        scratch.block.write(out + output_index(s, t.roi, c, 0, 0), lanes);
+      }
+    }
+  }
+
+  template <typename T, typename G>
+  static JAX_ROI_CPU_CLONES void forward_nhwc(const Problem<G>& p, const RoiList& list,
+                                              const T* features, T* out, int32_t*,
+                                              Scratch<G>& scratch) {
+    const Shape& s = p.shape;
+    for (int64_t j = 0; j < list.size; ++j) {
+      if (position_sensitive) {
+        forward_mapped(p, list.ids[j], 0, s.out_channels, features, out, scratch);
+        continue;
+      }
+      BinTaps<G>& t = scratch.taps;
+      Tabulate::build(p, list.ids[j], t);
+      if (t.batch < 0) {
+        zero_roi_output(s, t.roi, 0, s.out_channels, out);
+        continue;
+      }
+      with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+        for (int64_t b = 0; b < s.pooled_h * s.pooled_w; ++b)
+          tap_forward_nhwc_bin<decltype(bytes)::value>(s, t, b, features, out);
+      });
+    }
+  }
+
+  // The listed ROIs (all of one image) into input channels [c0, c1).
+  template <typename T, typename G>
+  static JAX_ROI_CPU_CLONES void backward(const Problem<G>& p, const RoiList& list, int64_t c0,
+                                          int64_t c1, const T* grad_out, const int32_t*, G* grad,
+                                          Scratch<G>& scratch) {
+    const Shape& s = p.shape;
+    if (position_sensitive || s.channels_last) {
+      for (int64_t j = 0; j < list.size; ++j) {
+        BinTaps<G>& t = scratch.taps;
+        Tabulate::build(p, list.ids[j], t);
+        if (t.batch < 0) continue;
+        if (position_sensitive)
+          tap_backward_mapped(s, t, c0, c1, grad_out, grad);
+        else
+          tap_backward_nhwc(s, t, c0, c1, grad_out, grad, scratch.scaled);
+      }
+      return;
+    }
+    // NCHW: each tile of channels takes every ROI's gradient, then is added
+    // to the gradient whole.
+    scratch.list.template build<Tabulate>(p, list);
+    scratch.block.resize(s.pooled_h * s.pooled_w);
+    LaneTile<G>& tile = scratch.tile;
+    for (int64_t c = c0; c < c1; c += kLanes) {
+      const int lanes = static_cast<int>(std::min<int64_t>(kLanes, c1 - c));
+      for (int64_t j = 0; j < scratch.list.size; ++j) {
+        const BinTaps<G>& t = scratch.list.rois[j];
+        if (t.batch < 0) continue;
+        if (tile.batch != t.batch || tile.channel != c) {
+          tile.flush_into(s, grad, lanes);
+          tile.load_zeros(s, t.batch, c);
+        }
+        scratch.block.read(grad_out + output_index(s, t.roi, c, 0, 0), lanes);
+        with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+          tap_backward_lanes<decltype(bytes)::value>(s, t, scratch.block, tile);
+        });
+      }
+      tile.flush_into(s, grad, lanes);
+    }
+  }
+
+ private:
+  template <typename T, typename G>
+  static void forward_mapped(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
+                             const T* features, T* out, Scratch<G>& scratch) {
+    const Shape& s = p.shape;
+    BinTaps<G>& t = scratch.taps;
+    Tabulate::build(p, k, t);
+    if (t.batch < 0) return zero_roi_output(s, k, c0, c1, out);
+    for (int64_t b = 0; b < s.pooled_h * s.pooled_w; ++b)
+      tap_forward_mapped_bin(s, t, b, c0, c1, features, out);
+  }
+};
+
+}  // namespace jax_roi

@@ -1,0 +1,68 @@
+// What the CPU kernels of every op share: how a thread walks runs of ROIs
+// and lane groups of channels, how it reads an image's pixels and writes
+// its gradient, and the running maximum of the max ops.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "../problem.h"
+#include "axis_table.h"
+#include "isa_clones.h"
+#include "lane_tile.h"
+
+namespace jax_roi {
+
+// Axis entries tabulated at once for NCHW: about a megabyte, cache-sized.
+constexpr size_t kRunCapacity = 1 << 15;
+
+// The NCHW driver: the listed ROIs in runs that `run` tabulates (up to
+// `capacity` entries each), and for each run channels [c0, c1) kLanes at a
+// time: lanes(c, n) handles channels [c, c + n) of the run's ROIs.
+template <typename G, typename Run, typename Lanes>
+JAX_ROI_ALWAYS_INLINE void for_each_run_and_lane_group(const Problem<G>& p, const RoiList& list,
+                                                       int64_t c0, int64_t c1, Run& run,
+                                                       size_t capacity, const Lanes& lanes) {
+  for (int64_t j = 0; j < list.size;) {
+    j = run.build(p, list, j, capacity);
+    for (int64_t c = c0; c < c1; c += kLanes)
+      lanes(c, static_cast<int>(std::min<int64_t>(kLanes, c1 - c)));
+  }
+}
+
+// One step of a running maximum: the first strict maximum wins and NaN
+// never does. Written as selects of loaded values, so that loops of it
+// vectorise as compares and blends (not masked stores).
+template <typename G>
+JAX_ROI_ALWAYS_INLINE void take_if_greater(G value, int32_t index, G* best, int32_t* arg) {
+  const G b = *best;
+  const int32_t a = *arg;
+  const int32_t wins = -static_cast<int32_t>(value > b);
+  *best = value > b ? value : b;
+  *arg = (index & wins) | (a & ~wins);
+}
+
+template <typename T>
+struct Pixels {
+  const T* data;
+  int64_t stride, row;  // between neighbouring pixels, between rows
+  const T* at(int64_t y, int64_t x) const { return data + y * row + x * stride; }
+};
+
+// The image of a valid ROI, laid out for one channel (NCHW) or all (NHWC).
+template <typename T>
+Pixels<T> image_pixels(const Shape& s, const T* base, int64_t batch, int64_t channel) {
+  int64_t image = batch * s.channels * s.height * s.width;
+  if (s.channels_last) return {base + image + channel, s.channels, s.width * s.channels};
+  return {base + image + channel * s.height * s.width, 1, s.width};
+}
+
+// Where the gradient of pixel (y, x), channel c, of image `batch` sits.
+template <typename G>
+G* gradient_at(const Shape& s, G* grad, int64_t batch, int64_t y, int64_t x, int64_t c) {
+  if (s.channels_last) return grad + ((batch * s.height + y) * s.width + x) * s.channels + c;
+  return grad + ((batch * s.channels + c) * s.height + y) * s.width + x;
+}
+
+}  // namespace jax_roi

@@ -1,0 +1,61 @@
+// ps_roi_align and ps_roi_pool on the CPU: the tap kernels (bin_taps.h),
+// each bin reading its own channel, tabulated with the element functions'
+// geometry.
+#pragma once
+
+#include <cstdint>
+
+#include "../elements/position_sensitive.h"
+#include "bin_taps.h"
+#include "cpu_kernel.h"
+
+namespace jax_roi {
+
+struct PsAlignTaps {
+  template <typename G>
+  static void build(const Problem<G>& p, int64_t k, BinTaps<G>& t) {
+    const Shape& s = p.shape;
+    Roi<G> r = load_roi(p.rois, k);
+    const bool reads = r.valid && s.height > 0 && s.width > 0;
+    t.start(k, reads ? r.batch : -1);
+    if (!reads) return;
+    AlignBin<G> bin{};
+    bin.valid = true;
+    bin.roi = align_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, p.sampling_ratio, p.aligned);
+    bin.count = bin.roi.count;
+    for (bin.ph = 0; bin.ph < s.pooled_h; ++bin.ph) {
+      for (bin.pw = 0; bin.pw < s.pooled_w; ++bin.pw) {
+        bin.ys = sample_range(bin.roi.y_start, bin.ph, bin.roi.bin_h, bin.roi.grid_h, s.height);
+        bin.xs = sample_range(bin.roi.x_start, bin.pw, bin.roi.bin_w, bin.roi.grid_w, s.width);
+        add_sample_taps(bin, s, t);
+      }
+    }
+  }
+};
+
+struct PsPoolTaps {
+  template <typename G>
+  static void build(const Problem<G>& p, int64_t k, BinTaps<G>& t) {
+    const Shape& s = p.shape;
+    Roi<G> r = load_roi(p.rois, k);
+    t.start(k, r.valid ? r.batch : -1);
+    if (!r.valid) return;
+    PoolRoi<G> roi = ps_pool_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w);
+    for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+      for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+        PixelWindow win = pool_bin(roi, ph, pw, s.height, s.width);
+        for (int64_t h = win.h0; h < win.h1; ++h)
+          for (int64_t w = win.w0; w < win.w1; ++w) t.taps.push_back({h, w, G(1)});
+        // An empty bin has no taps: it sums to 0, whatever its divisor.
+        t.end_bin(win.empty() ? G(1) : static_cast<G>((win.h1 - win.h0) * (win.w1 - win.w0)));
+      }
+    }
+  }
+};
+
+template <>
+struct CpuKernel<Op::kPsAlign> : TapKernel<PsAlignTaps, true> {};
+template <>
+struct CpuKernel<Op::kPsPool> : TapKernel<PsPoolTaps, true> {};
+
+}  // namespace jax_roi

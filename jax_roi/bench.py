@@ -1,10 +1,12 @@
 """Benchmark: jax_roi's kernels against its pure-JAX implementation
 (implementation="xla", what platforms without a kernel run) and, when
-installed, torchvision's CPU ops, in one run.
+installed, torchvision's CPU ops (roi_align, roi_pool, ps_roi_align,
+ps_roi_pool), in one run.
 
     python -m jax_roi.bench                     # the workloads of the benchmark spec
     python -m jax_roi.bench --quick             # reduced sizes, seconds
     python -m jax_roi.bench --vector-bytes 32   # the AVX2 kernels on an AVX-512 machine
+    python -m jax_roi.bench --workloads rot-p2,psroi-rfcn   # some workloads only
 
 Prints one table (median time per call after a compiling warm-up, and the
 ratio baseline time / jax_roi time, so higher is better), writes the results
@@ -29,7 +31,7 @@ import jax_roi
 @dataclass(frozen=True)
 class Workload:
     name: str
-    op: str  # "align" or "pool"
+    op: str  # "align", "pool", "rotated", "ps_align" or "ps_pool"
     n: int
     c: int
     h: int
@@ -45,13 +47,21 @@ WORKLOADS = (
     Workload("box-p2", "align", 2, 256, 200, 272, 1000, 7, 1 / 4, 2, True),
     Workload("mask-c4", "align", 2, 256, 50, 68, 1000, 14, 1 / 16, 2, True),
     Workload("pool-vgg", "pool", 2, 512, 38, 50, 512, 7, 1 / 16),
+    Workload("rot-p2", "rotated", 2, 256, 256, 256, 1000, 7, 1 / 4, 2, True),
+    Workload("psroi-rfcn", "ps_align", 1, 1029, 38, 63, 300, 7, 1 / 16, 2, True),
+    Workload("psroi-rfcn", "ps_pool", 1, 1029, 38, 63, 300, 7, 1 / 16),
 )
+
+OP_NAMES = {"pool": "roi_pool", "rotated": "roi_align_rotated", "ps_align": "ps_roi_align",
+            "ps_pool": "ps_roi_pool"}
+POSITION_SENSITIVE = ("ps_align", "ps_pool")
 
 
 def quick(w):
     """A reduced copy of a workload that runs in a fraction of a second."""
-    return Workload(w.name, w.op, w.n, 16, max(w.h // 4, 8), max(w.w // 4, 8), 64, w.output,
-                    w.spatial_scale, w.sampling_ratio, w.aligned)
+    channels = w.output * w.output * 2 if w.op in POSITION_SENSITIVE else 16
+    return Workload(w.name, w.op, w.n, channels, max(w.h // 4, 8), max(w.w // 4, 8), 64,
+                    w.output, w.spatial_scale, w.sampling_ratio, w.aligned)
 
 
 def make_inputs(w, layout, dtype):
@@ -63,8 +73,13 @@ def make_inputs(w, layout, dtype):
     bw = rng.uniform(16, 0.5 * img_w, w.k)
     bh = rng.uniform(16, 0.5 * img_h, w.k)
     b = rng.integers(0, w.n, w.k)
-    rois = np.stack([b, x1, y1, np.minimum(x1 + bw, img_w), np.minimum(y1 + bh, img_h)],
-                    axis=1).astype(np.float32)
+    x2, y2 = np.minimum(x1 + bw, img_w), np.minimum(y1 + bh, img_h)
+    if w.op == "rotated":  # the same boxes about their centres, angles in [-90, 90)
+        angle = rng.uniform(-90, 90, w.k)
+        rois = np.stack([b, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, angle], axis=1)
+    else:
+        rois = np.stack([b, x1, y1, x2, y2], axis=1)
+    rois = rois.astype(np.float32)
     features = np.random.default_rng(1).standard_normal((w.n, w.c, w.h, w.w), dtype=np.float32)
     if layout == "NHWC":
         features = features.transpose(0, 2, 3, 1).copy()
@@ -72,9 +87,17 @@ def make_inputs(w, layout, dtype):
 
 
 def op_for(implementation, w, mode, layout):
+    kw = dict(layout=layout, implementation=implementation)
     if w.op == "pool":
-        return lambda f, r: jax_roi.roi_pool(f, r, w.output, w.spatial_scale, layout=layout,
-                                             implementation=implementation)
+        return lambda f, r: jax_roi.roi_pool(f, r, w.output, w.spatial_scale, **kw)
+    if w.op == "rotated":
+        return lambda f, r: jax_roi.roi_align_rotated(f, r, w.output, w.spatial_scale,
+                                                      w.sampling_ratio, w.aligned, **kw)
+    if w.op == "ps_align":
+        return lambda f, r: jax_roi.ps_roi_align(f, r, w.output, w.spatial_scale,
+                                                 w.sampling_ratio, **kw)
+    if w.op == "ps_pool":
+        return lambda f, r: jax_roi.ps_roi_pool(f, r, w.output, w.spatial_scale, **kw)
     return lambda f, r: jax_roi.roi_align(f, r, w.output, w.spatial_scale, w.sampling_ratio,
                                           w.aligned, mode=mode, layout=layout,
                                           implementation=implementation)
@@ -130,6 +153,11 @@ def torchvision_calls(w, features_nchw, rois):
     r = torch.from_numpy(rois)
     if w.op == "pool":
         op = lambda: torchvision.ops.roi_pool(x, r, w.output, w.spatial_scale)
+    elif w.op == "ps_pool":
+        op = lambda: torchvision.ops.ps_roi_pool(x, r, w.output, w.spatial_scale)
+    elif w.op == "ps_align":
+        op = lambda: torchvision.ops.ps_roi_align(x, r, w.output, w.spatial_scale,
+                                                  w.sampling_ratio)
     else:
         op = lambda: torchvision.ops.roi_align(x, r, w.output, w.spatial_scale,
                                                w.sampling_ratio, w.aligned)
@@ -175,23 +203,26 @@ def torchvision_available():
     return True
 
 
-def cases(quick_run):
-    """(workload, mode, layout, dtype) rows of the table."""
+def cases(quick_run, names=None):
+    """(workload, mode, layout, dtype) rows of the table, of the workloads
+    called `names` (all when None)."""
     for base in WORKLOADS:
+        if names and base.name not in names:
+            continue
         w = quick(base) if quick_run else base
-        modes = ("avg", "max") if w.op == "align" else ("max",)
+        modes = ("avg", "max") if w.op == "align" else ("avg",)
         for mode in modes:
             for layout in ("NCHW", "NHWC"):
                 yield w, mode, layout, "float32"
-            if w.op == "align" and mode == "avg":
+            if mode == "avg":
                 yield w, mode, "NHWC", "bfloat16"
 
 
-def run(quick_run=False, repeats=DEFAULT_REPEATS, with_torch=True, log=print):
+def run(quick_run=False, repeats=DEFAULT_REPEATS, with_torch=True, log=print, names=None):
     results = []
-    for w, mode, layout, dtype in cases(quick_run):
+    for w, mode, layout, dtype in cases(quick_run, names):
         features, rois = make_inputs(w, layout, jnp.dtype(dtype))
-        row = {"workload": w.name, "op": "roi_pool" if w.op == "pool" else f"roi_align/{mode}",
+        row = {"workload": w.name, "op": OP_NAMES.get(w.op, f"roi_align/{mode}"),
                "layout": layout, "dtype": dtype, "shape": asdict(w)}
         calls, memory = {}, {}
         for name, implementation in (("jax_roi", "kernel"), ("xla", "xla")):
@@ -201,8 +232,9 @@ def run(quick_run=False, repeats=DEFAULT_REPEATS, with_torch=True, log=print):
         calls["floor"] = {"forward": floor_call(jax.eval_shape(op_for(None, w, mode, layout),
                                                                    features, rois)),
                           "backward": floor_call(jnp.asarray(features))}
-        # torchvision has no max-pooling roi_align.
-        if with_torch and dtype == "float32" and not (w.op == "align" and mode == "max"):
+        # torchvision has no max-pooling or rotated roi_align.
+        if with_torch and dtype == "float32" and w.op != "rotated" \
+                and not (w.op == "align" and mode == "max"):
             nchw, _ = make_inputs(w, "NCHW", np.float32)
             calls["torchvision"] = torchvision_calls(w, nchw, rois)
         for name in calls:
@@ -280,7 +312,14 @@ def main(argv=None):
     parser.add_argument("--vector-bytes", type=int, choices=(16, 32, 64),
                         help="hide CPU vectors wider than this (32: the AVX2 kernels on an "
                              "AVX-512 machine); the same as JAX_ROI_CPU_VECTOR_BYTES")
+    parser.add_argument("--workloads", type=lambda v: v.split(","),
+                        help="comma-separated workload names to run (default: all of "
+                             + ", ".join(dict.fromkeys(w.name for w in WORKLOADS)) + ")")
     args = parser.parse_args(argv)
+    known = {w.name for w in WORKLOADS}
+    if args.workloads and not set(args.workloads) <= known:
+        parser.error(f"--workloads: unknown {sorted(set(args.workloads) - known)}; "
+                     f"the workloads are {sorted(known)}")
     if args.vector_bytes:  # read by the kernels at their first call
         os.environ["JAX_ROI_CPU_VECTOR_BYTES"] = str(args.vector_bytes)
 
@@ -294,7 +333,7 @@ def main(argv=None):
     print("ratios are baseline time / jax_roi time: higher is better; '/ floor' is jax_roi's "
           "time over writing a fresh output of the same size\n")
     print(HEADER)
-    results = run(args.quick, args.repeats, with_torch)
+    results = run(args.quick, args.repeats, with_torch, names=args.workloads)
 
     os.makedirs(args.out, exist_ok=True)
     report = {"quick": args.quick, "repeats": args.repeats, "jax": jax.__version__,

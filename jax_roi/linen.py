@@ -1,6 +1,7 @@
 """``flax.linen`` versions of the modules in :mod:`jax_roi.nnx`, with the same
-fields and the same arithmetic: ``RoIAlign``, ``RoIPool`` and
-``MultiScaleRoIAlign``, thin wrappers of the public functions. They have no
+fields and the same arithmetic: ``RoIAlign``, ``RoIPool``,
+``MultiScaleRoIAlign``, ``RoIAlignRotated``, ``PSRoIAlign`` and ``PSRoIPool``,
+thin wrappers of the public functions. They have no
 parameters or state, so ``init`` returns empty variables and ``apply`` just
 pools. Layouts default to NHWC, the layout of Flax convolutions.
 """
@@ -11,7 +12,9 @@ from flax import linen as nn
 
 from . import _checks
 from ._pyramid import level_indices, multi_scale_roi_align
+from ._position_sensitive import ps_roi_align, ps_roi_pool
 from ._roi import roi_align, roi_pool
+from ._rotated import roi_align_rotated
 
 OutputSize = Union[int, Sequence[int]]
 
@@ -54,6 +57,64 @@ class RoIPool(nn.Module):
     def __call__(self, features, rois):
         return roi_pool(features, rois, self.output_size, self.spatial_scale,
                         layout=self.layout, implementation=self.implementation)
+
+
+class RoIAlignRotated(nn.Module):
+    """``jax_roi.roi_align_rotated`` as a linen module, called
+    ``module(features, rois)``; as :class:`jax_roi.nnx.RoIAlignRotated`."""
+    output_size: OutputSize
+    spatial_scale: float = 1.0
+    sampling_ratio: int = -1
+    aligned: bool = True
+    clockwise: bool = False
+    layout: str = "NHWC"
+    implementation: Optional[str] = None
+
+    def __post_init__(self):
+        _checks.rotated_settings(self.output_size, self.spatial_scale, self.sampling_ratio,
+                                 self.aligned, self.clockwise, self.layout, self.implementation)
+        super().__post_init__()
+
+    def __call__(self, features, rois):
+        return roi_align_rotated(features, rois, self.output_size, self.spatial_scale,
+                                 self.sampling_ratio, self.aligned, clockwise=self.clockwise,
+                                 layout=self.layout, implementation=self.implementation)
+
+
+class PSRoIAlign(nn.Module):
+    """``jax_roi.ps_roi_align`` as a linen module; as :class:`jax_roi.nnx.PSRoIAlign`."""
+    output_size: OutputSize
+    spatial_scale: float = 1.0
+    sampling_ratio: int = -1
+    layout: str = "NHWC"
+    implementation: Optional[str] = None
+
+    def __post_init__(self):
+        _checks.ps_align_settings(self.output_size, self.spatial_scale, self.sampling_ratio,
+                                  self.layout, self.implementation)
+        super().__post_init__()
+
+    def __call__(self, features, rois):
+        return ps_roi_align(features, rois, self.output_size, self.spatial_scale,
+                            self.sampling_ratio, layout=self.layout,
+                            implementation=self.implementation)
+
+
+class PSRoIPool(nn.Module):
+    """``jax_roi.ps_roi_pool`` as a linen module; as :class:`jax_roi.nnx.PSRoIPool`."""
+    output_size: OutputSize
+    spatial_scale: float = 1.0
+    layout: str = "NHWC"
+    implementation: Optional[str] = None
+
+    def __post_init__(self):
+        _checks.pool_settings(self.output_size, self.spatial_scale, self.layout,
+                              self.implementation)
+        super().__post_init__()
+
+    def __call__(self, features, rois):
+        return ps_roi_pool(features, rois, self.output_size, self.spatial_scale,
+                           layout=self.layout, implementation=self.implementation)
 
 
 class MultiScaleRoIAlign(nn.Module):

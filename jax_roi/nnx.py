@@ -1,5 +1,6 @@
-"""Flax NNX modules: ``RoIAlign``, ``RoIPool`` and the feature-pyramid
-pooler ``MultiScaleRoIAlign``, thin wrappers of the public functions.
+"""Flax NNX modules: ``RoIAlign``, ``RoIPool``, the feature-pyramid pooler
+``MultiScaleRoIAlign``, ``RoIAlignRotated``, ``PSRoIAlign`` and ``PSRoIPool``,
+thin wrappers of the public functions.
 
 The modules hold no parameters, only their settings (checked and normalised
 when the module is built, so a bad one fails there, naming the field), and
@@ -11,7 +12,9 @@ from flax import nnx
 
 from . import _checks
 from ._pyramid import level_indices, multi_scale_roi_align
+from ._position_sensitive import ps_roi_align, ps_roi_pool
 from ._roi import roi_align, roi_pool
+from ._rotated import roi_align_rotated
 
 
 def _set(module, settings):
@@ -50,6 +53,51 @@ class RoIPool(nnx.Module):
     def __call__(self, features, rois):
         return roi_pool(features, rois, self.output_size, self.spatial_scale, layout=self.layout,
                         implementation=self.implementation)
+
+
+class RoIAlignRotated(nnx.Module):
+    """``jax_roi.roi_align_rotated`` as a module:
+    ``RoIAlignRotated(...)(features, rois)`` with ``rois`` ``[K, 6]``
+    ``(batch_index, cx, cy, w, h, angle_degrees)`` or ``[N, L, 5]``. Returns
+    ``[K, PH, PW, C]`` in NHWC."""
+
+    def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True,
+                 clockwise=False, layout="NHWC", implementation=None):
+        _set(self, _checks.rotated_settings(output_size, spatial_scale, sampling_ratio, aligned,
+                                            clockwise, layout, implementation))
+
+    def __call__(self, features, rois):
+        return roi_align_rotated(features, rois, self.output_size, self.spatial_scale,
+                                 self.sampling_ratio, self.aligned, clockwise=self.clockwise,
+                                 layout=self.layout, implementation=self.implementation)
+
+
+class PSRoIAlign(nnx.Module):
+    """``jax_roi.ps_roi_align`` as a module: ``PSRoIAlign(...)(features, rois)``.
+    ``C`` must be a multiple of ``PH*PW``; returns ``[K, PH, PW, C/(PH*PW)]``
+    in NHWC."""
+
+    def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=-1, layout="NHWC",
+                 implementation=None):
+        _set(self, _checks.ps_align_settings(output_size, spatial_scale, sampling_ratio, layout,
+                                             implementation))
+
+    def __call__(self, features, rois):
+        return ps_roi_align(features, rois, self.output_size, self.spatial_scale,
+                            self.sampling_ratio, layout=self.layout,
+                            implementation=self.implementation)
+
+
+class PSRoIPool(nnx.Module):
+    """``jax_roi.ps_roi_pool`` as a module: ``PSRoIPool(...)(features, rois)``,
+    with the shapes of :class:`PSRoIAlign`."""
+
+    def __init__(self, output_size, spatial_scale=1.0, layout="NHWC", implementation=None):
+        _set(self, _checks.pool_settings(output_size, spatial_scale, layout, implementation))
+
+    def __call__(self, features, rois):
+        return ps_roi_pool(features, rois, self.output_size, self.spatial_scale,
+                           layout=self.layout, implementation=self.implementation)
 
 
 class MultiScaleRoIAlign(nnx.Module):

@@ -443,7 +443,7 @@ def _settle_max(axes, best, packed):
 def _winner_corners(sites, axes, packed):
     """Corners of each output element's winning sample ([k, PH, PW, C]),
     and whether it has one (the kernels' max backward guards)."""
-    g, ys, xs = axes
+    g, ys, xs, _ = axes
     ph, pw = ys.lo.shape[1], xs.lo.shape[1]
     width = xs.n[:, None, :, None]
     safe = jnp.maximum(width, 1)

@@ -86,6 +86,67 @@ def test_module_equals_op(flavour, layout, name, kwargs, op):
         grad, jax.grad(lambda f: jnp.sum(op(f, boxes, kwargs, layout) * weights))(features))
 
 
+# Rotated and position-sensitive: (class, settings, op, channels, box coordinates).
+NEW_MODULES = [
+    ("RoIAlignRotated", dict(output_size=(2, 3), spatial_scale=0.5, sampling_ratio=2,
+                             clockwise=True),
+     lambda f, r, layout: jax_roi.roi_align_rotated(f, r, (2, 3), 0.5, 2, clockwise=True,
+                                                    layout=layout), 4, 5),
+    ("PSRoIAlign", dict(output_size=2, spatial_scale=0.5, sampling_ratio=-1),
+     lambda f, r, layout: jax_roi.ps_roi_align(f, r, 2, 0.5, layout=layout), 8, 4),
+    ("PSRoIPool", dict(output_size=(2, 3), spatial_scale=0.5),
+     lambda f, r, layout: jax_roi.ps_roi_pool(f, r, (2, 3), 0.5, layout=layout), 12, 4),
+]
+
+
+@pytest.mark.parametrize("flavour", ["nnx", "linen"])
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("name,kwargs,op,channels,coords", NEW_MODULES,
+                         ids=[m[0] for m in NEW_MODULES])
+def test_rotated_and_position_sensitive_modules_equal_ops(flavour, layout, name, kwargs, op,
+                                                          channels, coords):
+    rng = np.random.default_rng(3)
+    features = nhwc(rng, 2, 9, 11, channels)
+    if layout == "NCHW":
+        features = jnp.transpose(features, (0, 3, 1, 2))
+    boxes = random_boxes(rng, 2, 5, 20)
+    if coords == 5:  # (cx, cy, w, h, angle)
+        boxes = jnp.concatenate([(boxes[..., :2] + boxes[..., 2:]) / 2,
+                                 boxes[..., 2:] - boxes[..., :2],
+                                 jnp.asarray(rng.uniform(-90, 90, (2, 5, 1)), jnp.float32)], -1)
+    if flavour == "nnx":
+        module = getattr(roi_nn, name)(**kwargs, layout=layout)
+    else:
+        linen_module = getattr(roi_linen, name)(**kwargs, layout=layout)
+        module = lambda f, r: linen_module.apply({}, f, r)
+    rois = jnp.concatenate([jnp.array([[0.0], [1.0], [1.0]]), boxes[0, :3]], axis=1)
+    for r in (rois, boxes):
+        out = module(features, r)
+        np.testing.assert_array_equal(out, op(features, r, layout))
+        np.testing.assert_array_equal(jax.jit(module)(features, r), out)
+    weights = jnp.asarray(rng.standard_normal(out.shape), out.dtype)
+    grad = jax.grad(lambda f: jnp.sum(module(f, boxes) * weights))(features)
+    assert jnp.any(grad != 0)
+    np.testing.assert_array_equal(
+        grad, jax.grad(lambda f: jnp.sum(op(f, boxes, layout) * weights))(features))
+
+
+def test_new_module_defaults_and_errors():
+    m = roi_nn.RoIAlignRotated(7)
+    assert (m.output_size, m.aligned, m.clockwise, m.layout) == ((7, 7), True, False, "NHWC")
+    assert roi_linen.PSRoIAlign(7).layout == "NHWC" and roi_nn.PSRoIPool(7).layout == "NHWC"
+    with pytest.raises(TypeError, match="clockwise"):
+        roi_nn.RoIAlignRotated(7, clockwise="yes")
+    with pytest.raises(TypeError, match="clockwise"):
+        roi_linen.RoIAlignRotated(7, clockwise=1)
+    with pytest.raises(TypeError, match="sampling_ratio"):
+        roi_nn.PSRoIAlign(7, sampling_ratio=0.5)
+    with pytest.raises(ValueError, match="output_size"):
+        roi_linen.PSRoIPool(0)
+    with pytest.raises(ValueError, match="features.*output_size|output_size.*features"):
+        roi_nn.PSRoIPool(3)(jnp.ones((1, 8, 8, 10)), jnp.ones((1, 2, 4)))
+
+
 def test_module_defaults_are_nhwc_and_fields_kept():
     m = roi_nn.RoIAlign(7)
     assert (m.output_size, m.spatial_scale, m.sampling_ratio, m.aligned, m.mode, m.layout) == \

@@ -235,23 +235,26 @@ JAX_ROI_CPU_CLONES void align_avg_backward_nchw(const Problem<G>& p, const RoiLi
 }
 
 template <>
-struct CpuKernel<Op::kAlignAvg> {
+struct CpuKernel<Op::kAlignAvg> : NoCallTables {
   template <typename G>
   using Scratch = AlignScratch<G>;
   static constexpr int64_t kNhwcChunksPerThread = 4;  // each a few runs of neighbouring ROIs
 
   template <typename T, typename G>
-  static void forward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0, int64_t c1,
+  static void forward_nchw(const Problem<G>& p, const RoiList& list, const Tables<G>&,
+                           int64_t c0, int64_t c1,
                            const T* features, T* out, int32_t*, Scratch<G>& scratch) {
     align_avg_forward_nchw(p, list, c0, c1, features, out, scratch);
   }
   template <typename T, typename G>
-  static void forward_nhwc(const Problem<G>& p, const RoiList& list, const T* features, T* out,
+  static void forward_nhwc(const Problem<G>& p, const RoiList& list, const Tables<G>&,
+                           const T* features, T* out,
                            int32_t*, Scratch<G>& scratch) {
     align_avg_forward_nhwc(p, list, features, out, scratch);
   }
   template <typename T, typename G>
-  static void backward(const Problem<G>& p, const RoiList& list, int64_t c0, int64_t c1,
+  static void backward(const Problem<G>& p, const RoiList& list, const Tables<G>&, int64_t c0,
+                       int64_t c1,
                        const T* grad_out, const int32_t*, G* grad, Scratch<G>& scratch) {
     if (!p.shape.channels_last) return align_avg_backward_nchw(p, list, c0, c1, grad_out, grad, scratch);
     for (int64_t j = 0; j < list.size; ++j)

@@ -6,6 +6,8 @@
 //   out[bin, c] = sum over taps of weight * X[pixel, channel(c, bin)] / divisor
 // and the backward is its adjoint. An op supplies the tabulation
 // (`Tabulate::build(p, k, taps)`) and whether it is position-sensitive.
+// The taps of every ROI of a call are tabulated once, by all threads, and
+// then read by every thread (TapList).
 #pragma once
 
 #include <algorithm>
@@ -18,12 +20,13 @@
 #include "isa_clones.h"
 #include "lane_tile.h"
 #include "native_vector.h"
+#include "parallel_for.h"
 
 namespace jax_roi {
 
 template <typename G>
 struct Tap {
-  int64_t y, x;
+  int32_t y, x;  // a map's height and width each fit in 32 bits
   G weight;
 };
 
@@ -53,7 +56,12 @@ struct BinTaps {
         return;
       }
     }
-    taps.push_back({y, x, weight});
+    add_new(y, x, weight);
+  }
+
+  // A tap the bin does not have yet.
+  void add_new(int64_t y, int64_t x, G weight) {
+    taps.push_back({static_cast<int32_t>(y), static_cast<int32_t>(x), weight});
   }
 
   void add(const Bilinear<G>& w) {
@@ -85,18 +93,24 @@ void add_sample_taps(const Bin& bin, const Shape& s, BinTaps<G>& t) {
   t.end_bin(bin.count);
 }
 
-// The taps of the listed ROIs, reused between calls.
+// The taps of every ROI of a list, built once per call by all threads;
+// `of(id)` finds those of an entry of the list (or of a part of it).
 template <typename G>
 struct TapList {
   std::vector<BinTaps<G>> rois;
-  int64_t size = 0;
+  const int64_t* ids = nullptr;
 
   template <typename Tabulate>
-  void build(const Problem<G>& p, const RoiList& list) {
-    if (rois.size() < static_cast<size_t>(list.size)) rois.resize(list.size);
-    size = list.size;
-    for (int64_t j = 0; j < list.size; ++j) Tabulate::build(p, list.ids[j], rois[j]);
+  void build(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list) {
+    ids = list.ids;
+    rois.resize(list.size);
+    parallel_for(pool, list.size, balanced_grain(pool, list.size, 1, 8),
+                 [&](int64_t j0, int64_t j1) {
+                   for (int64_t j = j0; j < j1; ++j) Tabulate::build(p, list.ids[j], rois[j]);
+                 });
   }
+
+  const BinTaps<G>& of(const int64_t* id) const { return rois[id - ids]; }
 };
 
 // ------------------------------------------------------------------ forward
@@ -156,7 +170,7 @@ JAX_ROI_ALWAYS_INLINE void tap_forward_mapped_bin(const Shape& s, const BinTaps<
     G sum = G(0);
     for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap)
       sum += tap->weight * to_acc(*px.at(tap->y, tap->x));
-    out[output_index(s, t.roi, c, ph, pw)] = from_acc<T>(t.batch < 0 ? G(0) : sum / t.divisor[b]);
+    out[output_index(s, t.roi, c, ph, pw)] = from_acc<T>(sum / t.divisor[b]);
   }
 }
 
@@ -217,27 +231,23 @@ JAX_ROI_ALWAYS_INLINE void tap_backward_lanes(const Shape& s, const BinTaps<G>& 
   }
 }
 
-// Position-sensitive, either layout: ROI t's gradient into input channels
-// [c0, c1), each from the output channel and bin that read it.
+// Position-sensitive, either layout: input channel `in`'s gradient from
+// ROI t, through the output channel and bin that read it.
 template <typename T, typename G>
-JAX_ROI_ALWAYS_INLINE void tap_backward_mapped(const Shape& s, const BinTaps<G>& t, int64_t c0,
-                                               int64_t c1, const T* grad_out, G* grad) {
+JAX_ROI_ALWAYS_INLINE void tap_backward_mapped(const Shape& s, const BinTaps<G>& t, int64_t in,
+                                               const T* grad_out, G* grad) {
   const int64_t bins = s.pooled_h * s.pooled_w;
-  for (int64_t in = c0; in < c1; ++in) {
-    const int64_t c = in / bins, b = in % bins;
-    const G g = to_acc(grad_out[output_index(s, t.roi, c, b / s.pooled_w, b % s.pooled_w)]) /
-                t.divisor[b];
-    for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap)
-      *gradient_at(s, grad, t.batch, tap->y, tap->x, in) += g * tap->weight;
-  }
+  const int64_t c = in / bins, b = in % bins;
+  const G g = to_acc(grad_out[output_index(s, t.roi, c, b / s.pooled_w, b % s.pooled_w)]) /
+              t.divisor[b];
+  for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap)
+    *gradient_at(s, grad, t.batch, tap->y, tap->x, in) += g * tap->weight;
 }
 
 // --------------------------------------------------------------- the kernels
 
 template <typename G>
 struct TapScratch {
-  BinTaps<G> taps;
-  TapList<G> list;
   LaneTile<G> tile;
   OutputBlock<G> block;
   std::vector<G> scaled;
@@ -246,27 +256,44 @@ struct TapScratch {
 template <typename Tabulate, bool position_sensitive>
 struct TapKernel {
   template <typename G>
+  using Tables = TapList<G>;
+  template <typename G>
   using Scratch = TapScratch<G>;
   static constexpr int64_t kNhwcChunksPerThread = 8;
 
-  // Output channels [c0, c1) of the listed ROIs.
+  template <typename G>
+  static void tabulate(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list,
+                       Tables<G>& tables) {
+    tables.template build<Tabulate>(pool, p, list);
+  }
+
+  // Output channels [c0, c1) of the listed ROIs, channels outermost so
+  // that a plane (or a tile of them) stays in cache while every ROI reads it.
   template <typename T, typename G>
-  static JAX_ROI_CPU_CLONES void forward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0,
-                                              int64_t c1, const T* features, T* out, int32_t*,
+  static JAX_ROI_CPU_CLONES void forward_nchw(const Problem<G>& p, const RoiList& list,
+                                              const Tables<G>& tables, int64_t c0, int64_t c1,
+                                              const T* features, T* out, int32_t*,
                                               Scratch<G>& scratch) {
     const Shape& s = p.shape;
-    if (position_sensitive) {
-      for (int64_t j = 0; j < list.size; ++j) forward_mapped(p, list.ids[j], c0, c1, features, out, scratch);
+    const int64_t bins = s.pooled_h * s.pooled_w;
+    if constexpr (position_sensitive) {
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t j = 0; j < list.size; ++j) {
+          const BinTaps<G>& t = tables.of(list.ids + j);
+          if (t.batch < 0) {
+            zero_roi_output(s, t.roi, c, c + 1, out);
+            continue;
+          }
+          for (int64_t b = 0; b < bins; ++b) tap_forward_mapped_bin(s, t, b, c, c + 1, features, out);
+        }
+      }
       return;
     }
-    // Every ROI's taps once; then a tile of channels at a time, read by
-    // every ROI of an image while it is in cache.
-    scratch.list.template build<Tabulate>(p, list);
-    scratch.block.resize(s.pooled_h * s.pooled_w);
+    scratch.block.resize(bins);
     for (int64_t c = c0; c < c1; c += kLanes) {
       const int lanes = static_cast<int>(std::min<int64_t>(kLanes, c1 - c));
-      for (int64_t j = 0; j < scratch.list.size; ++j) {
-        const BinTaps<G>& t = scratch.list.rois[j];
+      for (int64_t j = 0; j < list.size; ++j) {
+        const BinTaps<G>& t = tables.of(list.ids + j);
         if (t.batch < 0) {
           zero_roi_output(s, t.roi, c, c + lanes, out);
           continue;
@@ -283,54 +310,57 @@ struct TapKernel {
 
   template <typename T, typename G>
   static JAX_ROI_CPU_CLONES void forward_nhwc(const Problem<G>& p, const RoiList& list,
-                                              const T* features, T* out, int32_t*,
-                                              Scratch<G>& scratch) {
+                                              const Tables<G>& tables, const T* features, T* out,
+                                              int32_t*, Scratch<G>&) {
     const Shape& s = p.shape;
+    const int64_t bins = s.pooled_h * s.pooled_w;
     for (int64_t j = 0; j < list.size; ++j) {
-      if (position_sensitive) {
-        forward_mapped(p, list.ids[j], 0, s.out_channels, features, out, scratch);
-        continue;
-      }
-      BinTaps<G>& t = scratch.taps;
-      Tabulate::build(p, list.ids[j], t);
+      const BinTaps<G>& t = tables.of(list.ids + j);
       if (t.batch < 0) {
         zero_roi_output(s, t.roi, 0, s.out_channels, out);
-        continue;
+      } else if constexpr (position_sensitive) {
+        for (int64_t b = 0; b < bins; ++b)
+          tap_forward_mapped_bin(s, t, b, 0, s.out_channels, features, out);
+      } else {
+        with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+          for (int64_t b = 0; b < bins; ++b)
+            tap_forward_nhwc_bin<decltype(bytes)::value>(s, t, b, features, out);
+        });
       }
-      with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
-        for (int64_t b = 0; b < s.pooled_h * s.pooled_w; ++b)
-          tap_forward_nhwc_bin<decltype(bytes)::value>(s, t, b, features, out);
-      });
     }
   }
 
   // The listed ROIs (all of one image) into input channels [c0, c1).
   template <typename T, typename G>
-  static JAX_ROI_CPU_CLONES void backward(const Problem<G>& p, const RoiList& list, int64_t c0,
-                                          int64_t c1, const T* grad_out, const int32_t*, G* grad,
+  static JAX_ROI_CPU_CLONES void backward(const Problem<G>& p, const RoiList& list,
+                                          const Tables<G>& tables, int64_t c0, int64_t c1,
+                                          const T* grad_out, const int32_t*, G* grad,
                                           Scratch<G>& scratch) {
     const Shape& s = p.shape;
-    if (position_sensitive || s.channels_last) {
+    if constexpr (position_sensitive) {  // a channel at a time, its plane in cache
+      for (int64_t in = c0; in < c1; ++in) {
+        for (int64_t j = 0; j < list.size; ++j) {
+          const BinTaps<G>& t = tables.of(list.ids + j);
+          if (t.batch >= 0) tap_backward_mapped(s, t, in, grad_out, grad);
+        }
+      }
+      return;
+    }
+    if (s.channels_last) {
       for (int64_t j = 0; j < list.size; ++j) {
-        BinTaps<G>& t = scratch.taps;
-        Tabulate::build(p, list.ids[j], t);
-        if (t.batch < 0) continue;
-        if (position_sensitive)
-          tap_backward_mapped(s, t, c0, c1, grad_out, grad);
-        else
-          tap_backward_nhwc(s, t, c0, c1, grad_out, grad, scratch.scaled);
+        const BinTaps<G>& t = tables.of(list.ids + j);
+        if (t.batch >= 0) tap_backward_nhwc(s, t, c0, c1, grad_out, grad, scratch.scaled);
       }
       return;
     }
     // NCHW: each tile of channels takes every ROI's gradient, then is added
     // to the gradient whole.
-    scratch.list.template build<Tabulate>(p, list);
     scratch.block.resize(s.pooled_h * s.pooled_w);
     LaneTile<G>& tile = scratch.tile;
     for (int64_t c = c0; c < c1; c += kLanes) {
       const int lanes = static_cast<int>(std::min<int64_t>(kLanes, c1 - c));
-      for (int64_t j = 0; j < scratch.list.size; ++j) {
-        const BinTaps<G>& t = scratch.list.rois[j];
+      for (int64_t j = 0; j < list.size; ++j) {
+        const BinTaps<G>& t = tables.of(list.ids + j);
         if (t.batch < 0) continue;
         if (tile.batch != t.batch || tile.channel != c) {
           tile.flush_into(s, grad, lanes);
@@ -343,18 +373,6 @@ struct TapKernel {
       }
       tile.flush_into(s, grad, lanes);
     }
-  }
-
- private:
-  template <typename T, typename G>
-  static void forward_mapped(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
-                             const T* features, T* out, Scratch<G>& scratch) {
-    const Shape& s = p.shape;
-    BinTaps<G>& t = scratch.taps;
-    Tabulate::build(p, k, t);
-    if (t.batch < 0) return zero_roi_output(s, k, c0, c1, out);
-    for (int64_t b = 0; b < s.pooled_h * s.pooled_w; ++b)
-      tap_forward_mapped_bin(s, t, b, c0, c1, features, out);
   }
 };
 

@@ -1,14 +1,16 @@
 // The CPU kernels of one op, as the backend (roi_kernels_cpu.h) drives
 // them. Each op's file specialises CpuKernel<op> with:
-//   Scratch<G>: the buffers one thread reuses from call to call;
+//   Tables<G>, tabulate(pool, p, list, tables): what one call tabulates
+//     once for all its threads (NoCallTables: nothing);
+//   Scratch<G>: the buffers one thread reuses;
 //   kNhwcChunksPerThread: how finely NHWC forward splits the ROIs;
-//   forward_nchw(p, list, c0, c1, features, out, argmax, scratch):
+//   forward_nchw(p, list, tables, c0, c1, features, out, argmax, scratch):
 //     output channels [c0, c1) of the listed ROIs;
-//   forward_nhwc(p, list, features, out, argmax, scratch): every channel
-//     of the listed ROIs;
-//   backward(p, list, c0, c1, grad_out, argmax, grad, scratch): the listed
-//     ROIs' (all of one image) contributions to input channels [c0, c1)
-//     of a zeroed gradient, in list order.
+//   forward_nhwc(p, list, tables, features, out, argmax, scratch): every
+//     channel of the listed ROIs (a part of the tabulated list);
+//   backward(p, list, tables, c0, c1, grad_out, argmax, grad, scratch): the
+//     listed ROIs' (all of one image) contributions to input channels
+//     [c0, c1) of a zeroed gradient, in list order.
 // argmax is null for the linear ops.
 #pragma once
 
@@ -18,5 +20,13 @@ namespace jax_roi {
 
 template <Op op>
 struct CpuKernel;
+
+// For kernels that tabulate per thread, as they go.
+struct NoCallTables {
+  template <typename G>
+  struct Tables {};
+  template <typename Pool, typename G, typename List>
+  static void tabulate(Pool&, const Problem<G>&, const List&, Tables<G>&) {}
+};
 
 }  // namespace jax_roi

@@ -205,25 +205,28 @@ struct PoolScratch {
 };
 
 template <>
-struct CpuKernel<Op::kPool> {
+struct CpuKernel<Op::kPool> : NoCallTables {
   template <typename G>
   using Scratch = PoolScratch<G>;
   static constexpr int64_t kNhwcChunksPerThread = 8;
 
   template <typename T, typename G>
-  static void forward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0, int64_t c1,
+  static void forward_nchw(const Problem<G>& p, const RoiList& list, const Tables<G>&,
+                           int64_t c0, int64_t c1,
                            const T* features, T* out, int32_t* argmax, Scratch<G>& scratch) {
     pool_forward_nchw(p, list, c0, c1, features, out, argmax, scratch.run, scratch.tile,
                       scratch.block, scratch.arg);
   }
   template <typename T, typename G>
-  static void forward_nhwc(const Problem<G>& p, const RoiList& list, const T* features, T* out,
+  static void forward_nhwc(const Problem<G>& p, const RoiList& list, const Tables<G>&,
+                           const T* features, T* out,
                            int32_t* argmax, Scratch<G>& scratch) {
     for (int64_t j = 0; j < list.size; ++j)
       pool_forward_nhwc(p, list.ids[j], features, out, argmax, scratch.best, scratch.arg);
   }
   template <typename T, typename G>
-  static void backward(const Problem<G>& p, const RoiList& list, int64_t c0, int64_t c1,
+  static void backward(const Problem<G>& p, const RoiList& list, const Tables<G>&, int64_t c0,
+                       int64_t c1,
                        const T* grad_out, const int32_t* argmax, G* grad, Scratch<G>&) {
     for (int64_t j = 0; j < list.size; ++j)
       pool_backward_roi(p, list.ids[j], c0, c1, grad_out, argmax, grad);

@@ -45,7 +45,7 @@ struct PsPoolTaps {
       for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
         PixelWindow win = pool_bin(roi, ph, pw, s.height, s.width);
         for (int64_t h = win.h0; h < win.h1; ++h)
-          for (int64_t w = win.w0; w < win.w1; ++w) t.taps.push_back({h, w, G(1)});
+          for (int64_t w = win.w0; w < win.w1; ++w) t.add_new(h, w, G(1));
         // An empty bin has no taps: it sums to 0, whatever its divisor.
         t.end_bin(win.empty() ? G(1) : static_cast<G>((win.h1 - win.h0) * (win.w1 - win.w0)));
       }

@@ -78,20 +78,22 @@ struct CpuBackend {
     using Scratch = typename Kernel::template Scratch<G>;
     const Shape& s = p.shape;
     if (list.size == 0 || s.out_channels == 0 || s.pooled_h * s.pooled_w == 0) return;
+    typename Kernel::template Tables<G> tables;
+    Kernel::tabulate(pool, p, list, tables);
     if (!s.channels_last) {
       // Channels outermost, so each plane is read from memory once per run of ROIs.
       const int64_t C = s.out_channels;
       parallel_for(pool, C, balanced_grain(pool, C, 1, 4), [&](int64_t c0, int64_t c1) {
         Scratch scratch;
-        Kernel::forward_nchw(p, list, c0, c1, features, out, argmax, scratch);
+        Kernel::forward_nchw(p, list, tables, c0, c1, features, out, argmax, scratch);
       });
       return;
     }
     parallel_for(pool, list.size, balanced_grain(pool, list.size, 1, Kernel::kNhwcChunksPerThread),
                  [&](int64_t begin, int64_t end) {
                    Scratch scratch;
-                   Kernel::forward_nhwc(p, {list.ids + begin, end - begin}, features, out,
-                                        argmax, scratch);
+                   Kernel::forward_nhwc(p, {list.ids + begin, end - begin}, tables, features,
+                                        out, argmax, scratch);
                  });
   }
 
@@ -113,12 +115,14 @@ struct CpuBackend {
       for (int64_t b = b0; b < b1; ++b)
         if (!read[b]) zero_gradient_block(s, GradientBlock{{}, b, 0, s.channels}, grad);
     });
+    typename CpuKernel<op>::template Tables<G> tables;
+    if (!blocks.empty()) CpuKernel<op>::tabulate(pool, p, list, tables);
     parallel_for(pool, static_cast<int64_t>(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
       typename CpuKernel<op>::template Scratch<G> scratch;
       for (int64_t b = b0; b < b1; ++b) {
         zero_gradient_block(s, blocks[b], grad);
         const auto& [rois, batch, c0, c1] = blocks[b];
-        CpuKernel<op>::backward(p, rois, c0, c1, grad_out, argmax, grad, scratch);
+        CpuKernel<op>::backward(p, rois, tables, c0, c1, grad_out, argmax, grad, scratch);
       }
     });
   }

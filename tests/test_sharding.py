@@ -49,6 +49,10 @@ def _compute_facts():
         return np.concatenate([xy.min(-2), xy.max(-2)], -1)  # x1 <= x2, y1 <= y2
 
     boxes = jnp.asarray(corners((N, L)))                                   # [N, L, 4]
+    # rotated boxes (cx, cy, w, h, angle) per image, and as [K, 6] rows
+    rotated = jnp.asarray(np.concatenate([rng.uniform(0, W, (N, L, 2)),
+                                          rng.uniform(1, W, (N, L, 2)),
+                                          rng.uniform(-90, 90, (N, L, 1))], -1))
     rois = jnp.asarray(np.concatenate(
         [rng.integers(0, N, (K, 1)).astype(np.float64), corners((K,))], 1))  # [K, 5]
 
@@ -58,6 +62,12 @@ def _compute_facts():
         "align_max": lambda lay: lambda x, r: jax_roi.roi_align(x, r, (2, 3), 0.5, -1, False,
                                                                 mode="max", layout=lay),
         "pool": lambda lay: lambda x, r: jax_roi.roi_pool(x, r, (2, 3), 0.5, layout=lay),
+        "rotated": lambda lay: lambda x, r: jax_roi.roi_align_rotated(x, r, (2, 3), 0.5, 2,
+                                                                      layout=lay),
+        # position-sensitive: C = 4 channels over (1, 2) bins give 2 output channels
+        "ps_align": lambda lay: lambda x, r: jax_roi.ps_roi_align(x, r, (1, 2), 0.5, 2,
+                                                                  layout=lay),
+        "ps_pool": lambda lay: lambda x, r: jax_roi.ps_roi_pool(x, r, (1, 2), 0.5, layout=lay),
         # the pure-JAX implementation, as platforms without a kernel run it
         "align_max_xla": lambda lay: lambda x, r: jax_roi.roi_align(
             x, r, (2, 3), 0.5, -1, False, mode="max", layout=lay, implementation="xla"),
@@ -122,6 +132,12 @@ def _compute_facts():
             ops["align_max"]("NHWC"), nhwc, boxes, auto, P("d"), P("d")),
         "jit_boxes_pool_nchw": lambda: run(
             ops["pool"]("NCHW"), nchw, boxes, explicit, P("d"), P("d")),
+        "jit_boxes_rotated_nhwc": lambda: run(
+            ops["rotated"]("NHWC"), nhwc, rotated, explicit, P("d"), P("d")),
+        "jit_boxes_ps_align_nchw": lambda: run(
+            ops["ps_align"]("NCHW"), nchw, boxes, auto, P("d"), P("d")),
+        "jit_boxes_ps_pool_nhwc": lambda: run(
+            ops["ps_pool"]("NHWC"), nhwc, boxes, explicit, P("d"), P("d")),
         # jit patterns that are computed whole on each device, correctly
         "jit_rois_sharded": lambda: run(
             ops["align_avg"]("NHWC"), nhwc, rois, explicit, P(), P("d")),
@@ -143,6 +159,13 @@ def _compute_facts():
             smap(ops["align_avg"]("NHWC"), explicit, (channel_spec("NHWC"), P()),
                  P(None, None, None, "d")),
             nhwc, rois, explicit, channel_spec("NHWC"), P(), ops["align_avg"]("NHWC")),
+        "smap_rotated_rois_sharded": lambda: run(
+            smap(ops["rotated"]("NCHW"), explicit, (P(), P("d")), P("d")),
+            nchw, jnp.concatenate([rois[:, :1], rotated.reshape(-1, 5)[:K]], 1), explicit,
+            P(), P("d"), ops["rotated"]("NCHW")),
+        "smap_ps_pool_rois_sharded": lambda: run(
+            smap(ops["ps_pool"]("NHWC"), explicit, (P(), P("d")), P("d")),
+            nhwc, rois, explicit, P(), P("d"), ops["ps_pool"]("NHWC")),
         # vmap inside shard_map, jit inside shard_map and vmap
         "smap_vmap_features": lambda: run(
             smap(jax.vmap(ops["align_avg"]("NCHW"), (0, None)), explicit,
@@ -251,7 +274,8 @@ def assert_equal_to_one_device(found):
 
 
 BATCH_PARTITIONED = ["jit_boxes_align_avg_nchw", "jit_boxes_align_max_nhwc",
-                     "jit_boxes_pool_nchw", "jit_boxes_gspmd"]
+                     "jit_boxes_pool_nchw", "jit_boxes_gspmd", "jit_boxes_rotated_nhwc",
+                     "jit_boxes_ps_align_nchw", "jit_boxes_ps_pool_nhwc"]
 
 
 @pytest.mark.parametrize("name", BATCH_PARTITIONED)
@@ -300,7 +324,8 @@ def test_only_per_image_boxes_are_marked_batch_partitionable(facts):
 
 
 @pytest.mark.parametrize("name", ["smap_rois_sharded", "smap_rois_sharded_unchecked",
-                                  "smap_boxes_sharded", "smap_channels_sharded"])
+                                  "smap_boxes_sharded", "smap_channels_sharded",
+                                  "smap_rotated_rois_sharded", "smap_ps_pool_rois_sharded"])
 def test_shard_map_values_and_gradients(facts, name):
     # the gradient of features replicated over devices that hold different
     # ROIs is the sum of the devices' parts: grad_error checks that sum

@@ -18,7 +18,8 @@ def both_implementations(request, monkeypatch):
     that platforms without a kernel run: the public functions it calls get
     that `implementation`. Use with pytest.mark.usefixtures."""
     import jax_roi
-    for name in ("roi_align", "roi_pool", "multi_scale_roi_align"):
+    for name in ("roi_align", "roi_pool", "multi_scale_roi_align", "roi_align_rotated",
+                 "ps_roi_align", "ps_roi_pool"):
         monkeypatch.setattr(jax_roi, name, functools.partial(getattr(jax_roi, name),
                                                              implementation=request.param))
     return request.param

@@ -1,4 +1,5 @@
-"""Float64 NumPy references for roi_pool and roi_align, written from semantics.md.
+"""Float64 NumPy references for roi_pool, roi_align, roi_align_rotated,
+ps_roi_align and ps_roi_pool, written from semantics.md.
 
 Plain loops over ROIs, bins and samples, vectorised only over channels. The
 geometry (box mapping, bins, sample positions, bilinear weights) is evaluated in
@@ -8,7 +9,8 @@ numbers as a kernel computing in that precision; feature values are always
 accumulated in float64.
 
 Every public function takes features in `layout` ("NCHW" or "NHWC") and ROIs as
-[K, 5] or [N, L, 4]; internally everything is NCHW with [K, 5] rows.
+[K, 5] or [N, L, 4] ([K, 6] or [N, L, 5] for roi_align_rotated); internally
+everything is NCHW with [K, 5] ([K, 6]) rows.
 """
 
 import numpy as np
@@ -307,3 +309,244 @@ def roi_align_vjp(x, rois, output_size, spatial_scale, sampling_ratio, aligned,
 def round_to(x, dtype):
     """x rounded to a (possibly 16-bit) dtype and back to float64."""
     return np.asarray(x).astype(dtype).astype(np.float64)
+
+
+# ------------------------------------------------- roi_align_rotated, ps ops
+#
+# Rotated ROIs are [K, 6] rows (b, cx, cy, w, h, angle in degrees) or
+# [N, L, 5] boxes; the position-sensitive ops take [K, 5] / [N, L, 4] like
+# roi_align. Every op below is linear in the features: a list of bins, each
+# reading a set of input channels, is all the forward and the adjoint need.
+
+def _rows_of(rois, geom, width):
+    """[K, width + 1] rows in `geom` from [K, width + 1] rows or [N, L, width]
+    boxes, plus the leading output shape ([K] or [N, L])."""
+    rois = np.asarray(rois)
+    if rois.ndim == 3:
+        n, l, _ = rois.shape
+        b = np.repeat(np.arange(n, dtype=np.float64), l)[:, None]
+        rows = np.concatenate([b, rois.reshape(n * l, width).astype(np.float64)], 1)
+        return rows.astype(geom), (n, l)
+    return rois.reshape(rois.shape[0], width + 1).astype(geom), (rois.shape[0],)
+
+
+def _rotated_bins(row, h, w, ph_n, pw_n, s, sampling_ratio, aligned, clockwise, g):
+    """[(ph, pw, samples, count)] of one rotated ROI row, [] for a box with a
+    negative size (aligned): bad data. Samples in (iy, ix) row-major order."""
+    s = g(s)
+    o = g(0.5) if aligned else g(0)
+    ccx = row[1] * s - o
+    ccy = row[2] * s - o
+    rw = row[3] * s
+    rh = row[4] * s
+    if aligned and (rw < 0 or rh < 0):
+        return []
+    if not aligned:
+        rw = max(rw, g(1))
+        rh = max(rh, g(1))
+    theta = g(np.float64(row[5]) * np.pi / 180)
+    if clockwise:
+        theta = -theta
+    cos_t = g(np.cos(theta))
+    sin_t = g(np.sin(theta))
+    bh = rh / g(ph_n)
+    bw = rw / g(pw_n)
+    if sampling_ratio > 0:
+        gh = gw = int(sampling_ratio)
+    else:
+        gh = int(np.ceil(rh / g(ph_n)))
+        gw = int(np.ceil(rw / g(pw_n)))
+    # the tests keep boxes small; this guards against feeding a huge one
+    assert max(gh, 0) * max(gw, 0) <= 1 << 16, "box too large for the reference"
+    count = max(gh * gw, 1)
+    bins = []
+    for ph in range(ph_n):
+        for pw in range(pw_n):
+            samples = []
+            for iy in range(gh):
+                yy = -rh / g(2) + g(ph) * bh + g(iy + 0.5) * bh / g(gh)
+                for ix in range(gw):
+                    xx = -rw / g(2) + g(pw) * bw + g(ix + 0.5) * bw / g(gw)
+                    y = yy * cos_t - xx * sin_t + ccy
+                    x = yy * sin_t + xx * cos_t + ccx
+                    samples.append(_bilinear(h, w, y, x, g))
+            bins.append((ph, pw, samples, count))
+    return bins
+
+
+def _ps_channels(c_out, ph_n, pw_n, ph, pw):
+    """Input channels read by output channels 0..c_out-1 of bin (ph, pw)."""
+    return (np.arange(c_out) * ph_n + ph) * pw_n + pw
+
+
+def _ps_channel_count(c, output_size):
+    ph_n, pw_n = _pair(output_size)
+    if c % (ph_n * pw_n):
+        raise ValueError(f"features' {c} channels are not a multiple of PH*PW = {ph_n * pw_n}")
+    return c // (ph_n * pw_n)
+
+
+def _sampled_forward(x, rows, ph_n, pw_n, c_out, bins_of, channels):
+    """out[k, :, ph, pw] = sum of the bin's samples / count over the input
+    channels channels(ph, pw); 0 for a bad row or a bin without samples."""
+    n, _, h, w = x.shape
+    out = np.zeros((rows.shape[0], c_out, ph_n, pw_n))
+    for k, row in enumerate(rows):
+        b = _batch(row, n)
+        if b is None:
+            continue
+        for ph, pw, samples, count in bins_of(row, h, w):
+            if not samples:
+                continue
+            plane = x[b][channels(ph, pw)]
+            vals = np.stack([_sample_values(plane, cs) for cs in samples])
+            out[k, :, ph, pw] = vals.sum(0) / count
+    return out
+
+
+def _sampled_adjoint(shape, rows, dy, bins_of, channels):
+    """The adjoint of _sampled_forward: dy * weight / count to every corner."""
+    n, c, h, w = shape
+    dx = np.zeros((n, c, h, w))
+    for k, row in enumerate(rows):
+        b = _batch(row, n)
+        if b is None:
+            continue
+        for ph, pw, samples, count in bins_of(row, h, w):
+            ch = channels(ph, pw)
+            d = dy[k, :, ph, pw]
+            for cs in samples:
+                for yy, xx, wt in cs:
+                    dx[b, ch, yy, xx] += d * np.float64(wt) / count
+    return dx
+
+
+def _rotated_setup(x, rois, output_size, spatial_scale, sampling_ratio, aligned,
+                   clockwise, layout, geom):
+    x = _to_nchw(x, layout)
+    ph_n, pw_n = _pair(output_size)
+    rows, lead = _rows_of(rois, geom, 5)
+    bins_of = lambda row, h, w: _rotated_bins(row, h, w, ph_n, pw_n, spatial_scale,
+                                              sampling_ratio, aligned, clockwise, geom)
+    return x, rows, lead, ph_n, pw_n, bins_of, lambda ph, pw: slice(None)
+
+
+def roi_align_rotated(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
+                      aligned=True, *, clockwise=False, layout="NCHW", geom=np.float64):
+    """Forward of roi_align_rotated; rois [K, 6] or [N, L, 5], angles in degrees."""
+    x, rows, lead, ph_n, pw_n, bins_of, channels = _rotated_setup(
+        x, rois, output_size, spatial_scale, sampling_ratio, aligned, clockwise, layout, geom)
+    out = _sampled_forward(x, rows, ph_n, pw_n, x.shape[1], bins_of, channels)
+    return _reshape_out(out, lead, layout)
+
+
+def roi_align_rotated_vjp(x, rois, output_size, spatial_scale, sampling_ratio, aligned, dy,
+                          *, clockwise=False, layout="NCHW", geom=np.float64):
+    """dX for cotangent dy (the op is linear: the exact adjoint)."""
+    x, rows, lead, ph_n, pw_n, bins_of, channels = _rotated_setup(
+        x, rois, output_size, spatial_scale, sampling_ratio, aligned, clockwise, layout, geom)
+    dy = _dy_to_nchw(dy, lead, layout)
+    return _from_nchw(_sampled_adjoint(x.shape, rows, dy, bins_of, channels), layout)
+
+
+def _ps_align_setup(x, rois, output_size, spatial_scale, sampling_ratio, layout, geom):
+    x = _to_nchw(x, layout)
+    ph_n, pw_n = _pair(output_size)
+    c_out = _ps_channel_count(x.shape[1], output_size)
+    rows, lead = _rows_of(rois, geom, 4)
+    # roi_align's aligned geometry: o = 0.5, no clamp; a bin without samples
+    # gives 0 (when gh*gw > 0, max(gh*gw, 1) is gh*gw)
+    bins_of = lambda row, h, w: _align_bins(row, h, w, ph_n, pw_n, spatial_scale,
+                                            sampling_ratio, True, geom)
+    channels = lambda ph, pw: _ps_channels(c_out, ph_n, pw_n, ph, pw)
+    return x, rows, lead, ph_n, pw_n, c_out, bins_of, channels
+
+
+def ps_roi_align(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, *,
+                 layout="NCHW", geom=np.float64):
+    """Forward of ps_roi_align: output channel c of bin (ph, pw) samples input
+    channel (c*PH + ph)*PW + pw."""
+    x, rows, lead, ph_n, pw_n, c_out, bins_of, channels = _ps_align_setup(
+        x, rois, output_size, spatial_scale, sampling_ratio, layout, geom)
+    out = _sampled_forward(x, rows, ph_n, pw_n, c_out, bins_of, channels)
+    return _reshape_out(out, lead, layout)
+
+
+def ps_roi_align_vjp(x, rois, output_size, spatial_scale, sampling_ratio, dy, *,
+                     layout="NCHW", geom=np.float64):
+    x, rows, lead, ph_n, pw_n, c_out, bins_of, channels = _ps_align_setup(
+        x, rois, output_size, spatial_scale, sampling_ratio, layout, geom)
+    dy = _dy_to_nchw(dy, lead, layout)
+    return _from_nchw(_sampled_adjoint(x.shape, rows, dy, bins_of, channels), layout)
+
+
+def _ps_pool_bins(row, h, w, ph_n, pw_n, s, g):
+    """Yield (ph, pw, h0, h1, w0, w1) for one ROI row: rounded box, no +1."""
+    s = g(s)
+    xs = _c_round(row[1] * s)
+    ys = _c_round(row[2] * s)
+    xe = _c_round(row[3] * s)
+    ye = _c_round(row[4] * s)
+    rw = max(xe - xs, 1)
+    rh = max(ye - ys, 1)
+    bh = g(rh) / g(ph_n)
+    bw = g(rw) / g(pw_n)
+    for ph in range(ph_n):
+        h0 = min(max(int(np.floor(g(ph) * bh)) + ys, 0), h)
+        h1 = min(max(int(np.ceil(g(ph + 1) * bh)) + ys, 0), h)
+        for pw in range(pw_n):
+            w0 = min(max(int(np.floor(g(pw) * bw)) + xs, 0), w)
+            w1 = min(max(int(np.ceil(g(pw + 1) * bw)) + xs, 0), w)
+            yield ph, pw, h0, h1, w0, w1
+
+
+def ps_pool_bins(row, h, w, output_size, spatial_scale=1.0, geom=np.float64):
+    """The bins (ph, pw, h0, h1, w0, w1) ps_roi_pool averages for one
+    (b, x1, y1, x2, y2) row: for tests that choose boxes by their bins."""
+    ph_n, pw_n = _pair(output_size)
+    return list(_ps_pool_bins(np.asarray(row, geom), h, w, ph_n, pw_n, spatial_scale, geom))
+
+
+def ps_roi_pool(x, rois, output_size, spatial_scale=1.0, *, layout="NCHW", geom=np.float64):
+    """Forward of ps_roi_pool: the mean of each bin's pixels, 0 for an empty bin."""
+    x = _to_nchw(x, layout)
+    n, c, h, w = x.shape
+    ph_n, pw_n = _pair(output_size)
+    c_out = _ps_channel_count(c, output_size)
+    rows, lead = _rows_of(rois, geom, 4)
+    out = np.zeros((rows.shape[0], c_out, ph_n, pw_n))
+    for k, row in enumerate(rows):
+        b = _batch(row, n)
+        if b is None:
+            continue
+        for ph, pw, h0, h1, w0, w1 in _ps_pool_bins(row, h, w, ph_n, pw_n,
+                                                   spatial_scale, geom):
+            if h1 <= h0 or w1 <= w0:
+                continue
+            window = x[b][_ps_channels(c_out, ph_n, pw_n, ph, pw), h0:h1, w0:w1]
+            out[k, :, ph, pw] = window.sum((1, 2)) / ((h1 - h0) * (w1 - w0))
+    return _reshape_out(out, lead, layout)
+
+
+def ps_roi_pool_vjp(x, rois, output_size, spatial_scale, dy, *, layout="NCHW",
+                    geom=np.float64):
+    """dX for cotangent dy: dy / area to every pixel of the bin."""
+    x = _to_nchw(x, layout)
+    n, c, h, w = x.shape
+    ph_n, pw_n = _pair(output_size)
+    c_out = _ps_channel_count(c, output_size)
+    rows, lead = _rows_of(rois, geom, 4)
+    dy = _dy_to_nchw(dy, lead, layout)
+    dx = np.zeros((n, c, h, w))
+    for k, row in enumerate(rows):
+        b = _batch(row, n)
+        if b is None:
+            continue
+        for ph, pw, h0, h1, w0, w1 in _ps_pool_bins(row, h, w, ph_n, pw_n,
+                                                   spatial_scale, geom):
+            if h1 <= h0 or w1 <= w0:
+                continue
+            area = (h1 - h0) * (w1 - w0)
+            ch = _ps_channels(c_out, ph_n, pw_n, ph, pw)
+            dx[b, ch, h0:h1, w0:w1] += (dy[k, :, ph, pw] / area)[:, None, None]
+    return _from_nchw(dx, layout)

@@ -1,7 +1,8 @@
 """The CUDA kernels' arithmetic, checked without a GPU: the test-only module
 runs the same element functions the CUDA grid-stride loops call, serially
 over the whole index range with plain adds for atomics, and must agree with
-the CPU kernels for every op, mode, layout and dtype, forward and backward."""
+the CPU kernels for every op (roi_align, roi_pool, roi_align_rotated,
+ps_roi_align, ps_roi_pool), mode, layout and dtype, forward and backward."""
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,8 @@ def problem(layout, dtype, roi_format, seed=0):
 
 def serial_call(direction, static, reference, *args):
     attrs = kernel_attributes(static["op"], static["spatial_scale"],
-                              static["sampling_ratio"], static["aligned"], static["layout"])
+                              static["sampling_ratio"], static["aligned"], static["layout"],
+                              clockwise=static.get("clockwise", False))
     return jax.ffi.ffi_call(PREFIX + static["op"] + "_" + direction, reference)(*args, **attrs)
 
 
@@ -93,6 +95,62 @@ def assert_kernels_agree(features, rois, static):
     assert np.any(np.asarray(cpu_grad) != 0)
 
 
+# ------------------------------------------ rotated and position-sensitive
+
+def rotated_problem(layout, dtype, roi_format, seed=5):
+    rng = np.random.default_rng(seed)
+    n, c, h, w = 2, 21, 9, 11
+    x = rng.standard_normal((n, c, h, w) if layout == "NCHW" else (n, h, w, c))
+    geometry = jnp.float64 if dtype == jnp.float64 else jnp.float32
+    cx, cy = rng.uniform(-4, 2 * w + 4, (2, 6)), rng.uniform(-4, 2 * h + 4, (2, 6))
+    boxes = np.stack([cx, cy, rng.uniform(0.3, 2 * w, (2, 6)), rng.uniform(0.3, 2 * h, (2, 6)),
+                      rng.uniform(-200, 200, (2, 6))], axis=-1)
+    boxes[0, 1] = [np.nan, 1, 2, 3, 4]   # bad data takes the same path on both
+    boxes[1, 2] = [8, 6, -3, 4, 30]      # a negative width: bad data when aligned
+    boxes[1, 4, 4] = np.inf              # an infinite angle
+    if roi_format == "k5":
+        batch = np.array([0, 1, 1, -1, 0, 2, 1, 0, 0, 1, 0, 1], float)[:, None]
+        rois = np.concatenate([batch, boxes.reshape(12, 5)], axis=1)
+    else:
+        rois = boxes
+    return jnp.asarray(x, dtype), jnp.asarray(rois, geometry)
+
+
+def ps_problem(layout, dtype, roi_format, channels, seed=6):
+    # the [K, 5] / [N, L, 4] boxes of problem() on `channels` channels
+    _, rois = problem(layout, dtype, roi_format, seed)
+    rng = np.random.default_rng(seed + 1)
+    n, h, w = 2, 9, 11
+    x = rng.standard_normal((n, channels, h, w) if layout == "NCHW" else (n, h, w, channels))
+    return jnp.asarray(x, dtype), rois
+
+
+# (op, sampling_ratio, aligned, clockwise)
+NEW_OPS = [("rotated", 2, True, False), ("rotated", -1, False, True),
+           ("rotated", 0, True, True), ("ps_align", -1, True, False),
+           ("ps_align", 3, True, False), ("ps_pool", 0, False, False)]
+
+
+@pytest.mark.parametrize("roi_format", ["k5", "nl4"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("op,sampling_ratio,aligned,clockwise", NEW_OPS)
+def test_cuda_element_functions_match_cpu_kernels_new_ops(op, sampling_ratio, aligned,
+                                                          clockwise, dtype, layout,
+                                                          roi_format):
+    if op == "rotated":
+        features, rois = rotated_problem(layout, dtype, roi_format)
+    else:
+        # output (2, 3): 102 channels are 17 per bin, a 16-lane tile and a
+        # remainder of input and of output channels alike
+        features, rois = ps_problem(layout, dtype, roi_format, 102)
+    static = dict(op=op, output_size=(2, 3), spatial_scale=0.5, sampling_ratio=sampling_ratio,
+                  aligned=aligned, clockwise=clockwise, layout=layout, implementation="kernel")
+    cpu = roi_forward_p.bind(features, rois, **static)
+    assert len(cpu) == 1  # linear ops: no argmax
+    assert_kernels_agree(features, rois, static)
+
+
 @pytest.mark.parametrize("op", ["align_avg", "align_max", "pool"])
 def test_channel_blocked_nhwc_kernels_match(op):
     # A map big enough that the NHWC kernels split the 40 channels into
@@ -104,6 +162,25 @@ def test_channel_blocked_nhwc_kernels_match(op):
                      y1 + rng.uniform(2, 300, 24)], axis=1)
     static = dict(op=op, output_size=(3, 3), spatial_scale=0.5, sampling_ratio=2,
                   aligned=True, layout="NHWC", implementation="kernel")
+    assert_kernels_agree(features, jnp.asarray(rois, jnp.float32), static)
+
+
+@pytest.mark.parametrize("op", ["rotated", "ps_align", "ps_pool"])
+def test_channel_blocked_nhwc_kernels_match_new_ops(op):
+    # The same big map for the linear ops: 40 channels for rotated, 45 for
+    # the position-sensitive ones (5 per bin of 3 x 3)
+    rng = np.random.default_rng(3)
+    c = 40 if op == "rotated" else 45
+    features = jnp.asarray(rng.standard_normal((1, 512, 512, c)), jnp.float32)
+    x1, y1 = rng.uniform(-8, 1000, (2, 24))
+    sizes = rng.uniform(2, 300, (2, 24))
+    if op == "rotated":
+        rois = np.stack([np.zeros(24), x1, y1, *sizes, rng.uniform(-180, 180, 24)], axis=1)
+    else:
+        rois = np.stack([np.zeros(24), x1, y1, x1 + sizes[0], y1 + sizes[1]], axis=1)
+    static = dict(op=op, output_size=(3, 3), spatial_scale=0.5, sampling_ratio=2,
+                  aligned=op != "ps_pool", clockwise=False, layout="NHWC",
+                  implementation="kernel")
     assert_kernels_agree(features, jnp.asarray(rois, jnp.float32), static)
 
 

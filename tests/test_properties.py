@@ -1,9 +1,10 @@
 """Property-based tests: random shapes (zero-sized ones included), random and
-malformed boxes, random output sizes and sampling ratios, over every op, mode,
+malformed boxes, random output sizes and sampling ratios, over every op
+(roi_align, roi_pool, roi_align_rotated, ps_roi_align, ps_roi_pool), mode,
 layout and dtype. Properties: values equal the float64 NumPy oracle, the
 derivative passes the dot-product test (forward against backward kernel), vmap
-equals a loop, [N, L, 4] boxes equal [K, 5] rows, and the kernels equal the
-pure-JAX implementation.
+equals a loop, [N, L, 4] boxes equal [K, 5] rows ([N, L, 5] and [K, 6] for
+rotated boxes), and the kernels equal the pure-JAX implementation.
 
 The default profile has a fixed seed and a budget that keeps this module near a
 minute; JAX_ROI_HYPOTHESIS_PROFILE=long runs many more examples with fresh
@@ -30,7 +31,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("JAX_ROI_HYPOTHESIS_PROFILE", "ci"))
 
-OPS = ["align_avg", "align_max", "pool"]
+OPS = ["align_avg", "align_max", "pool", "rotated", "ps_align", "ps_pool"]
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16,
           "float16": jnp.float16}
 # relative tolerance of the output against the float64 oracle, per dtype
@@ -43,6 +44,22 @@ def coordinate(extent, bad):
     """An image coordinate: mostly near the map, sometimes one of `bad`."""
     near = st.floats(-0.5 * extent - 4, 1.5 * extent + 4, allow_nan=False)
     return st.one_of(near, near, st.sampled_from(bad)) if bad else near
+
+
+def box_size(extent, bad):
+    """A rotated box's width or height: mostly positive, sometimes negative
+    (bad data when aligned) or one of `bad`."""
+    near = st.floats(-2.0, 1.5 * extent + 4, allow_nan=False)
+    return st.one_of(near, near, st.sampled_from(bad)) if bad else near
+
+
+def angle(bad):
+    """Degrees: anything in a few turns, the quarter turns, sometimes not finite."""
+    any_angle = st.floats(-800.0, 800.0, allow_nan=False)
+    turns = st.sampled_from([0.0, 90.0, -90.0, 180.0, 45.0, 360.0])
+    return st.one_of(any_angle, any_angle, turns,
+                     st.sampled_from([b for b in bad if not np.isfinite(b)])) if bad else \
+        st.one_of(any_angle, turns)
 
 
 def batch_index(n, malformed):
@@ -68,23 +85,44 @@ def problems(draw, malformed=True, dtypes=tuple(DTYPES), for_oracle=False):
     aligned = draw(st.booleans())
     img_h, img_w = max(h, 1) / scale, max(w, 1) / scale
     # the NumPy oracle visits every sample of an adaptive grid: no huge boxes there
-    bad = NOT_FINITE + (HUGE if not (for_oracle and op != "pool" and ratio <= 0) else [])
+    sampled = op not in ("pool", "ps_pool")
+    bad = NOT_FINITE + (HUGE if not (for_oracle and sampled and ratio <= 0) else [])
     bad = bad if malformed else []
-    rois = np.array([[draw(batch_index(n, malformed)), draw(coordinate(img_w, bad)),
-                      draw(coordinate(img_h, bad)), draw(coordinate(img_w, bad)),
-                      draw(coordinate(img_h, bad))] for _ in range(k)]).reshape(k, 5)
+    if op == "rotated":
+        clockwise = draw(st.booleans())
+        rois = np.array([[draw(batch_index(n, malformed)), draw(coordinate(img_w, bad)),
+                          draw(coordinate(img_h, bad)), draw(box_size(img_w, bad)),
+                          draw(box_size(img_h, bad)), draw(angle(bad))]
+                         for _ in range(k)]).reshape(k, 6)
+    else:
+        clockwise = False
+        rois = np.array([[draw(batch_index(n, malformed)), draw(coordinate(img_w, bad)),
+                          draw(coordinate(img_h, bad)), draw(coordinate(img_w, bad)),
+                          draw(coordinate(img_h, bad))] for _ in range(k)]).reshape(k, 5)
+    if op.startswith("ps_"):
+        c *= output_size[0] * output_size[1]  # c output channels: a multiple of PH*PW
     seed = draw(st.integers(0, 2**31 - 1))
     x = np.random.default_rng(seed).standard_normal((n, c, h, w))
     if layout == "NHWC":
         x = x.transpose(0, 2, 3, 1)
     return dict(op=op, layout=layout, dtype=dtype, output_size=output_size, scale=scale,
-                ratio=ratio, aligned=aligned, x=x, rois=rois)
+                ratio=ratio, aligned=aligned, clockwise=clockwise, x=x, rois=rois)
 
 
 def call(p, features, rois, implementation=None):
     if p["op"] == "pool":
         return jax_roi.roi_pool(features, rois, p["output_size"], p["scale"],
                                 layout=p["layout"], implementation=implementation)
+    if p["op"] == "ps_pool":
+        return jax_roi.ps_roi_pool(features, rois, p["output_size"], p["scale"],
+                                   layout=p["layout"], implementation=implementation)
+    if p["op"] == "ps_align":
+        return jax_roi.ps_roi_align(features, rois, p["output_size"], p["scale"], p["ratio"],
+                                    layout=p["layout"], implementation=implementation)
+    if p["op"] == "rotated":
+        return jax_roi.roi_align_rotated(features, rois, p["output_size"], p["scale"],
+                                         p["ratio"], p["aligned"], clockwise=p["clockwise"],
+                                         layout=p["layout"], implementation=implementation)
     return jax_roi.roi_align(features, rois, p["output_size"], p["scale"], p["ratio"],
                              p["aligned"], mode=p["op"][6:], layout=p["layout"],
                              implementation=implementation)
@@ -100,6 +138,16 @@ def oracle(p, x64):
     if p["op"] == "pool":
         return ref.roi_pool(x64, rows, p["output_size"], p["scale"], layout=p["layout"],
                             geom=geom)[0]
+    if p["op"] == "ps_pool":
+        return ref.ps_roi_pool(x64, rows, p["output_size"], p["scale"], layout=p["layout"],
+                               geom=geom)
+    if p["op"] == "ps_align":
+        return ref.ps_roi_align(x64, rows, p["output_size"], p["scale"], p["ratio"],
+                                layout=p["layout"], geom=geom)
+    if p["op"] == "rotated":
+        return ref.roi_align_rotated(x64, rows, p["output_size"], p["scale"], p["ratio"],
+                                     p["aligned"], clockwise=p["clockwise"],
+                                     layout=p["layout"], geom=geom)
     return ref.roi_align(x64, rows, p["output_size"], p["scale"], p["ratio"], p["aligned"],
                          mode=p["op"][6:], layout=p["layout"], geom=geom)
 
@@ -146,10 +194,11 @@ def test_vmap_equals_a_loop(p):
 def test_per_image_boxes_equal_rows(p, per_image):
     features = features_of(p)
     n = features.shape[0]
-    boxes = np.resize(p["rois"][:, 1:], (n, per_image, 4)) if p["rois"].size else \
-        np.zeros((n, per_image, 4))
+    width = p["rois"].shape[1] - 1  # 4, or 5 for rotated boxes
+    boxes = np.resize(p["rois"][:, 1:], (n, per_image, width)) if p["rois"].size else \
+        np.zeros((n, per_image, width))
     rows = np.concatenate([np.repeat(np.arange(n, dtype=float), per_image)[:, None],
-                           boxes.reshape(-1, 4)], axis=1)
+                           boxes.reshape(-1, width)], axis=1)
     by_image = call(p, features, jnp.asarray(boxes))
     by_row = call(p, features, jnp.asarray(rows))
     assert by_image.shape[:2] == (n, per_image)

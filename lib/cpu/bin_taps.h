@@ -353,8 +353,9 @@ struct TapKernel {
       }
       return;
     }
-    // NCHW: each tile of channels takes every ROI's gradient, then is added
-    // to the gradient whole.
+    // NCHW: each tile of channels takes every ROI's gradient, then is
+    // written to the gradient whole. The list is one image's, so the tile
+    // holds all that part of the (zeroed) gradient receives.
     scratch.block.resize(s.pooled_h * s.pooled_w);
     LaneTile<G>& tile = scratch.tile;
     for (int64_t c = c0; c < c1; c += kLanes) {
@@ -363,7 +364,7 @@ struct TapKernel {
         const BinTaps<G>& t = tables.of(list.ids + j);
         if (t.batch < 0) continue;
         if (tile.batch != t.batch || tile.channel != c) {
-          tile.flush_into(s, grad, lanes);
+          tile.flush_into(s, grad, lanes, /*replace=*/true);
           tile.load_zeros(s, t.batch, c);
         }
         scratch.block.read(grad_out + output_index(s, t.roi, c, 0, 0), lanes);
@@ -371,7 +372,7 @@ struct TapKernel {
           tap_backward_lanes<decltype(bytes)::value>(s, t, scratch.block, tile);
         });
       }
-      tile.flush_into(s, grad, lanes);
+      tile.flush_into(s, grad, lanes, /*replace=*/true);
     }
   }
 };

@@ -81,16 +81,19 @@ struct LaneTile {
     channel = c0;
   }
 
-  // Adds the tile into channels [channel, channel + lanes) of grad, and
-  // forgets it.
-  void flush_into(const Shape& s, G* grad, int lanes) {
+  // Adds the tile into channels [channel, channel + lanes) of grad (or,
+  // with `replace`, writes it there), and forgets it.
+  void flush_into(const Shape& s, G* grad, int lanes, bool replace = false) {
     if (batch < 0) return;
     const int64_t plane = s.height * s.width;
     G* dst = grad + (batch * s.channels + channel) * plane;
     const G* __restrict__ src = data.data();
     for (int j = 0; j < lanes; ++j) {
       G* __restrict__ d = dst + j * plane;
-      for (int64_t i = 0; i < plane; ++i) d[i] += src[i * kLanes + j];
+      if (replace)
+        for (int64_t i = 0; i < plane; ++i) d[i] = src[i * kLanes + j];
+      else
+        for (int64_t i = 0; i < plane; ++i) d[i] += src[i * kLanes + j];
     }
     batch = channel = -1;
   }

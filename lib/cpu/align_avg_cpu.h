@@ -239,6 +239,7 @@ struct CpuKernel<Op::kAlignAvg> : NoCallTables {
   template <typename G>
   using Scratch = AlignScratch<G>;
   static constexpr int64_t kNhwcChunksPerThread = 4;  // each a few runs of neighbouring ROIs
+  static constexpr bool kNchwSplitsRois = false;
 
   template <typename T, typename G>
   static void forward_nchw(const Problem<G>& p, const RoiList& list, const Tables<G>&,

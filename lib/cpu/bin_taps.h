@@ -158,20 +158,27 @@ JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_bin(const Shape& s, const BinTaps<G>
 }
 
 // Position-sensitive, either layout: output channels [c0, c1) of bin b,
-// each from its own input channel.
+// each from its own input channel, `acc` holding their sums. Taps run
+// outermost, so the channels' sums are independent chains and their loads
+// overlap.
 template <typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void tap_forward_mapped_bin(const Shape& s, const BinTaps<G>& t, int64_t b,
                                                   int64_t c0, int64_t c1, const T* features,
-                                                  T* out) {
-  const int64_t ph = b / s.pooled_w, pw = b % s.pooled_w;
-  for (int64_t c = c0; c < c1; ++c) {
-    const int64_t in = position_sensitive_channel(c, ph, pw, s.pooled_h, s.pooled_w);
-    const Pixels<T> px = image_pixels(s, features, t.batch, in);
-    G sum = G(0);
-    for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap)
-      sum += tap->weight * to_acc(*px.at(tap->y, tap->x));
-    out[output_index(s, t.roi, c, ph, pw)] = from_acc<T>(sum / t.divisor[b]);
+                                                  T* out, std::vector<G>& acc) {
+  const int64_t ph = b / s.pooled_w, pw = b % s.pooled_w, bins = s.pooled_h * s.pooled_w;
+  const int64_t n = c1 - c0;
+  // Input channel (c*PH + ph)*PW + pw = c*bins + b.
+  const Pixels<T> px = image_pixels(s, features, t.batch, c0 * bins + b);
+  const int64_t channel_step = bins * (s.channels_last ? 1 : s.height * s.width);
+  acc.assign(n, G(0));
+  G* __restrict__ sum = acc.data();
+  for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap) {
+    const T* __restrict__ v = px.at(tap->y, tap->x);
+    const G w = tap->weight;
+    for (int64_t c = 0; c < n; ++c) sum[c] += w * to_acc(v[c * channel_step]);
   }
+  for (int64_t c = 0; c < n; ++c)
+    out[output_index(s, t.roi, c0 + c, ph, pw)] = from_acc<T>(sum[c] / t.divisor[b]);
 }
 
 // Zeros for a ROI that reads nothing: output channels [c0, c1).
@@ -231,17 +238,21 @@ JAX_ROI_ALWAYS_INLINE void tap_backward_lanes(const Shape& s, const BinTaps<G>& 
   }
 }
 
-// Position-sensitive, either layout: input channel `in`'s gradient from
-// ROI t, through the output channel and bin that read it.
+// Position-sensitive, either layout: bin b of ROI t's gradient into the
+// input channels c*bins + b that lie in [c0, c1).
 template <typename T, typename G>
-JAX_ROI_ALWAYS_INLINE void tap_backward_mapped(const Shape& s, const BinTaps<G>& t, int64_t in,
-                                               const T* grad_out, G* grad) {
-  const int64_t bins = s.pooled_h * s.pooled_w;
-  const int64_t c = in / bins, b = in % bins;
-  const G g = to_acc(grad_out[output_index(s, t.roi, c, b / s.pooled_w, b % s.pooled_w)]) /
-              t.divisor[b];
-  for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap)
-    *gradient_at(s, grad, t.batch, tap->y, tap->x, in) += g * tap->weight;
+JAX_ROI_ALWAYS_INLINE void tap_backward_mapped(const Shape& s, const BinTaps<G>& t, int64_t b,
+                                               int64_t c0, int64_t c1, const T* grad_out,
+                                               G* grad) {
+  const int64_t bins = s.pooled_h * s.pooled_w, ph = b / s.pooled_w, pw = b % s.pooled_w;
+  const int64_t first = std::max<int64_t>(0, (c0 - b + bins - 1) / bins);
+  const int64_t last = std::min<int64_t>(s.out_channels, (c1 - 1 - b) / bins + 1);
+  for (int64_t c = first; c < last; ++c) {
+    const G g = to_acc(grad_out[output_index(s, t.roi, c, ph, pw)]) / t.divisor[b];
+    const int64_t in = c * bins + b;
+    for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap)
+      *gradient_at(s, grad, t.batch, tap->y, tap->x, in) += g * tap->weight;
+  }
 }
 
 // --------------------------------------------------------------- the kernels
@@ -250,7 +261,7 @@ template <typename G>
 struct TapScratch {
   LaneTile<G> tile;
   OutputBlock<G> block;
-  std::vector<G> scaled;
+  std::vector<G> scaled, acc;
 };
 
 template <typename Tabulate, bool position_sensitive>
@@ -260,6 +271,9 @@ struct TapKernel {
   template <typename G>
   using Scratch = TapScratch<G>;
   static constexpr int64_t kNhwcChunksPerThread = 8;
+  // Position-sensitive NCHW forward splits the ROIs among threads, as NHWC
+  // does: a bin's output channels then sum side by side.
+  static constexpr bool kNchwSplitsRois = position_sensitive;
 
   template <typename G>
   static void tabulate(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list,
@@ -277,15 +291,14 @@ struct TapKernel {
     const Shape& s = p.shape;
     const int64_t bins = s.pooled_h * s.pooled_w;
     if constexpr (position_sensitive) {
-      for (int64_t c = c0; c < c1; ++c) {
-        for (int64_t j = 0; j < list.size; ++j) {
-          const BinTaps<G>& t = tables.of(list.ids + j);
-          if (t.batch < 0) {
-            zero_roi_output(s, t.roi, c, c + 1, out);
-            continue;
-          }
-          for (int64_t b = 0; b < bins; ++b) tap_forward_mapped_bin(s, t, b, c, c + 1, features, out);
+      for (int64_t j = 0; j < list.size; ++j) {
+        const BinTaps<G>& t = tables.of(list.ids + j);
+        if (t.batch < 0) {
+          zero_roi_output(s, t.roi, c0, c1, out);
+          continue;
         }
+        for (int64_t b = 0; b < bins; ++b)
+          tap_forward_mapped_bin(s, t, b, c0, c1, features, out, scratch.acc);
       }
       return;
     }
@@ -311,7 +324,7 @@ struct TapKernel {
   template <typename T, typename G>
   static JAX_ROI_CPU_CLONES void forward_nhwc(const Problem<G>& p, const RoiList& list,
                                               const Tables<G>& tables, const T* features, T* out,
-                                              int32_t*, Scratch<G>&) {
+                                              int32_t*, Scratch<G>& scratch) {
     const Shape& s = p.shape;
     const int64_t bins = s.pooled_h * s.pooled_w;
     for (int64_t j = 0; j < list.size; ++j) {
@@ -320,7 +333,7 @@ struct TapKernel {
         zero_roi_output(s, t.roi, 0, s.out_channels, out);
       } else if constexpr (position_sensitive) {
         for (int64_t b = 0; b < bins; ++b)
-          tap_forward_mapped_bin(s, t, b, 0, s.out_channels, features, out);
+          tap_forward_mapped_bin(s, t, b, 0, s.out_channels, features, out, scratch.acc);
       } else {
         with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
           for (int64_t b = 0; b < bins; ++b)
@@ -337,11 +350,17 @@ struct TapKernel {
                                           const T* grad_out, const int32_t*, G* grad,
                                           Scratch<G>& scratch) {
     const Shape& s = p.shape;
-    if constexpr (position_sensitive) {  // a channel at a time, its plane in cache
-      for (int64_t in = c0; in < c1; ++in) {
-        for (int64_t j = 0; j < list.size; ++j) {
+    if constexpr (position_sensitive) {
+      // NCHW: a bin at a time, so the planes it writes stay in cache while
+      // every ROI adds to them; NHWC: a ROI at a time, its pixels' rows in cache.
+      const int64_t bins = s.pooled_h * s.pooled_w;
+      const int64_t outer = s.channels_last ? list.size : bins;
+      const int64_t inner = s.channels_last ? bins : list.size;
+      for (int64_t i = 0; i < outer; ++i) {
+        for (int64_t k = 0; k < inner; ++k) {
+          const int64_t j = s.channels_last ? i : k, b = s.channels_last ? k : i;
           const BinTaps<G>& t = tables.of(list.ids + j);
-          if (t.batch >= 0) tap_backward_mapped(s, t, in, grad_out, grad);
+          if (t.batch >= 0) tap_backward_mapped(s, t, b, c0, c1, grad_out, grad);
         }
       }
       return;

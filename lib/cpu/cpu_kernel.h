@@ -4,6 +4,8 @@
 //     once for all its threads (NoCallTables: nothing);
 //   Scratch<G>: the buffers one thread reuses;
 //   kNhwcChunksPerThread: how finely NHWC forward splits the ROIs;
+//   kNchwSplitsRois: NCHW forward splits the ROIs too, calling forward_nchw
+//     with every channel (else it splits the channels);
 //   forward_nchw(p, list, tables, c0, c1, features, out, argmax, scratch):
 //     output channels [c0, c1) of the listed ROIs;
 //   forward_nhwc(p, list, tables, features, out, argmax, scratch): every

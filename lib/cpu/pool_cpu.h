@@ -209,6 +209,7 @@ struct CpuKernel<Op::kPool> : NoCallTables {
   template <typename G>
   using Scratch = PoolScratch<G>;
   static constexpr int64_t kNhwcChunksPerThread = 8;
+  static constexpr bool kNchwSplitsRois = false;
 
   template <typename T, typename G>
   static void forward_nchw(const Problem<G>& p, const RoiList& list, const Tables<G>&,

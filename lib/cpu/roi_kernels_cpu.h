@@ -1,5 +1,6 @@
 // The CPU backend: ROI-at-a-time kernels over XLA's thread pool. NCHW
-// forward splits the channels among threads and NHWC forward the ROIs;
+// forward splits the channels among threads (unless the kernel asks for
+// kNchwSplitsRois) and NHWC forward the ROIs;
 // backward splits into blocks of (image, channels) that each own the
 // gradient elements they write (gradient_blocks.h). A pyramid is its levels
 // one after another, each visiting only its own ROIs.
@@ -80,7 +81,7 @@ struct CpuBackend {
     if (list.size == 0 || s.out_channels == 0 || s.pooled_h * s.pooled_w == 0) return;
     typename Kernel::template Tables<G> tables;
     Kernel::tabulate(pool, p, list, tables);
-    if (!s.channels_last) {
+    if (!s.channels_last && !Kernel::kNchwSplitsRois) {
       // Channels outermost, so each plane is read from memory once per run of ROIs.
       const int64_t C = s.out_channels;
       parallel_for(pool, C, balanced_grain(pool, C, 1, 4), [&](int64_t c0, int64_t c1) {
@@ -92,8 +93,12 @@ struct CpuBackend {
     parallel_for(pool, list.size, balanced_grain(pool, list.size, 1, Kernel::kNhwcChunksPerThread),
                  [&](int64_t begin, int64_t end) {
                    Scratch scratch;
-                   Kernel::forward_nhwc(p, {list.ids + begin, end - begin}, tables, features,
-                                        out, argmax, scratch);
+                   const RoiList part{list.ids + begin, end - begin};
+                   if (s.channels_last)
+                     Kernel::forward_nhwc(p, part, tables, features, out, argmax, scratch);
+                   else
+                     Kernel::forward_nchw(p, part, tables, 0, s.out_channels, features, out,
+                                          argmax, scratch);
                  });
   }
 

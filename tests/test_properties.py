@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import jax_roi
@@ -109,6 +109,33 @@ def problems(draw, malformed=True, dtypes=tuple(DTYPES), for_oracle=False):
                 ratio=ratio, aligned=aligned, clockwise=clockwise, x=x, rois=rois)
 
 
+def fixed_problem(op, dtype="float64"):
+    """A call of `op` with real work: two images, boxes in and past the map
+    and one bad row. Each property runs one per new op as an explicit
+    example besides its drawn ones, whose zero-sized draws are common."""
+    rng = np.random.default_rng(len(op))
+    n, h, w, output_size = 2, 5, 6, (2, 3)
+    c = 2 * output_size[0] * output_size[1] if op.startswith("ps_") else 3
+    x = rng.standard_normal((n, h, w, c))
+    if op == "rotated":
+        rois = np.array([[0, 2.5, 3.0, 4.0, 3.0, 30.0], [1, 4.0, 1.5, 3.0, 5.0, -120.0],
+                         [1, 1.0, 1.0, 2.0, 2.0, np.nan]])
+    else:
+        rois = np.array([[0, 0.5, 1.0, 4.5, 3.5], [1, 2.0, -1.0, 7.0, 4.0],
+                         [2, 1.0, 1.0, 2.0, 2.0]])
+    return dict(op=op, layout="NHWC", dtype=dtype, output_size=output_size, scale=1.0,
+                ratio=-1, aligned=True, clockwise=op == "rotated", x=x, rois=rois)
+
+
+def with_fixed_examples(*extra):
+    """One explicit example per new op, for a property of (p, *extra)."""
+    def decorate(test):
+        for op in ("rotated", "ps_align", "ps_pool"):
+            test = example(fixed_problem(op), *extra)(test)
+        return test
+    return decorate
+
+
 def call(p, features, rois, implementation=None):
     if p["op"] == "pool":
         return jax_roi.roi_pool(features, rois, p["output_size"], p["scale"],
@@ -152,6 +179,7 @@ def oracle(p, x64):
                          mode=p["op"][6:], layout=p["layout"], geom=geom)
 
 
+@with_fixed_examples()
 @given(problems(for_oracle=True))
 def test_values_equal_the_numpy_oracle(p):
     features = features_of(p)
@@ -165,6 +193,7 @@ def test_values_equal_the_numpy_oracle(p):
     np.testing.assert_allclose(np.asarray(out, np.float64), want, rtol=tol, atol=tol * scale)
 
 
+@with_fixed_examples()
 @given(problems(dtypes=("float64",)))
 def test_dot_product_forward_against_backward(p):
     # <J v, u> == <v, J^T u>: J v by the forward-mode rules (the forward
@@ -180,6 +209,7 @@ def test_dot_product_forward_against_backward(p):
     assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs), abs(rhs))
 
 
+@with_fixed_examples()
 @given(problems())
 def test_vmap_equals_a_loop(p):
     features, rois = features_of(p), jnp.asarray(p["rois"])
@@ -190,6 +220,7 @@ def test_vmap_equals_a_loop(p):
                                       np.asarray(call(p, stack[i], rois), np.float64))
 
 
+@with_fixed_examples(2)
 @given(problems(), st.integers(0, 3))
 def test_per_image_boxes_equal_rows(p, per_image):
     features = features_of(p)
@@ -206,6 +237,7 @@ def test_per_image_boxes_equal_rows(p, per_image):
                                   np.asarray(by_row, np.float64))
 
 
+@with_fixed_examples()
 @given(problems(dtypes=("float64", "float32")))
 def test_kernels_equal_the_pure_jax_implementation(p):
     features, rois = features_of(p), jnp.asarray(p["rois"])

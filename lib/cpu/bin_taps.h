@@ -141,13 +141,19 @@ JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_bin(const Shape& s, const BinTaps<G>
   const Pixels<T> base = image_pixels(s, features, t.batch, 0);
   T* dst = out + output_index(s, t.roi, 0, b / s.pooled_w, b % s.pooled_w);
   int64_t c = 0;
+  // Blocks of as many vectors as the registers hold (16 with AVX-512, 8
+  // with AVX2), then smaller ones.
+  const int64_t most = native_sum_registers();
   auto blocks = [&](auto n) JAX_ROI_INLINE_LAMBDA {
     constexpr int vectors = decltype(n)::value;
+    if (vectors > most) return;
     for (; c + vectors * lanes <= C; c += vectors * lanes)
       tap_forward_nhwc_block<bytes, vectors>(t, b, Pixels<T>{base.data + c, base.stride, base.row},
                                              dst + c);
   };
+  blocks(std::integral_constant<int, 16>{});
   blocks(std::integral_constant<int, 8>{});
+  blocks(std::integral_constant<int, 2>{});
   blocks(std::integral_constant<int, 1>{});
   for (; c < C; ++c) {
     G sum = G(0);
@@ -245,8 +251,10 @@ JAX_ROI_ALWAYS_INLINE void tap_backward_mapped(const Shape& s, const BinTaps<G>&
                                                int64_t c0, int64_t c1, const T* grad_out,
                                                G* grad) {
   const int64_t bins = s.pooled_h * s.pooled_w, ph = b / s.pooled_w, pw = b % s.pooled_w;
-  const int64_t first = std::max<int64_t>(0, (c0 - b + bins - 1) / bins);
-  const int64_t last = std::min<int64_t>(s.out_channels, (c1 - 1 - b) / bins + 1);
+  // The c with c0 <= c*bins + b < c1 (the numerators are kept non-negative:
+  // C++ division truncates towards zero).
+  const int64_t first = c0 > b ? (c0 - b + bins - 1) / bins : 0;
+  const int64_t last = c1 > b ? std::min<int64_t>(s.out_channels, (c1 - 1 - b) / bins + 1) : 0;
   for (int64_t c = first; c < last; ++c) {
     const G g = to_acc(grad_out[output_index(s, t.roi, c, ph, pw)]) / t.divisor[b];
     const int64_t in = c * bins + b;

@@ -48,7 +48,7 @@ def _pooled_aval(boxes, levels, maps, *, output_size, layout, **_):
 
 def _forward_abstract(boxes, levels, *maps, op, **params):
     out = _pooled_aval(boxes, levels, maps, **params)
-    return [out] if op == "align_avg" else [out, out.update(dtype=jnp.int32)]
+    return [out] if op in reference.LINEAR_OPS else [out, out.update(dtype=jnp.int32)]
 
 
 def _winner_abstract(boxes, levels, *maps_and_argmax, **params):

@@ -780,7 +780,7 @@ def _read_winners(table, argmax, sites, dtype, pixels, *, op, output_size, sampl
 
 
 def roi_forward(features, rois, **params):
-    """roi_forward's results: [out] for "align_avg", [out, argmax] otherwise."""
+    """roi_forward's results: [out] for the linear ops, [out, argmax] otherwise."""
     if _several_images(rois):
         return _image_by_image(roi_forward, features, rois, **params)
     layout = params["layout"]

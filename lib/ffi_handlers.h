@@ -2,7 +2,8 @@
 // build the Problem, pick the storage type and call the platform's Backend:
 //   Backend::Binding / Context: the FFI context it binds (thread pool,
 //     stream) and what the handler receives;
-//   Backend::traits(): the handlers' FFI traits;
+//   Backend::kCommandBufferCompatible: whether XLA may capture the handlers
+//     in command buffers (CUDA graphs);
 //   Backend::forward<op, T, G>(ctx, problem, features, out, argmax);
 //   Backend::backward<op, T, G>(ctx, problem, grad_out, argmax, grad_features),
 //     which also zeroes grad_features;

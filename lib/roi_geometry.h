@@ -89,14 +89,17 @@ struct PoolRoi {
   G x_start, y_start, bin_w, bin_h;
 };
 
+// roi_pool's end is inclusive (Fast R-CNN: one pixel more); ps_roi_pool's
+// is not (R-FCN). Both are at least one pixel.
 template <typename G>
 JAX_ROI_HOST_DEVICE PoolRoi<G> pool_roi(const Roi<G>& r, G scale, int64_t pooled_h,
-                                int64_t pooled_w) {
+                                        int64_t pooled_w, bool inclusive_end = true) {
   // std::round rounds half away from zero, as C's round does.
   G xs = std::round(r.v[0] * scale), ys = std::round(r.v[1] * scale);
   G xe = std::round(r.v[2] * scale), ye = std::round(r.v[3] * scale);
-  G roi_w = max_of(xe - xs + G(1), G(1));
-  G roi_h = max_of(ye - ys + G(1), G(1));
+  const G extra = inclusive_end ? G(1) : G(0);
+  G roi_w = max_of(xe - xs + extra, G(1));
+  G roi_h = max_of(ye - ys + extra, G(1));
   return {xs, ys, roi_w / static_cast<G>(pooled_w),
           roi_h / static_cast<G>(pooled_h)};
 }
@@ -391,18 +394,6 @@ JAX_ROI_HOST_DEVICE void rotated_sample_ranges(const RotatedRoi<G>& a, int64_t p
 JAX_ROI_HOST_DEVICE int64_t position_sensitive_channel(int64_t c, int64_t ph, int64_t pw,
                                                        int64_t pooled_h, int64_t pooled_w) {
   return (c * pooled_h + ph) * pooled_w + pw;
-}
-
-// ps_roi_pool's box on the feature grid: rounded like roi_pool's, but with
-// an exclusive end (R-FCN), at least one pixel.
-template <typename G>
-JAX_ROI_HOST_DEVICE PoolRoi<G> ps_pool_roi(const Roi<G>& r, G scale, int64_t pooled_h,
-                                           int64_t pooled_w) {
-  G xs = std::round(r.v[0] * scale), ys = std::round(r.v[1] * scale);
-  G xe = std::round(r.v[2] * scale), ye = std::round(r.v[3] * scale);
-  G roi_w = max_of(xe - xs, G(1));
-  G roi_h = max_of(ye - ys, G(1));
-  return {xs, ys, roi_w / static_cast<G>(pooled_w), roi_h / static_cast<G>(pooled_h)};
 }
 
 }  // namespace jax_roi

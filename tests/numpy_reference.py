@@ -188,6 +188,20 @@ def _bilinear(h, w, y, x, g):
             (y1, x0, ly * hx), (y1, x1, ly * lx)]
 
 
+def _sample_grid(rh, rw, ph_n, pw_n, sampling_ratio, g):
+    """Bin size, samples per bin along each axis and the divisor of a box."""
+    bh = rh / g(ph_n)
+    bw = rw / g(pw_n)
+    if sampling_ratio > 0:
+        gh = gw = int(sampling_ratio)
+    else:
+        gh = int(np.ceil(rh / g(ph_n)))
+        gw = int(np.ceil(rw / g(pw_n)))
+    # the tests keep boxes small; this guards against feeding a huge one
+    assert max(gh, 0) * max(gw, 0) <= 1 << 16, "box too large for the reference"
+    return bh, bw, gh, gw, max(gh * gw, 1)
+
+
 def _align_bins(row, h, w, ph_n, pw_n, s, sampling_ratio, aligned, g):
     """Yield (ph, pw, samples, count); samples in (iy, ix) row-major order,
     each a corner list from _bilinear."""
@@ -202,16 +216,7 @@ def _align_bins(row, h, w, ph_n, pw_n, s, sampling_ratio, aligned, g):
     if not aligned:
         rw = max(rw, g(1))
         rh = max(rh, g(1))
-    bh = rh / g(ph_n)
-    bw = rw / g(pw_n)
-    if sampling_ratio > 0:
-        gh = gw = int(sampling_ratio)
-    else:
-        gh = int(np.ceil(rh / g(ph_n)))
-        gw = int(np.ceil(rw / g(pw_n)))
-    # the tests keep boxes small; this guards against feeding a huge one
-    assert max(gh, 0) * max(gw, 0) <= 1 << 16, "box too large for the reference"
-    count = max(gh * gw, 1)
+    bh, bw, gh, gw, count = _sample_grid(rh, rw, ph_n, pw_n, sampling_ratio, g)
     for ph in range(ph_n):
         for pw in range(pw_n):
             samples = []
@@ -349,16 +354,7 @@ def _rotated_bins(row, h, w, ph_n, pw_n, s, sampling_ratio, aligned, clockwise, 
         theta = -theta
     cos_t = g(np.cos(theta))
     sin_t = g(np.sin(theta))
-    bh = rh / g(ph_n)
-    bw = rw / g(pw_n)
-    if sampling_ratio > 0:
-        gh = gw = int(sampling_ratio)
-    else:
-        gh = int(np.ceil(rh / g(ph_n)))
-        gw = int(np.ceil(rw / g(pw_n)))
-    # the tests keep boxes small; this guards against feeding a huge one
-    assert max(gh, 0) * max(gw, 0) <= 1 << 16, "box too large for the reference"
-    count = max(gh * gw, 1)
+    bh, bw, gh, gw, count = _sample_grid(rh, rw, ph_n, pw_n, sampling_ratio, g)
     bins = []
     for ph in range(ph_n):
         for pw in range(pw_n):

@@ -19,12 +19,30 @@ def test_quick_benchmark_writes_its_report(tmp_path):
     assert report["processor"] and report["vector_bytes"] == 16
     assert "CPU kernels use 16-byte vectors" in result.stdout
     rows = report["results"]
-    assert {r["workload"] for r in rows} == {"box-p2", "mask-c4", "pool-vgg"}
+    assert {r["workload"] for r in rows} == {"box-p2", "mask-c4", "pool-vgg", "rot-p2",
+                                             "psroi-rfcn"}
+    assert {r["op"] for r in rows} == {"roi_align/avg", "roi_align/max", "roi_pool",
+                                       "roi_align_rotated", "ps_roi_align", "ps_roi_pool"}
     assert {r["layout"] for r in rows} == {"NCHW", "NHWC"}
     for row in rows:
         for impl in ("jax_roi", "xla", "floor"):
             assert row[impl]["forward_ms"] > 0 and row[impl]["backward_ms"] > 0
         assert "torchvision" not in row
+
+
+def test_workloads_flag_runs_only_those(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "jax_roi.bench", "--quick", "--repeats", "1", "--no-torch",
+         "--workloads", "psroi-rfcn", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with open(os.path.join(tmp_path, "bench.json")) as f:
+        rows = json.load(f)["results"]
+    assert {r["workload"] for r in rows} == {"psroi-rfcn"}
+    assert {r["op"] for r in rows} == {"ps_roi_align", "ps_roi_pool"}
+    bad = subprocess.run([sys.executable, "-m", "jax_roi.bench", "--workloads", "nope"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert bad.returncode != 0 and "--workloads" in bad.stderr
 
 
 def test_rounds_call_every_implementation_once_each_in_rotating_order():

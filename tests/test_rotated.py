@@ -10,7 +10,6 @@ subset of every sweep, and the cheap tests in full through the fixture
 `both_implementations`."""
 
 import itertools
-import zlib
 
 import jax
 import jax.numpy as jnp
@@ -20,33 +19,13 @@ from jax.test_util import check_grads
 
 import jax_roi
 import numpy_reference as ref
+from op_cases import BF16, DTYPES, F16, F32, F64, _close, _geom, _rng, sweep
 
 both_implementations = pytest.mark.usefixtures("both_implementations")
 
-F64, F32 = np.dtype(np.float64), np.dtype(np.float32)
-BF16, F16 = np.dtype(jnp.bfloat16), np.dtype(np.float16)
-DTYPES = [F64, F32, BF16, F16]
-# relative tolerance per feature dtype; the absolute one is the same scaled by
-# the largest expected magnitude
-TOL = {F64: 1e-12, F32: 1e-5, BF16: 1e-2, F16: 2e-3}
 
 N, C, H, W = 2, 3, 7, 6          # H != W catches swapped axes
 OUT = (3, 2)                      # PH != PW for the same reason
-
-
-def _rng(*key):
-    return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-def _geom(dtype):
-    return np.float64 if dtype == F64 else np.float32
-
-
-def _close(actual, expected, dtype):
-    actual = np.asarray(jnp.asarray(actual).astype(jnp.float64))
-    assert actual.shape == expected.shape
-    scale = max(1.0, float(np.abs(expected).max(initial=0)))
-    np.testing.assert_allclose(actual, expected, rtol=TOL[dtype], atol=TOL[dtype] * scale)
 
 
 def _features(rng, layout, shape=(N, C, H, W)):
@@ -75,19 +54,6 @@ def _rois(rng, fmt, n, h, w, scale, per_image=3):
 
 def rotated(f, r, output_size=OUT, scale=1.0, sr=-1, aligned=True, **kw):
     return jax_roi.roi_align_rotated(f, r, output_size, scale, sr, aligned, **kw)
-
-
-def sweep(names, cases, pure_jax):
-    """Parameters `names` + ",implementation": every case on the kernels
-    (implementation None), the cases in `pure_jax` also on pure JAX ("xla")."""
-    params = []
-    for case in cases:
-        case = case if isinstance(case, tuple) else (case,)
-        label = "-".join(map(str, case))
-        params.append(pytest.param(*case, None, id=label + "-kernel"))
-        if case in pure_jax:
-            params.append(pytest.param(*case, "xla", id=label + "-pure_jax"))
-    return pytest.mark.parametrize(names + ",implementation", params)
 
 
 def _check(x, rois, dtype, layout, out_size=OUT, scale=1.0, sr=-1, aligned=True,

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -48,9 +49,13 @@ struct BinTaps {
 
   // Adds a weight to the current bin's tap of (y, x). A tap is kept even
   // when its weights sum to 0, so a NaN pixel a sample touches still
-  // reaches the result, as it does sample by sample.
+  // reaches the result, as it does sample by sample. Only the last
+  // kMergeWindow taps are searched, so a bin of many samples costs linear
+  // time; a pixel met again after that gets a second tap (the same sum).
+  static constexpr int64_t kMergeWindow = 16;
   void add(int64_t y, int64_t x, G weight) {
-    for (int64_t i = static_cast<int64_t>(taps.size()) - 1; i >= first.back(); --i) {
+    const int64_t n = static_cast<int64_t>(taps.size());
+    for (int64_t i = n - 1; i >= std::max(first.back(), n - kMergeWindow); --i) {
       if (taps[i].y == y && taps[i].x == x) {
         taps[i].weight += weight;
         return;
@@ -80,6 +85,16 @@ struct BinTaps {
   const Tap<G>* end(int64_t b) const { return taps.data() + first[b + 1]; }
 };
 
+// Starts ROI k's taps: loads it and returns whether it reads anything (a
+// valid ROI on a map with pixels; the bins are then the caller's to add).
+template <typename G>
+bool start_taps(const Problem<G>& p, int64_t k, BinTaps<G>& t, Roi<G>* r) {
+  *r = load_roi(p.rois, k);
+  const bool reads = r->valid && p.shape.height > 0 && p.shape.width > 0;
+  t.start(k, reads ? r->batch : -1);
+  return reads;
+}
+
 // The taps of a bin's bilinear samples (in ranges ys x xs) of a Bin as the
 // element functions define it (elements/), ending the bin.
 template <typename G, typename Bin>
@@ -93,24 +108,38 @@ void add_sample_taps(const Bin& bin, const Shape& s, BinTaps<G>& t) {
   t.end_bin(bin.count);
 }
 
-// The taps of every ROI of a list, built once per call by all threads;
-// `of(id)` finds those of an entry of the list (or of a part of it).
-template <typename G>
+// The taps of every ROI of a list, built once per call by all threads, so
+// that threads splitting the channels do not each tabulate every ROI.
+// Past kSharedTaps taps in all (huge boxes with dense grids) it holds none,
+// and each thread tabulates a ROI when it visits it: memory stays bounded.
+// of(id, p, scratch) gives the taps of an entry of the list (or of a part of it).
+template <typename G, typename Tabulate>
 struct TapList {
+  static constexpr int64_t kSharedTaps = int64_t(1) << 22;  // about 50 MB
   std::vector<BinTaps<G>> rois;
   const int64_t* ids = nullptr;
+  bool shared = false;
 
-  template <typename Tabulate>
   void build(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list) {
     ids = list.ids;
     rois.resize(list.size);
+    std::atomic<int64_t> total{0};
     parallel_for(pool, list.size, balanced_grain(pool, list.size, 1, 8),
                  [&](int64_t j0, int64_t j1) {
-                   for (int64_t j = j0; j < j1; ++j) Tabulate::build(p, list.ids[j], rois[j]);
+                   for (int64_t j = j0; j < j1 && total.load() <= kSharedTaps; ++j) {
+                     Tabulate::build(p, list.ids[j], rois[j]);
+                     total += static_cast<int64_t>(rois[j].taps.size());
+                   }
                  });
+    shared = total.load() <= kSharedTaps;
+    if (!shared) rois.clear(), rois.shrink_to_fit();
   }
 
-  const BinTaps<G>& of(const int64_t* id) const { return rois[id - ids]; }
+  const BinTaps<G>& of(const int64_t* id, const Problem<G>& p, BinTaps<G>& own) const {
+    if (shared) return rois[id - ids];
+    Tabulate::build(p, *id, own);
+    return own;
+  }
 };
 
 // ------------------------------------------------------------------ forward
@@ -267,6 +296,7 @@ JAX_ROI_ALWAYS_INLINE void tap_backward_mapped(const Shape& s, const BinTaps<G>&
 
 template <typename G>
 struct TapScratch {
+  BinTaps<G> taps;  // a ROI's, when the call's are not shared
   LaneTile<G> tile;
   OutputBlock<G> block;
   std::vector<G> scaled, acc;
@@ -275,7 +305,7 @@ struct TapScratch {
 template <typename Tabulate, bool position_sensitive>
 struct TapKernel {
   template <typename G>
-  using Tables = TapList<G>;
+  using Tables = TapList<G, Tabulate>;
   template <typename G>
   using Scratch = TapScratch<G>;
   static constexpr int64_t kNhwcChunksPerThread = 8;
@@ -286,7 +316,7 @@ struct TapKernel {
   template <typename G>
   static void tabulate(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list,
                        Tables<G>& tables) {
-    tables.template build<Tabulate>(pool, p, list);
+    tables.build(pool, p, list);
   }
 
   // Output channels [c0, c1) of the listed ROIs, channels outermost so
@@ -300,7 +330,7 @@ struct TapKernel {
     const int64_t bins = s.pooled_h * s.pooled_w;
     if constexpr (position_sensitive) {
       for (int64_t j = 0; j < list.size; ++j) {
-        const BinTaps<G>& t = tables.of(list.ids + j);
+        const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
         if (t.batch < 0) {
           zero_roi_output(s, t.roi, c0, c1, out);
           continue;
@@ -314,7 +344,7 @@ struct TapKernel {
     for (int64_t c = c0; c < c1; c += kLanes) {
       const int lanes = static_cast<int>(std::min<int64_t>(kLanes, c1 - c));
       for (int64_t j = 0; j < list.size; ++j) {
-        const BinTaps<G>& t = tables.of(list.ids + j);
+        const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
         if (t.batch < 0) {
           zero_roi_output(s, t.roi, c, c + lanes, out);
           continue;
@@ -336,7 +366,7 @@ struct TapKernel {
     const Shape& s = p.shape;
     const int64_t bins = s.pooled_h * s.pooled_w;
     for (int64_t j = 0; j < list.size; ++j) {
-      const BinTaps<G>& t = tables.of(list.ids + j);
+      const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
       if (t.batch < 0) {
         zero_roi_output(s, t.roi, 0, s.out_channels, out);
       } else if constexpr (position_sensitive) {
@@ -367,7 +397,7 @@ struct TapKernel {
       for (int64_t i = 0; i < outer; ++i) {
         for (int64_t k = 0; k < inner; ++k) {
           const int64_t j = s.channels_last ? i : k, b = s.channels_last ? k : i;
-          const BinTaps<G>& t = tables.of(list.ids + j);
+          const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
           if (t.batch >= 0) tap_backward_mapped(s, t, b, c0, c1, grad_out, grad);
         }
       }
@@ -375,7 +405,7 @@ struct TapKernel {
     }
     if (s.channels_last) {
       for (int64_t j = 0; j < list.size; ++j) {
-        const BinTaps<G>& t = tables.of(list.ids + j);
+        const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
         if (t.batch >= 0) tap_backward_nhwc(s, t, c0, c1, grad_out, grad, scratch.scaled);
       }
       return;
@@ -388,7 +418,7 @@ struct TapKernel {
     for (int64_t c = c0; c < c1; c += kLanes) {
       const int lanes = static_cast<int>(std::min<int64_t>(kLanes, c1 - c));
       for (int64_t j = 0; j < list.size; ++j) {
-        const BinTaps<G>& t = tables.of(list.ids + j);
+        const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
         if (t.batch < 0) continue;
         if (tile.batch != t.batch || tile.channel != c) {
           tile.flush_into(s, grad, lanes, /*replace=*/true);

@@ -15,10 +15,8 @@ struct PsAlignTaps {
   template <typename G>
   static void build(const Problem<G>& p, int64_t k, BinTaps<G>& t) {
     const Shape& s = p.shape;
-    Roi<G> r = load_roi(p.rois, k);
-    const bool reads = r.valid && s.height > 0 && s.width > 0;
-    t.start(k, reads ? r.batch : -1);
-    if (!reads) return;
+    Roi<G> r;
+    if (!start_taps(p, k, t, &r)) return;
     AlignBin<G> bin{};
     bin.valid = true;
     bin.roi = align_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, p.sampling_ratio, p.aligned);
@@ -37,10 +35,9 @@ struct PsPoolTaps {
   template <typename G>
   static void build(const Problem<G>& p, int64_t k, BinTaps<G>& t) {
     const Shape& s = p.shape;
-    Roi<G> r = load_roi(p.rois, k);
-    t.start(k, r.valid ? r.batch : -1);
-    if (!r.valid) return;
-    PoolRoi<G> roi = ps_pool_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w);
+    Roi<G> r;
+    if (!start_taps(p, k, t, &r)) return;
+    PoolRoi<G> roi = pool_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, /*inclusive_end=*/false);
     for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
       for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
         PixelWindow win = pool_bin(roi, ph, pw, s.height, s.width);

@@ -14,10 +14,8 @@ struct RotatedTaps {
   template <typename G>
   static void build(const Problem<G>& p, int64_t k, BinTaps<G>& t) {
     const Shape& s = p.shape;
-    Roi<G> r = load_roi(p.rois, k);
-    const bool reads = r.valid && s.height > 0 && s.width > 0;
-    t.start(k, reads ? r.batch : -1);
-    if (!reads) return;
+    Roi<G> r;
+    if (!start_taps(p, k, t, &r)) return;
     RotatedBin<G> bin{};
     bin.valid = true;
     bin.roi = rotated_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, p.sampling_ratio,

@@ -55,7 +55,7 @@ struct Elements<Op::kPsPool> {
     Roi<G> r = load_roi(p.rois, e.roi);
     Bin<G> b{};
     if (!r.valid) return b;
-    b.win = pool_bin(ps_pool_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w), e.ph, e.pw,
+    b.win = pool_bin(pool_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, /*inclusive_end=*/false), e.ph, e.pw,
                      s.height, s.width);
     b.valid = !b.win.empty();
     b.plane = feature_plane(s, r.batch, position_sensitive_input(p, e));

@@ -23,3 +23,13 @@ def both_implementations(request, monkeypatch):
         monkeypatch.setattr(jax_roi, name, functools.partial(getattr(jax_roi, name),
                                                              implementation=request.param))
     return request.param
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drops each module's compiled programs when it ends. Every program
+    holds memory mappings of its code, and a process may have at most
+    vm.max_map_count (65530 by default) of them: the whole suite in one
+    process ran out, and XLA crashed compiling the next program."""
+    yield
+    jax.clear_caches()

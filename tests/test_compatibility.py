@@ -24,5 +24,13 @@ def test_rejected_registration_becomes_an_import_error(monkeypatch):
         raise RuntimeError("handler's API version is incompatible")
 
     monkeypatch.setattr(_ffi.jax.ffi, "register_ffi_target", reject)
-    with pytest.raises(ImportError, match=f"rejected the cpu kernel '{_ffi.target('probe')}'"):
+    with pytest.raises(ImportError, match=f"rejected the cpu kernel '{_ffi.TARGET_PREFIX}probe'"):
         _ffi.register({"probe": object()}, "cpu")
+
+
+def test_target_names_come_from_the_kernel_list():
+    # Python builds target names only for kernels lib/kernel_list.h names.
+    assert _ffi.target("rotated_forward") == _ffi.TARGET_PREFIX + "rotated_forward"
+    assert {"ps_align_backward", "align_max_levels_forward"} <= set(_ffi.KERNELS)
+    with pytest.raises(ValueError, match="no kernel named 'rotated_levels_forward'"):
+        _ffi.target("rotated_levels_forward")

@@ -570,11 +570,14 @@ def _pool_bins(start, size, bins, length):
     return (jnp.clip(a, 0, length).astype(jnp.int32) for a in (lo, hi))
 
 
-def _pool_windows(sites, output_size, height, width):
+def _pool_windows(sites, output_size, height, width, inclusive_end=True):
+    """roi_pool's bins (inclusive end: one pixel more) or, with
+    inclusive_end=False, ps_roi_pool's, as the kernels' pool_roi."""
     ph, pw = output_size
+    extra = 1 if inclusive_end else 0
     x1, y1, x2, y2 = (_round_half_away(sites.boxes[:, i] * sites.scale) for i in range(4))
-    h0, h1 = _pool_bins(y1, jnp.maximum(y2 - y1 + 1, 1), ph, height)
-    w0, w1 = _pool_bins(x1, jnp.maximum(x2 - x1 + 1, 1), pw, width)
+    h0, h1 = _pool_bins(y1, jnp.maximum(y2 - y1 + extra, 1), ph, height)
+    w0, w1 = _pool_bins(x1, jnp.maximum(x2 - x1 + extra, 1), pw, width)
     h1 = jnp.where(sites.valid[:, None], h1, h0)  # invalid ROIs: empty bins, no work
     return h0, h1, w0, w1
 
@@ -625,16 +628,6 @@ def _position_sensitive_channels(output_size, channels_in):
                        + np.arange(pw)[None, :, None], jnp.int32)
 
 
-def _ps_pool_windows(sites, output_size, height, width):
-    """ps_roi_pool's bins: rounded like roi_pool's, with an exclusive end."""
-    ph, pw = output_size
-    x1, y1, x2, y2 = (_round_half_away(sites.boxes[:, i] * sites.scale) for i in range(4))
-    h0, h1 = _pool_bins(y1, jnp.maximum(y2 - y1, 1), ph, height)
-    w0, w1 = _pool_bins(x1, jnp.maximum(x2 - x1, 1), pw, width)
-    h1 = jnp.where(sites.valid[:, None], h1, h0)  # invalid ROIs: empty bins, no work
-    return h0, h1, w0, w1
-
-
 def _ps_pool_steps(width, base, h0, h1, w0, w1, channels, body, init):
     """body(rows, keep, carry) over a chunk's window steps: rows [k, PH, PW,
     C_out] of each bin's pixel at that step, keep whether it is in the bin."""
@@ -653,7 +646,7 @@ def _bin_area(h0, h1, w0, w1):
 
 
 def _ps_pool_forward(table, sites, output_size, height, width, acc):
-    h0, h1, w0, w1 = _ps_pool_windows(sites, output_size, height, width)
+    h0, h1, w0, w1 = _pool_windows(sites, output_size, height, width, inclusive_end=False)
     channels = _position_sensitive_channels(output_size, table.shape[1])
     (ph, pw), k = output_size, h0.shape[0]
     chunk = _chunk_size(k, ph * pw * channels.shape[-1] * 12)
@@ -674,7 +667,7 @@ def _ps_pool_forward(table, sites, output_size, height, width, acc):
 
 def _ps_pool_backward(grad, sites, rows_total, channels_in, output_size, height, width):
     acc = sites.scale.dtype
-    h0, h1, w0, w1 = _ps_pool_windows(sites, output_size, height, width)
+    h0, h1, w0, w1 = _pool_windows(sites, output_size, height, width, inclusive_end=False)
     channels = _position_sensitive_channels(output_size, channels_in)
     area = _bin_area(h0, h1, w0, w1)
     g = jnp.where(area > 0, _divide(grad.astype(acc), jnp.maximum(area, 1).astype(acc)), 0)

@@ -133,6 +133,22 @@ struct AlignRoi {
   G count;
 };
 
+// The bin size, per-bin sample grid (adaptive when sampling_ratio <= 0)
+// and divisor of a ROI of size roi_w x roi_h, into an AlignRoi or RotatedRoi.
+template <typename G, typename Bins>
+JAX_ROI_HOST_DEVICE void set_bins(G roi_w, G roi_h, int64_t pooled_h, int64_t pooled_w,
+                                  int64_t sampling_ratio, Bins* a) {
+  a->bin_w = roi_w / static_cast<G>(pooled_w);
+  a->bin_h = roi_h / static_cast<G>(pooled_h);
+  if (sampling_ratio > 0) {
+    a->grid_w = a->grid_h = static_cast<G>(sampling_ratio);
+  } else {
+    a->grid_w = std::ceil(roi_w / static_cast<G>(pooled_w));
+    a->grid_h = std::ceil(roi_h / static_cast<G>(pooled_h));
+  }
+  a->count = max_of(a->grid_h * a->grid_w, G(1));
+}
+
 template <typename G>
 JAX_ROI_HOST_DEVICE AlignRoi<G> align_roi(const Roi<G>& r, G scale, int64_t pooled_h,
                                   int64_t pooled_w, int64_t sampling_ratio,
@@ -147,15 +163,7 @@ JAX_ROI_HOST_DEVICE AlignRoi<G> align_roi(const Roi<G>& r, G scale, int64_t pool
     roi_w = max_of(roi_w, G(1));
     roi_h = max_of(roi_h, G(1));
   }
-  a.bin_w = roi_w / static_cast<G>(pooled_w);
-  a.bin_h = roi_h / static_cast<G>(pooled_h);
-  if (sampling_ratio > 0) {
-    a.grid_w = a.grid_h = static_cast<G>(sampling_ratio);
-  } else {
-    a.grid_w = std::ceil(roi_w / static_cast<G>(pooled_w));
-    a.grid_h = std::ceil(roi_h / static_cast<G>(pooled_h));
-  }
-  a.count = max_of(a.grid_h * a.grid_w, G(1));
+  set_bins(roi_w, roi_h, pooled_h, pooled_w, sampling_ratio, &a);
   return a;
 }
 
@@ -348,15 +356,7 @@ JAX_ROI_HOST_DEVICE RotatedRoi<G> rotated_roi(const Roi<G>& r, G scale, int64_t 
   a.sin_t = std::sin(theta);
   a.x_start = -roi_w / G(2);
   a.y_start = -roi_h / G(2);
-  a.bin_w = roi_w / static_cast<G>(pooled_w);
-  a.bin_h = roi_h / static_cast<G>(pooled_h);
-  if (sampling_ratio > 0) {
-    a.grid_w = a.grid_h = static_cast<G>(sampling_ratio);
-  } else {
-    a.grid_w = std::ceil(roi_w / static_cast<G>(pooled_w));
-    a.grid_h = std::ceil(roi_h / static_cast<G>(pooled_h));
-  }
-  a.count = max_of(a.grid_h * a.grid_w, G(1));
+  set_bins(roi_w, roi_h, pooled_h, pooled_w, sampling_ratio, &a);
   return a;
 }
 

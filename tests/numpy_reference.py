@@ -76,15 +76,17 @@ def _c_round(v):
     return int(r) if v >= 0 else -int(r)
 
 
-def _pool_bins(row, h, w, ph_n, pw_n, s, g):
-    """Yield (ph, pw, h0, h1, w0, w1) for one ROI row."""
+def _pool_bins(row, h, w, ph_n, pw_n, s, g, inclusive_end=True):
+    """Yield (ph, pw, h0, h1, w0, w1) for one ROI row: roi_pool's rounded box
+    with an inclusive end (+1), or ps_roi_pool's without."""
     s = g(s)
     xs = _c_round(row[1] * s)
     ys = _c_round(row[2] * s)
     xe = _c_round(row[3] * s)
     ye = _c_round(row[4] * s)
-    rw = max(xe - xs + 1, 1)
-    rh = max(ye - ys + 1, 1)
+    extra = 1 if inclusive_end else 0
+    rw = max(xe - xs + extra, 1)
+    rh = max(ye - ys + extra, 1)
     bh = g(rh) / g(ph_n)
     bw = g(rw) / g(pw_n)
     for ph in range(ph_n):
@@ -476,31 +478,12 @@ def ps_roi_align_vjp(x, rois, output_size, spatial_scale, sampling_ratio, dy, *,
     return _from_nchw(_sampled_adjoint(x.shape, rows, dy, bins_of, channels), layout)
 
 
-def _ps_pool_bins(row, h, w, ph_n, pw_n, s, g):
-    """Yield (ph, pw, h0, h1, w0, w1) for one ROI row: rounded box, no +1."""
-    s = g(s)
-    xs = _c_round(row[1] * s)
-    ys = _c_round(row[2] * s)
-    xe = _c_round(row[3] * s)
-    ye = _c_round(row[4] * s)
-    rw = max(xe - xs, 1)
-    rh = max(ye - ys, 1)
-    bh = g(rh) / g(ph_n)
-    bw = g(rw) / g(pw_n)
-    for ph in range(ph_n):
-        h0 = min(max(int(np.floor(g(ph) * bh)) + ys, 0), h)
-        h1 = min(max(int(np.ceil(g(ph + 1) * bh)) + ys, 0), h)
-        for pw in range(pw_n):
-            w0 = min(max(int(np.floor(g(pw) * bw)) + xs, 0), w)
-            w1 = min(max(int(np.ceil(g(pw + 1) * bw)) + xs, 0), w)
-            yield ph, pw, h0, h1, w0, w1
-
-
 def ps_pool_bins(row, h, w, output_size, spatial_scale=1.0, geom=np.float64):
     """The bins (ph, pw, h0, h1, w0, w1) ps_roi_pool averages for one
     (b, x1, y1, x2, y2) row: for tests that choose boxes by their bins."""
     ph_n, pw_n = _pair(output_size)
-    return list(_ps_pool_bins(np.asarray(row, geom), h, w, ph_n, pw_n, spatial_scale, geom))
+    return list(_pool_bins(np.asarray(row, geom), h, w, ph_n, pw_n, spatial_scale, geom,
+                           inclusive_end=False))
 
 
 def ps_roi_pool(x, rois, output_size, spatial_scale=1.0, *, layout="NCHW", geom=np.float64):
@@ -515,8 +498,8 @@ def ps_roi_pool(x, rois, output_size, spatial_scale=1.0, *, layout="NCHW", geom=
         b = _batch(row, n)
         if b is None:
             continue
-        for ph, pw, h0, h1, w0, w1 in _ps_pool_bins(row, h, w, ph_n, pw_n,
-                                                   spatial_scale, geom):
+        for ph, pw, h0, h1, w0, w1 in _pool_bins(row, h, w, ph_n, pw_n, spatial_scale, geom,
+                                                 inclusive_end=False):
             if h1 <= h0 or w1 <= w0:
                 continue
             window = x[b][_ps_channels(c_out, ph_n, pw_n, ph, pw), h0:h1, w0:w1]
@@ -538,8 +521,8 @@ def ps_roi_pool_vjp(x, rois, output_size, spatial_scale, dy, *, layout="NCHW",
         b = _batch(row, n)
         if b is None:
             continue
-        for ph, pw, h0, h1, w0, w1 in _ps_pool_bins(row, h, w, ph_n, pw_n,
-                                                   spatial_scale, geom):
+        for ph, pw, h0, h1, w0, w1 in _pool_bins(row, h, w, ph_n, pw_n, spatial_scale, geom,
+                                                 inclusive_end=False):
             if h1 <= h0 or w1 <= w0:
                 continue
             area = (h1 - h0) * (w1 - w0)

@@ -10,30 +10,46 @@ A family has three primitives:
                                        recorded winners: linear in the
                                        features, pure JAX (a gather)
   backward(grad_out, *geometry[, argmax]) -> grads   the backward kernel
+  box_jvp(features, geometry, roi_tangents[, argmax]) -> out_tangent
+  box_vjp(features, geometry, grad_out[, argmax]) -> roi_cotangents
+                                       the derivative with respect to the
+                                       ROIs (the first geometry operand),
+                                       for reference.BOX_OPS
 
 The operands are feature maps and geometry (ROIs, levels). The tangent of
 the output is forward(tangent) for the linear ops and winner(tangent, argmax) for the
 max modes; transposing either gives the backward kernel, which is what
 reverse mode runs. backward is linear in grad_out and transposes back to
-forward or winner, so derivatives of every order follow. The ROIs get zero
-tangents and cotangents.
+forward or winner, so derivatives of every order in the features follow.
+
+The ROIs' tangent adds box_jvp(...) to the output's tangent, only when the
+ROIs are differentiated (a gradient with respect to the features alone
+runs no box work). box_jvp is linear in the ROIs' tangent and transposes
+to box_vjp, which reverse mode runs, and back. Derivatives of the box
+derivative with respect to the ROIs (second order in the boxes, or mixed
+with the features' gradient) are not implemented and raise.
 """
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
 from jax.interpreters import ad
 
 from ._primitive import RoiPrimitive
-from .reference import LINEAR_OPS
+from .reference import BOX_OPS, LINEAR_OPS
 
 
 class Family(NamedTuple):
     forward: RoiPrimitive
     winner: RoiPrimitive
     backward: RoiPrimitive
+    box_jvp: RoiPrimitive
+    box_vjp: RoiPrimitive
     split: Callable     # forward operands -> (feature operands, geometry operands)
     join: Callable      # (feature operands, geometry operands) -> forward operands
+    box_join: Callable  # (features, geometry, tangent or grad_out, argmax) -> box operands
+    box_split: Callable  # (box operands, is linear) -> what box_join took
     shapes_param: str   # backward's parameter naming the gradients' shapes
     shapes: Callable    # feature avals -> that parameter's value
     num_geometry: int
@@ -81,15 +97,37 @@ def define_rules(f):
             return None
         return [ad.instantiate_zeros(t) for t in tangents]
 
+    def roi_tangent_of(operand_tangents, params):
+        """The ROIs' tangent, or None when it is zero or the op has no box derivative."""
+        _, geometry_tangents = f.split(operand_tangents)
+        t = geometry_tangents[0]
+        if type(t) is ad.Zero or params["op"] not in BOX_OPS:
+            return None
+        return ad.instantiate_zeros(t)
+
+    def no_second_order(operand_tangents, params, what):
+        if roi_tangent_of(operand_tangents, params) is not None:
+            raise NotImplementedError(
+                f"jax_roi: the derivative of {what} with respect to rois (a second derivative "
+                "in the boxes) is not implemented")
+
     def forward_jvp(primals, tangents, **params):
         outs = f.forward.bind(*primals, **params)
-        _, geometry = f.split(primals)
+        features, geometry = f.split(primals)
         feature_tangents = feature_tangents_of(tangents)
+        roi_tangent = roi_tangent_of(tangents, params)
         zeros = [_zero(o) for o in outs]
-        if feature_tangents is None:
+        argmax = outs[1:]
+        out_tangent = None
+        if feature_tangents is not None:
+            out_tangent = tangent_out(feature_tangents, geometry, argmax[0] if argmax else None,
+                                      params)
+        if roi_tangent is not None:
+            moved = f.box_jvp.bind(*f.box_join(features, geometry, roi_tangent, argmax), **params)
+            out_tangent = moved if out_tangent is None else out_tangent + moved
+        if out_tangent is None:
             return outs, zeros
-        argmax = outs[1] if len(outs) > 1 else None
-        return outs, [tangent_out(feature_tangents, geometry, argmax, params)] + zeros[1:]
+        return outs, [out_tangent] + zeros[1:]
 
     def forward_transpose(cts, *operands, **params):
         if not is_linear(params):
@@ -101,6 +139,7 @@ def define_rules(f):
 
     def winner_jvp(primals, tangents, **params):
         *operands, argmax = primals
+        no_second_order(tangents[:-1], params, "the max modes' tangent")
         out = f.winner.bind(*primals, **params)
         _, geometry = f.split(operands)
         feature_tangents = feature_tangents_of(tangents[:-1])
@@ -115,6 +154,12 @@ def define_rules(f):
                       [None] * len(geometry)) + [None]
 
     def backward_jvp(primals, tangents, **params):
+        if params["op"] in BOX_OPS:
+            roi_tangent = tangents[1]  # grad_out, then the geometry: the ROIs first
+            if type(roi_tangent) is not ad.Zero:
+                raise NotImplementedError(
+                    "jax_roi: the derivative of the features' gradient with respect to rois "
+                    "(a mixed second derivative) is not implemented")
         out = f.backward.bind(*primals, **params)
         if type(tangents[0]) is ad.Zero:
             return out, ([_zero(o) for o in out] if f.backward.multiple_results else _zero(out))
@@ -129,6 +174,49 @@ def define_rules(f):
         cts = [ad.instantiate_zeros(ct).astype(grad_out.aval.dtype) for ct in cts]
         return [tangent_out(cts, geometry, argmax[0] if argmax else None, params)] \
             + [None] * len(rest)
+
+    # ---- the box derivative: box_jvp and box_vjp, each linear in its third
+    # operand (and in the features) and each the other's transpose.
+
+    def box_jvp_rule(primitive, primals, tangents, **params):
+        linear = is_linear(params)
+        features, geometry, second, argmax = f.box_split(primals, linear)
+        feature_dots, geometry_dots, second_dot, _ = f.box_split(tangents, linear)
+        if params["op"] in BOX_OPS and type(geometry_dots[0]) is not ad.Zero:
+            raise NotImplementedError(
+                "jax_roi: the derivative of the box derivative with respect to rois (a second "
+                "derivative in the boxes) is not implemented")
+        out = primitive.bind(*primals, **params)
+        parts = []
+        if not all(type(t) is ad.Zero for t in feature_dots):
+            dots = [ad.instantiate_zeros(t) for t in feature_dots]
+            parts.append(primitive.bind(*f.box_join(dots, geometry, second, argmax), **params))
+        if type(second_dot) is not ad.Zero:
+            parts.append(primitive.bind(*f.box_join(features, geometry, second_dot, argmax),
+                                        **params))
+        if not parts:
+            return out, _zero(out)
+        return out, functools.reduce(lambda a, b: a + b, parts)
+
+    def box_transpose(other, ct, *operands, **params):
+        features, geometry, second, argmax = f.box_split(operands, is_linear(params))
+        if any(ad.is_undefined_primal(x) for x in [*features, *geometry]):
+            raise NotImplementedError(
+                "jax_roi: transposing the box derivative with respect to the features (a "
+                "mixed second derivative) is not implemented")
+        if type(ct) is ad.Zero:
+            result = ad.Zero(second.aval)
+        else:
+            result = other.bind(*f.box_join(features, geometry, ad.instantiate_zeros(ct), argmax),
+                                **params)
+            result = result.astype(second.aval.dtype)
+        return f.box_join([None] * len(features), [None] * len(geometry), result,
+                          [None] * len(argmax))
+
+    ad.primitive_jvps[f.box_jvp] = functools.partial(box_jvp_rule, f.box_jvp)
+    ad.primitive_jvps[f.box_vjp] = functools.partial(box_jvp_rule, f.box_vjp)
+    ad.primitive_transposes[f.box_jvp] = functools.partial(box_transpose, f.box_vjp)
+    ad.primitive_transposes[f.box_vjp] = functools.partial(box_transpose, f.box_jvp)
 
     ad.primitive_jvps[f.forward] = forward_jvp
     ad.primitive_transposes[f.forward] = forward_transpose

@@ -7,6 +7,8 @@ functions multi_scale_roi_align and level_indices.
                                        -> out, argmax    ("align_max")
   levels_winner(boxes, levels, *maps, argmax) -> out     (max tangent, pure JAX)
   levels_backward(grad_out, boxes, levels[, argmax]) -> *grad_maps
+  levels_box_jvp(boxes, levels, box_tangents[, argmax], *maps) -> out_tangent
+  levels_box_vjp(boxes, levels, grad_out[, argmax], *maps) -> box_cotangents
 
 boxes are [N, L, 4] per image, levels [N, L] int32 (an index into maps,
 clamped), maps [N, ...] finest first with one spatial scale each. The output
@@ -28,6 +30,15 @@ from ._primitive import (RoiPrimitive, channels_of, check_kernel_available, comm
 levels_forward_p = RoiPrimitive("roi_levels_forward", multiple_results=True)
 levels_winner_p = RoiPrimitive("roi_levels_winner", multiple_results=False)
 levels_backward_p = RoiPrimitive("roi_levels_backward", multiple_results=True)
+levels_box_jvp_p = RoiPrimitive("roi_levels_box_jvp", multiple_results=False)
+levels_box_vjp_p = RoiPrimitive("roi_levels_box_vjp", multiple_results=False)
+
+
+def _box_operands(operands, op):
+    """(boxes, levels, tangents or grad_out, argmax list, maps) of a box primitive."""
+    boxes, levels, second, *rest = operands
+    argmax, maps = ([], rest) if op in reference.LINEAR_OPS else (rest[:1], rest[1:])
+    return boxes, levels, second, argmax, maps
 
 
 def level_kernel_attributes(op, spatial_scales, sampling_ratio, aligned, layout):
@@ -65,9 +76,22 @@ def _backward_abstract(grad_out, boxes, levels, *argmax, map_shapes, layout, **_
             for shape, sharding in zip(map_shapes, shardings)]
 
 
+def _box_jvp_abstract(*operands, op, **params):
+    boxes, levels, _, _, maps = _box_operands(operands, op)
+    return with_vma(_pooled_aval(boxes, levels, maps, **params), common_vma(operands))
+
+
+def _box_vjp_abstract(*operands, op, layout, **_):
+    boxes, _, grad_out, _, maps = _box_operands(operands, op)
+    sharding = _sharding.levels_box_vjp_result_sharding(maps, boxes, grad_out, layout)
+    return with_vma(boxes.update(sharding=sharding), common_vma(operands))
+
+
 levels_forward_p.def_abstract_eval(_forward_abstract)
 levels_winner_p.def_abstract_eval(_winner_abstract)
 levels_backward_p.def_abstract_eval(_backward_abstract)
+levels_box_jvp_p.def_abstract_eval(_box_jvp_abstract)
+levels_box_vjp_p.def_abstract_eval(_box_vjp_abstract)
 
 
 # ----------------------------------------------------------------- lowering
@@ -98,9 +122,27 @@ def _backward_kernel(ctx, grad_out, boxes, levels, *argmax, op, map_shapes, outp
         op, spatial_scales, sampling_ratio, aligned, layout))
 
 
+def _box_kernel(kind):
+    """The lowering of levels_box_jvp (kind "box_jvp") or levels_box_vjp ("box_vjp")."""
+    def rule(ctx, *operands, op, output_size, spatial_scales, sampling_ratio, aligned, layout):
+        del output_size  # read by the kernel from buffer dimensions
+        boxes, _, second, argmax, maps = _box_operands(ctx.avals_in, op)
+        pooled = second if kind == "box_vjp" else ctx.avals_out[0]
+        lower = jax.ffi.ffi_lowering(
+            _ffi.target(f"{op}_levels_{kind}"),
+            extra_attributes=_sharding.levels_box_attributes(
+                kind, [m.shape for m in maps], boxes.shape, pooled.shape,
+                [a.shape for a in argmax], layout))
+        return lower(ctx, *operands, **level_kernel_attributes(
+            op, spatial_scales, sampling_ratio, aligned, layout))
+    return rule
+
+
 register_lowerings(levels_forward_p, reference.levels_forward, _forward_kernel)
 register_lowerings(levels_winner_p, reference.levels_winner)
 register_lowerings(levels_backward_p, reference.levels_backward, _backward_kernel)
+register_lowerings(levels_box_jvp_p, reference.levels_box_jvp, _box_kernel("box_jvp"))
+register_lowerings(levels_box_vjp_p, reference.levels_box_vjp, _box_kernel("box_vjp"))
 
 
 # -------------------------------------------------------------------- vmap
@@ -135,14 +177,20 @@ batching.primitive_batchers[levels_forward_p] = functools.partial(_pooled_batch,
                                                                   levels_forward_p)
 batching.primitive_batchers[levels_winner_p] = functools.partial(_pooled_batch, levels_winner_p)
 batching.primitive_batchers[levels_backward_p] = _backward_batch
+for _box in (levels_box_jvp_p, levels_box_vjp_p):
+    batching.primitive_batchers[_box] = functools.partial(_pooled_batch, _box)
 
 
 # --------------------------------------------------------- differentiation
 
 _autodiff.define_rules(_autodiff.Family(
     forward=levels_forward_p, winner=levels_winner_p, backward=levels_backward_p,
+    box_jvp=levels_box_jvp_p, box_vjp=levels_box_vjp_p,
     split=lambda operands: (list(operands[2:]), list(operands[:2])),
     join=lambda maps, geometry: list(geometry) + list(maps),
+    box_join=lambda maps, geometry, second, argmax: [*geometry, second, *argmax, *maps],
+    box_split=lambda operands, linear: (operands[3 if linear else 4:], operands[:2], operands[2],
+                                        [] if linear else operands[3:4]),
     shapes_param="map_shapes", shapes=lambda avals: tuple(tuple(a.shape) for a in avals),
     num_geometry=2))
 

@@ -7,6 +7,10 @@ position-sensitive ops have their own modules and bind the same primitives).
                               -> out, argmax   ("align_max", "pool")
   roi_winner(features, rois, argmax) -> out    (max modes' tangent, pure JAX)
   roi_backward(grad_out, rois[, argmax]) -> grad_features
+  roi_box_jvp(features, rois, roi_tangents[, argmax]) -> out_tangent
+  roi_box_vjp(features, rois, grad_out[, argmax]) -> roi_cotangents
+                                               (the derivative with respect to
+                                                the ROIs, reference.BOX_OPS)
 
 grad_features is float32 for 16-bit features (the kernels accumulate in
 float32) and float64 for float64 features; the transposes cast it.
@@ -27,6 +31,8 @@ from ._primitive import (RoiPrimitive, channels_of, check_kernel_available, comm
 roi_forward_p = RoiPrimitive("roi_forward", multiple_results=True)
 roi_winner_p = RoiPrimitive("roi_winner", multiple_results=False)
 roi_backward_p = RoiPrimitive("roi_backward", multiple_results=False)
+roi_box_jvp_p = RoiPrimitive("roi_box_jvp", multiple_results=False)
+roi_box_vjp_p = RoiPrimitive("roi_box_vjp", multiple_results=False)
 
 
 # ------------------------------------------------------- abstract evaluation
@@ -62,9 +68,21 @@ def _backward_abstract(grad_out, rois, *argmax, features_shape, layout, **_):
     return with_vma(grad, common_vma((grad_out, rois, *argmax)))
 
 
+def _box_jvp_abstract(features, rois, roi_tangents, *argmax, **params):
+    return with_vma(_pooled_aval(features, rois, **params),
+                    common_vma((features, rois, roi_tangents, *argmax)))
+
+
+def _box_vjp_abstract(features, rois, grad_out, *argmax, layout, **_):
+    sharding = _sharding.box_vjp_result_sharding(features, rois, grad_out, layout)
+    return with_vma(rois.update(sharding=sharding), common_vma((features, rois, grad_out, *argmax)))
+
+
 roi_forward_p.def_abstract_eval(_forward_abstract)
 roi_winner_p.def_abstract_eval(_winner_abstract)
 roi_backward_p.def_abstract_eval(_backward_abstract)
+roi_box_jvp_p.def_abstract_eval(_box_jvp_abstract)
+roi_box_vjp_p.def_abstract_eval(_box_vjp_abstract)
 
 
 # ----------------------------------------------------------------- lowering
@@ -96,9 +114,30 @@ def _backward_kernel(ctx, grad_out, rois, *argmax, op, features_shape, output_si
                 **kernel_attributes(op, spatial_scale, sampling_ratio, aligned, layout, clockwise))
 
 
+def _box_kernel(kind):
+    """The lowering of roi_box_jvp (kind "box_jvp") or roi_box_vjp ("box_vjp")."""
+    def rule(ctx, features, rois, second, *argmax, op, output_size, spatial_scale,
+             sampling_ratio, aligned, layout, clockwise=False):
+        del output_size  # read by the kernel from buffer dimensions
+        features_aval, rois_aval, second_aval, *argmax_avals = ctx.avals_in
+        pooled = second_aval if kind == "box_vjp" else ctx.avals_out[0]
+        lower = jax.ffi.ffi_lowering(
+            _ffi.target(f"{op}_{kind}"),
+            extra_attributes=_sharding.box_attributes(
+                kind, features_aval.shape, rois_aval.shape, pooled.shape,
+                [a.shape for a in argmax_avals], layout,
+                position_sensitive=op in reference.POSITION_SENSITIVE_OPS))
+        return lower(ctx, features, rois, second, *argmax,
+                     **kernel_attributes(op, spatial_scale, sampling_ratio, aligned, layout,
+                                         clockwise))
+    return rule
+
+
 register_lowerings(roi_forward_p, reference.roi_forward, _forward_kernel)
 register_lowerings(roi_winner_p, reference.roi_winner)
 register_lowerings(roi_backward_p, reference.roi_backward, _backward_kernel)
+register_lowerings(roi_box_jvp_p, reference.roi_box_jvp, _box_kernel("box_jvp"))
+register_lowerings(roi_box_vjp_p, reference.roi_box_vjp, _box_kernel("box_vjp"))
 
 
 # -------------------------------------------------------------------- vmap
@@ -128,7 +167,10 @@ def _stack_images(rois, num_images):
 
 
 def _pooled_batch(primitive, args, dims, **params):
-    """roi_forward(features, rois) and roi_winner(features, rois, argmax)."""
+    """roi_forward(features, rois), roi_winner(features, rois, argmax) and the
+    box primitives: every operand after the ROIs leads with the ROIs'
+    leading dimensions (pooled-shaped, or the ROIs' own shape), and so does
+    every result."""
     size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
     (features, rois, *pooled), (f_dim, r_dim, *p_dims) = args, dims
     pooled = [_to_front(a, d, size) for a, d in zip(pooled, p_dims)]
@@ -168,14 +210,20 @@ def _backward_batch(args, dims, *, features_shape, **params):
 batching.primitive_batchers[roi_forward_p] = functools.partial(_pooled_batch, roi_forward_p)
 batching.primitive_batchers[roi_winner_p] = functools.partial(_pooled_batch, roi_winner_p)
 batching.primitive_batchers[roi_backward_p] = _backward_batch
+for _box in (roi_box_jvp_p, roi_box_vjp_p):
+    batching.primitive_batchers[_box] = functools.partial(_pooled_batch, _box)
 
 
 # --------------------------------------------------------- differentiation
 
 _autodiff.define_rules(_autodiff.Family(
     forward=roi_forward_p, winner=roi_winner_p, backward=roi_backward_p,
+    box_jvp=roi_box_jvp_p, box_vjp=roi_box_vjp_p,
     split=lambda operands: (list(operands[:1]), list(operands[1:])),
     join=lambda features, geometry: list(features) + list(geometry),
+    box_join=lambda features, geometry, second, argmax: [*features, *geometry, second, *argmax],
+    box_split=lambda operands, linear: (operands[:1], operands[1:2], operands[2],
+                                        operands[3:] if not linear else []),
     shapes_param="features_shape", shapes=lambda avals: tuple(avals[0].shape),
     num_geometry=1))
 

@@ -91,6 +91,21 @@ def backward_attributes(pooled_shapes, rois_shape, features_shape, layout,
     return _attributes(operands, [(features_shape, _features_factors(layout, boxes))], boxes)
 
 
+def box_attributes(kind, features_shape, rois_shape, pooled_shape, argmax_shapes, layout,
+                   position_sensitive=False):
+    """Custom-call attributes of box_jvp(features, rois, roi_tangents[, argmax])
+    -> out_tangent (kind "box_jvp") or box_vjp(features, rois, grad_out[,
+    argmax]) -> roi_cotangents ("box_vjp")."""
+    boxes = _per_image(rois_shape)
+    pooled = _pooled_factors(layout, boxes, position_sensitive)
+    rois = _rois_factors(boxes)
+    second = (rois_shape, rois) if kind == "box_jvp" else (pooled_shape, pooled)
+    operands = [(features_shape, _features_factors(layout, boxes)), (rois_shape, rois), second]
+    operands += [(shape, pooled) for shape in argmax_shapes]
+    result = (pooled_shape, pooled) if kind == "box_jvp" else (rois_shape, rois)
+    return _attributes(operands, [result], boxes)
+
+
 # A pyramid call (_pyramid.py) always has per-image boxes, and levels [N, L];
 # each map has its own spatial factors.
 
@@ -116,6 +131,18 @@ def levels_backward_attributes(pooled_shapes, rois_shape, map_shapes, layout):
     pooled = _pooled_factors(layout, True)
     grad_out, *argmax = [(shape, pooled) for shape in pooled_shapes]
     return _attributes([grad_out] + geometry + argmax, maps, True)
+
+
+def levels_box_attributes(kind, map_shapes, rois_shape, pooled_shape, argmax_shapes, layout):
+    """Custom-call attributes of roi_levels_box_jvp(boxes, levels, box_tangents[,
+    argmax], *maps) or roi_levels_box_vjp(boxes, levels, grad_out[, argmax], *maps)."""
+    geometry, maps = _levels_operands(map_shapes, rois_shape, layout)
+    pooled = _pooled_factors(layout, True)
+    rois = _rois_factors(True)
+    second = (rois_shape, rois) if kind == "box_jvp" else (pooled_shape, pooled)
+    operands = geometry + [second] + [(shape, pooled) for shape in argmax_shapes] + maps
+    result = (pooled_shape, pooled) if kind == "box_jvp" else (rois_shape, rois)
+    return _attributes(operands, [result], True)
 
 
 # --------------------------------------------- result shardings of the avals
@@ -163,3 +190,20 @@ def levels_backward_result_shardings(grad_out, rois, map_shapes, layout):
     operands = [(grad_out.sharding, _pooled_factors(layout, True)),
                 (rois.sharding, _rois_factors(True))]
     return [_result_sharding(operands, _map_factors(layout, i)) for i in range(len(map_shapes))]
+
+
+def box_vjp_result_sharding(features, rois, grad_out, layout):
+    """The sharding of box_vjp's result (the ROIs' cotangent)."""
+    boxes = _per_image(rois.shape)
+    return _result_sharding([(features.sharding, _features_factors(layout, boxes)),
+                             (rois.sharding, _rois_factors(boxes)),
+                             (grad_out.sharding, _pooled_factors(layout, boxes))],
+                            _rois_factors(boxes))
+
+
+def levels_box_vjp_result_sharding(maps, rois, grad_out, layout):
+    """The sharding of roi_levels_box_vjp's result (the boxes' cotangent)."""
+    return _result_sharding([(rois.sharding, _rois_factors(True)),
+                             (grad_out.sharding, _pooled_factors(layout, True))]
+                            + [(m.sharding, _map_factors(layout, i)) for i, m in enumerate(maps)],
+                            _rois_factors(True))

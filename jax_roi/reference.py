@@ -682,6 +682,105 @@ def _pool_winner_rows(sites, argmax, pixels):
     return sites.base[:, None, None, None] + argmax, ok
 
 
+# ---------------------------------------------------------------- prroi_pool
+
+def _tent_cumulative(v):
+    """The integral of the tent max(0, 1 - |u|) from -infinity to v."""
+    v = jnp.clip(v, -1, 1)
+    return jnp.where(v <= 0, 0.5 * (v + 1) ** 2, 1 - 0.5 * (1 - v) ** 2)
+
+
+def _tent_integral(lo, hi, pixel):
+    """The integral of pixel `pixel`'s tent over [lo, hi]."""
+    at = pixel.astype(lo.dtype)
+    return _tent_cumulative(hi - at) - _tent_cumulative(lo - at)
+
+
+class PreciseBins(NamedTuple):
+    """Each ROI's bin edges ([k, PH] in y, [k, PW] in x), the pixels whose
+    tents meet them ([lo, hi) as int32) and the bins' area ([k])."""
+    y_lo: jax.Array
+    y_hi: jax.Array
+    x_lo: jax.Array
+    x_hi: jax.Array
+    h0: jax.Array
+    h1: jax.Array
+    w0: jax.Array
+    w1: jax.Array
+    area: jax.Array
+
+
+def _precise_bins(sites, output_size, height, width):
+    """The kernels' precise_bin_of: no half-pixel shift, sizes at least 0."""
+    ph, pw = output_size
+    x1, y1, x2, y2 = (sites.boxes[:, i] * sites.scale for i in range(4))
+    bin_w = _divide(jnp.maximum(x2 - x1, 0), pw)
+    bin_h = _divide(jnp.maximum(y2 - y1, 0), ph)
+    y_lo = y1[:, None] + jnp.arange(ph, dtype=y1.dtype) * bin_h[:, None]
+    x_lo = x1[:, None] + jnp.arange(pw, dtype=x1.dtype) * bin_w[:, None]
+    y_hi, x_hi = y_lo + bin_h[:, None], x_lo + bin_w[:, None]
+    span = lambda lo, hi, n: (jnp.clip(jnp.floor(lo), 0, n).astype(jnp.int32),
+                              jnp.clip(jnp.floor(hi) + 2, 0, n).astype(jnp.int32))
+    h0, h1 = span(y_lo, y_hi, height)
+    w0, w1 = span(x_lo, x_hi, width)
+    area = jnp.where(sites.valid, bin_h * bin_w, 0)
+    reads = (area > 0)[:, None]
+    return PreciseBins(y_lo, y_hi, x_lo, x_hi, h0, jnp.where(reads, h1, h0), w0,
+                       jnp.where(reads, w1, w0), area)
+
+
+def _precise_steps(bins, base, width, body, init):
+    """body(rows, weights, carry) over a chunk's pixel steps: rows [k, PH,
+    PW] of each bin's pixel at that step (past the table's end when the
+    step is not in the bin) and its tent integrals over the bin."""
+    def step(ty, tx, carry):
+        ys, xs = bins.h0 + ty, bins.w0 + tx
+        inside = (ys < bins.h1)[:, :, None] & (xs < bins.w1)[:, None, :]
+        weight = (_tent_integral(bins.y_lo, bins.y_hi, ys)[:, :, None]
+                  * _tent_integral(bins.x_lo, bins.x_hi, xs)[:, None, :])
+        rows = base[:, None, None] + ys[:, :, None] * width + xs[:, None, :]
+        return body(rows, inside, jnp.where(inside, weight, 0), carry)
+
+    return _grid_loop(jnp.max(bins.h1 - bins.h0, initial=0),
+                      jnp.max(bins.w1 - bins.w0, initial=0), step, init)
+
+
+def _per_area(total, area):
+    area = area[:, None, None, None]
+    return jnp.where(area > 0, _divide(total, jnp.where(area > 0, area, 1)), 0)
+
+
+def _prroi_forward(table, sites, output_size, height, width):
+    (ph, pw), k, c = output_size, sites.valid.shape[0], table.shape[1]
+    acc, rows_total = sites.scale.dtype, table.shape[0]
+    chunk = _chunk_size(k, ph * pw * c * 12)
+    chunks, _ = _in_chunks(list(sites), chunk)
+
+    def one_chunk(s):
+        s = Sites(*s)
+        bins = _precise_bins(s, output_size, height, width)
+
+        def add(rows, inside, weight, total):
+            v = table.at[jnp.where(inside, rows, rows_total)].get(mode="fill", fill_value=0)
+            return total + weight[..., None] * v.astype(acc)
+
+        total = _precise_steps(bins, s.base, width, add, jnp.zeros((s.valid.shape[0], ph, pw, c), acc))
+        return (_per_area(total, bins.area),)
+
+    return _joined(lax.map(one_chunk, chunks), k)
+
+
+def _prroi_backward(grad, sites, rows_total, channels, output_size, height, width):
+    acc = sites.scale.dtype
+    bins = _precise_bins(sites, output_size, height, width)
+    g = _per_area(grad.astype(acc), bins.area)
+
+    def scatter(rows, inside, weight, table):
+        return table.at[jnp.where(inside, rows, rows_total)].add(weight[..., None] * g, mode="drop")
+
+    return _precise_steps(bins, sites.base, width, scatter, jnp.zeros((rows_total, channels), acc))
+
+
 # ------------------------------------------------------ the primitives
 #
 # Per-image boxes ([N, L, 4]) are pooled image by image under vmap, so every
@@ -717,8 +816,10 @@ def _from_table(table, shape, layout):
 # primitives below only build those for one map or for a pyramid. `pixels`
 # is (H, W) of the one map roi_pool reads.
 
-LINEAR_OPS = ("align_avg", "rotated", "ps_align", "ps_pool")
+LINEAR_OPS = ("align_avg", "rotated", "ps_align", "ps_pool", "prroi")
 POSITION_SENSITIVE_OPS = ("ps_align", "ps_pool")
+# The ops whose output moves with the box (roi_pool and ps_roi_pool round it).
+BOX_OPS = ("align_avg", "align_max", "rotated", "ps_align", "prroi")
 
 
 def _pooled(table, sites, dtype, pixels, *, op, output_size, sampling_ratio, aligned,
@@ -734,6 +835,8 @@ def _pooled(table, sites, dtype, pixels, *, op, output_size, sampling_ratio, ali
         outs = _pool_forward(table, sites, output_size, *pixels)
     elif op == "ps_pool":
         outs = _ps_pool_forward(table, sites, output_size, *pixels, sites.scale.dtype)
+    elif op == "prroi":
+        outs = _prroi_forward(table, sites, output_size, *pixels)
     else:
         outs = _align_forward(table, sites, output_size, sampling_ratio,
                               aligned or op == "ps_align", op, clockwise)
@@ -748,6 +851,8 @@ def _pulled_back(grad, argmax, sites, rows, channels, pixels, *, op, output_size
         return jnp.zeros((rows, channels), acc)
     if op == "ps_pool":
         return _ps_pool_backward(grad, sites, rows, channels, output_size, *pixels)
+    if op == "prroi":
+        return _prroi_backward(grad, sites, rows, channels, output_size, *pixels)
     if op in LINEAR_OPS:
         return _align_avg_backward(grad, sites, rows, channels, output_size, sampling_ratio,
                                    aligned or op == "ps_align", op, clockwise)
@@ -855,3 +960,71 @@ def levels_winner(boxes, levels, *maps_and_argmax, **params):
     out = _read_winners(table, _from_layout(argmax, params["layout"]), sites, maps[0].dtype,
                         None, **params)
     return _in_layout(out, params["layout"], boxes.shape[:2])
+
+
+# The derivative with respect to the ROIs: JAX's forward mode through the
+# functions above (the sample positions, bilinear weights and tent integrals
+# are differentiable in the box; grids, counts and roundings are integers or
+# behind floors, so their derivative is 0). Each output depends on its own
+# ROI only, so one forward-mode pass per coordinate, all coordinates at
+# once, gives every ROI's cotangent. Sums run in the geometry dtype.
+
+def _in_geometry_dtype(features):
+    return [f.astype(geometry_dtype(f.dtype)) for f in features]
+
+
+def _roi_tangent_out(value_of, rois, roi_tangents):
+    return jax.jvp(value_of, (rois,), (roi_tangents.astype(rois.dtype),))[1]
+
+
+def _roi_cotangent(value_of, rois, grad_out):
+    """d sum(grad_out * value_of(rois)) / d rois; 0 for a [K, 5] batch index."""
+    coords = rois.shape[-1]
+    first = 1 if rois.ndim == 2 else 0
+    basis = jnp.eye(coords, dtype=rois.dtype)[first:]
+    lead = rois.ndim - 1
+    tangents = basis.reshape((coords - first,) + (1,) * lead + (coords,))
+    jacobian = jax.vmap(lambda t: _roi_tangent_out(value_of, rois, jnp.broadcast_to(t, rois.shape)))(
+        tangents)
+    weighted = jacobian * grad_out.astype(jacobian.dtype)[None]
+    per_roi = jnp.sum(weighted, axis=tuple(range(1 + lead, weighted.ndim)))
+    cotangent = jnp.moveaxis(per_roi, 0, -1)
+    if first:
+        cotangent = jnp.concatenate([jnp.zeros_like(cotangent[..., :1]), cotangent], axis=-1)
+    return cotangent.astype(rois.dtype)
+
+
+def _single_map_value(features, argmax, params):
+    (features,) = _in_geometry_dtype([features])
+    if argmax:
+        return lambda r: roi_winner(features, r, argmax[0], **params)
+    return lambda r: roi_forward(features, r, **params)[0]
+
+
+def roi_box_jvp(features, rois, roi_tangents, *argmax, **params):
+    """The output's tangent for the ROIs' tangents, in the features' dtype."""
+    out = _roi_tangent_out(_single_map_value(features, argmax, params), rois, roi_tangents)
+    return out.astype(features.dtype)
+
+
+def roi_box_vjp(features, rois, grad_out, *argmax, **params):
+    """The ROIs' cotangent, in their dtype."""
+    return _roi_cotangent(_single_map_value(features, argmax, params), rois, grad_out)
+
+
+def _levels_value(levels, argmax_and_maps, params):
+    linear = params["op"] in LINEAR_OPS
+    argmax = [] if linear else list(argmax_and_maps[:1])
+    maps = _in_geometry_dtype(argmax_and_maps[0 if linear else 1:])
+    if argmax:
+        return lambda b: levels_winner(b, levels, *maps, argmax[0], **params)
+    return lambda b: levels_forward(b, levels, *maps, **params)[0]
+
+
+def levels_box_jvp(boxes, levels, box_tangents, *argmax_and_maps, **params):
+    out = _roi_tangent_out(_levels_value(levels, argmax_and_maps, params), boxes, box_tangents)
+    return out.astype(argmax_and_maps[-1].dtype)
+
+
+def levels_box_vjp(boxes, levels, grad_out, *argmax_and_maps, **params):
+    return _roi_cotangent(_levels_value(levels, argmax_and_maps, params), boxes, grad_out)

@@ -7,8 +7,13 @@
 //   Backend::forward<op, T, G>(ctx, problem, features, out, argmax);
 //   Backend::backward<op, T, G>(ctx, problem, grad_out, argmax, grad_features),
 //     which also zeroes grad_features;
-//   Backend::forward_levels / backward_levels: the same over a pyramid
-//     (LevelProblems), with one map and one gradient per level.
+//   Backend::box_jvp<op, T, G>(ctx, problem, features, argmax, roi_tangents,
+//     out_tangent) and Backend::box_vjp<op, T, G>(ctx, problem, features,
+//     argmax, grad_out, roi_cotangents): the derivative with respect to the
+//     ROIs (elements/box_derivative.h), forward and reverse mode;
+//   Backend::forward_levels / backward_levels / box_jvp_levels /
+//     box_vjp_levels: the same over a pyramid (LevelProblems), with one map
+//     and one gradient per level.
 // kernel_entries<Backend>() lists every kernel of lib/kernel_list.h with
 // its handler.
 #pragma once
@@ -72,6 +77,64 @@ ffi::Error backward(typename Backend::Context& ctx, const ffi::AnyBuffer& grad_o
   });
 }
 
+// A buffer of the ROIs' shape and geometry type: their tangents or cotangents.
+template <typename G>
+ffi::Error check_roi_shaped(const ffi::AnyBuffer& rois, const ffi::AnyBuffer& b, const char* what) {
+  if (b.element_type() != geometry_type<G>())
+    return ffi::Error::InvalidArgument(std::string("jax_roi: ") + what + " must have the rois' dtype");
+  return check_same_dims(b.dimensions(), rois.dimensions(), what);
+}
+
+template <typename Backend, Op op>
+ffi::Error box_jvp(typename Backend::Context& ctx, const ffi::AnyBuffer& features,
+                   const ffi::AnyBuffer& rois, const ffi::AnyBuffer& roi_tangents,
+                   const ffi::Buffer<ffi::S32>* argmax, ffi::AnyBuffer& out, const Geometry& g) {
+  if (out.element_type() != features.element_type())
+    return ffi::Error::InvalidArgument("jax_roi: output dtype must equal the features dtype");
+  if (argmax)
+    if (auto e = check_same_dims(argmax->dimensions(), out.dimensions(), "argmax"); e.failure())
+      return e;
+  return dispatch_feature_type(features.element_type(), [&](auto tag) -> ffi::Error {
+    using T = decltype(tag);
+    using G = acc_t<T>;
+    Problem<G> p;
+    if (auto e = make_problem<G>(op, features.dimensions(), rois, out.dimensions(), g, &p);
+        e.failure())
+      return e;
+    if (auto e = check_roi_shaped<G>(rois, roi_tangents, "roi tangents"); e.failure()) return e;
+    return Backend::template box_jvp<op, T, G>(ctx, p, data_of<const T>(features),
+                                               argmax ? argmax->typed_data() : nullptr,
+                                               data_of<const G>(roi_tangents), data_of<T>(out));
+  });
+}
+
+template <typename Backend, Op op>
+ffi::Error box_vjp(typename Backend::Context& ctx, const ffi::AnyBuffer& features,
+                   const ffi::AnyBuffer& rois, const ffi::AnyBuffer& grad_out,
+                   const ffi::Buffer<ffi::S32>* argmax, ffi::AnyBuffer& roi_cotangents,
+                   const Geometry& g) {
+  if (grad_out.element_type() != features.element_type())
+    return ffi::Error::InvalidArgument("jax_roi: grad_out dtype must equal the features dtype");
+  if (argmax)
+    if (auto e = check_same_dims(argmax->dimensions(), grad_out.dimensions(), "argmax");
+        e.failure())
+      return e;
+  return dispatch_feature_type(features.element_type(), [&](auto tag) -> ffi::Error {
+    using T = decltype(tag);
+    using G = acc_t<T>;
+    Problem<G> p;
+    if (auto e = make_problem<G>(op, features.dimensions(), rois, grad_out.dimensions(), g, &p);
+        e.failure())
+      return e;
+    if (auto e = check_roi_shaped<G>(rois, roi_cotangents, "roi cotangents"); e.failure())
+      return e;
+    return Backend::template box_vjp<op, T, G>(ctx, p, data_of<const T>(features),
+                                               argmax ? argmax->typed_data() : nullptr,
+                                               data_of<const T>(grad_out),
+                                               data_of<G>(roi_cotangents));
+  });
+}
+
 // ---------------------------------------------------------- pyramids
 // A pyramid call has the ROIs, an int32 level per ROI, then the maps (or,
 // backward, their gradients) one per level, finest first, each with its
@@ -121,6 +184,26 @@ ffi::Error make_level_problem(Op op, int l, ffi::Span<const int64_t> map,
   return ffi::Error::Success();
 }
 
+// The problems and maps of a pyramid whose output (or its gradient) is
+// `pooled`, each map of the pooled dtype T.
+template <typename T, typename G>
+ffi::Error level_maps(Op op, const ffi::AnyBuffer& rois, const ffi::Buffer<ffi::S32>& levels,
+                      const ffi::RemainingArgs& maps, const ffi::AnyBuffer& pooled,
+                      const LevelGeometry& g, LevelProblems<G>* lp, PerLevel<const T>* features) {
+  if (auto e = start_levels<G>(rois, levels, maps.size(), g, lp); e.failure()) return e;
+  for (int l = 0; l < lp->count; ++l) {
+    auto map = maps.get<ffi::AnyBuffer>(l);
+    if (map.has_error()) return map.error();
+    if (map->element_type() != pooled.element_type())
+      return ffi::Error::InvalidArgument("jax_roi: every map must have the output's dtype");
+    if (auto e = make_level_problem<G>(op, l, map->dimensions(), rois, pooled.dimensions(), g, lp);
+        e.failure())
+      return e;
+    features->data[l] = data_of<const T>(*map);
+  }
+  return ffi::Error::Success();
+}
+
 template <typename Backend, Op op>
 ffi::Error forward_levels(typename Backend::Context& ctx, const ffi::AnyBuffer& rois,
                           const ffi::Buffer<ffi::S32>& levels, const ffi::RemainingArgs& maps,
@@ -134,19 +217,56 @@ ffi::Error forward_levels(typename Backend::Context& ctx, const ffi::AnyBuffer& 
     using G = acc_t<T>;
     LevelProblems<G> lp{};
     PerLevel<const T> features{};
-    if (auto e = start_levels<G>(rois, levels, maps.size(), g, &lp); e.failure()) return e;
-    for (int l = 0; l < lp.count; ++l) {
-      auto map = maps.get<ffi::AnyBuffer>(l);
-      if (map.has_error()) return map.error();
-      if (map->element_type() != out.element_type())
-        return ffi::Error::InvalidArgument("jax_roi: every map must have the output's dtype");
-      if (auto e = make_level_problem<G>(op, l, map->dimensions(), rois, out.dimensions(), g, &lp);
-          e.failure())
-        return e;
-      features.data[l] = data_of<const T>(*map);
-    }
+    if (auto e = level_maps<T>(op, rois, levels, maps, out, g, &lp, &features); e.failure())
+      return e;
     return Backend::template forward_levels<op, T, G>(ctx, lp, features, data_of<T>(out),
                                                       argmax ? argmax->typed_data() : nullptr);
+  });
+}
+
+template <typename Backend, Op op>
+ffi::Error box_jvp_levels(typename Backend::Context& ctx, const ffi::AnyBuffer& rois,
+                          const ffi::Buffer<ffi::S32>& levels, const ffi::AnyBuffer& roi_tangents,
+                          const ffi::Buffer<ffi::S32>* argmax, const ffi::RemainingArgs& maps,
+                          ffi::AnyBuffer& out, const LevelGeometry& g) {
+  if (argmax)
+    if (auto e = check_same_dims(argmax->dimensions(), out.dimensions(), "argmax"); e.failure())
+      return e;
+  return dispatch_feature_type(out.element_type(), [&](auto tag) -> ffi::Error {
+    using T = decltype(tag);
+    using G = acc_t<T>;
+    LevelProblems<G> lp{};
+    PerLevel<const T> features{};
+    if (auto e = level_maps<T>(op, rois, levels, maps, out, g, &lp, &features); e.failure())
+      return e;
+    if (auto e = check_roi_shaped<G>(rois, roi_tangents, "roi tangents"); e.failure()) return e;
+    return Backend::template box_jvp_levels<op, T, G>(
+        ctx, lp, features, argmax ? argmax->typed_data() : nullptr,
+        data_of<const G>(roi_tangents), data_of<T>(out));
+  });
+}
+
+template <typename Backend, Op op>
+ffi::Error box_vjp_levels(typename Backend::Context& ctx, const ffi::AnyBuffer& rois,
+                          const ffi::Buffer<ffi::S32>& levels, const ffi::AnyBuffer& grad_out,
+                          const ffi::Buffer<ffi::S32>* argmax, const ffi::RemainingArgs& maps,
+                          ffi::AnyBuffer& roi_cotangents, const LevelGeometry& g) {
+  if (argmax)
+    if (auto e = check_same_dims(argmax->dimensions(), grad_out.dimensions(), "argmax");
+        e.failure())
+      return e;
+  return dispatch_feature_type(grad_out.element_type(), [&](auto tag) -> ffi::Error {
+    using T = decltype(tag);
+    using G = acc_t<T>;
+    LevelProblems<G> lp{};
+    PerLevel<const T> features{};
+    if (auto e = level_maps<T>(op, rois, levels, maps, grad_out, g, &lp, &features); e.failure())
+      return e;
+    if (auto e = check_roi_shaped<G>(rois, roi_cotangents, "roi cotangents"); e.failure())
+      return e;
+    return Backend::template box_vjp_levels<op, T, G>(
+        ctx, lp, features, argmax ? argmax->typed_data() : nullptr, data_of<const T>(grad_out),
+        data_of<G>(roi_cotangents));
   });
 }
 
@@ -240,6 +360,52 @@ struct Handler {
                                         {scales, ratio, aligned, channels_last});
   }
 
+  static ffi::Error box_jvp_linear(Ctx ctx, ffi::AnyBuffer features, ffi::AnyBuffer rois,
+                                   ffi::AnyBuffer tangents, Out out, Geometry g) {
+    return box_jvp<Backend, op>(ctx, features, rois, tangents, nullptr, *out, g);
+  }
+  static ffi::Error box_jvp_argmax(Ctx ctx, ffi::AnyBuffer features, ffi::AnyBuffer rois,
+                                   ffi::AnyBuffer tangents, Int32 argmax, Out out, Geometry g) {
+    return box_jvp<Backend, op>(ctx, features, rois, tangents, &argmax, *out, g);
+  }
+  static ffi::Error box_vjp_linear(Ctx ctx, ffi::AnyBuffer features, ffi::AnyBuffer rois,
+                                   ffi::AnyBuffer grad_out, Out cotangents, Geometry g) {
+    return box_vjp<Backend, op>(ctx, features, rois, grad_out, nullptr, *cotangents, g);
+  }
+  static ffi::Error box_vjp_argmax(Ctx ctx, ffi::AnyBuffer features, ffi::AnyBuffer rois,
+                                   ffi::AnyBuffer grad_out, Int32 argmax, Out cotangents,
+                                   Geometry g) {
+    return box_vjp<Backend, op>(ctx, features, rois, grad_out, &argmax, *cotangents, g);
+  }
+  static ffi::Error levels_box_jvp_linear(Ctx ctx, ffi::AnyBuffer rois, Int32 levels,
+                                          ffi::AnyBuffer tangents, ffi::RemainingArgs maps,
+                                          Out out, Scales scales, int64_t ratio, bool aligned,
+                                          bool channels_last) {
+    return box_jvp_levels<Backend, op>(ctx, rois, levels, tangents, nullptr, maps, *out,
+                                       {scales, ratio, aligned, channels_last});
+  }
+  static ffi::Error levels_box_jvp_argmax(Ctx ctx, ffi::AnyBuffer rois, Int32 levels,
+                                          ffi::AnyBuffer tangents, Int32 argmax,
+                                          ffi::RemainingArgs maps, Out out, Scales scales,
+                                          int64_t ratio, bool aligned, bool channels_last) {
+    return box_jvp_levels<Backend, op>(ctx, rois, levels, tangents, &argmax, maps, *out,
+                                       {scales, ratio, aligned, channels_last});
+  }
+  static ffi::Error levels_box_vjp_linear(Ctx ctx, ffi::AnyBuffer rois, Int32 levels,
+                                          ffi::AnyBuffer grad_out, ffi::RemainingArgs maps,
+                                          Out cotangents, Scales scales, int64_t ratio,
+                                          bool aligned, bool channels_last) {
+    return box_vjp_levels<Backend, op>(ctx, rois, levels, grad_out, nullptr, maps, *cotangents,
+                                       {scales, ratio, aligned, channels_last});
+  }
+  static ffi::Error levels_box_vjp_argmax(Ctx ctx, ffi::AnyBuffer rois, Int32 levels,
+                                          ffi::AnyBuffer grad_out, Int32 argmax,
+                                          ffi::RemainingArgs maps, Out cotangents, Scales scales,
+                                          int64_t ratio, bool aligned, bool channels_last) {
+    return box_vjp_levels<Backend, op>(ctx, rois, levels, grad_out, &argmax, maps, *cotangents,
+                                       {scales, ratio, aligned, channels_last});
+  }
+
   // The handler of a binding, with the FFI traits of the Backend.
   template <typename B, typename Fn>
   static auto handler(B&& binding, Fn fn) {
@@ -289,6 +455,29 @@ struct Handler {
       return handler(with_level_attrs(std::move(b).template Arg<Int32>().RemainingRets()),
                      levels_backward_argmax);
   }
+  // box_jvp(features, rois, roi_tangents[, argmax]) -> out_tangent;
+  // box_vjp(features, rois, grad_out[, argmax]) -> roi_cotangents.
+  static auto box_handler(bool forward_mode) {
+    auto b = bind().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>();
+    if constexpr (is_linear(op))
+      return handler(std::move(b).template Ret<ffi::AnyBuffer>().template Attrs<Geometry>(),
+                     forward_mode ? box_jvp_linear : box_vjp_linear);
+    else
+      return handler(
+          std::move(b).template Arg<Int32>().template Ret<ffi::AnyBuffer>().template Attrs<Geometry>(),
+          forward_mode ? box_jvp_argmax : box_vjp_argmax);
+  }
+  // levels_box_jvp(rois, levels, roi_tangents[, argmax], *maps) -> out_tangent;
+  // levels_box_vjp(rois, levels, grad_out[, argmax], *maps) -> roi_cotangents.
+  static auto levels_box_handler(bool forward_mode) {
+    auto b = bind().template Arg<ffi::AnyBuffer>().template Arg<Int32>().template Arg<ffi::AnyBuffer>();
+    if constexpr (is_linear(op))
+      return handler(with_level_attrs(std::move(b).RemainingArgs().template Ret<ffi::AnyBuffer>()),
+                     forward_mode ? levels_box_jvp_linear : levels_box_vjp_linear);
+    else
+      return handler(with_level_attrs(std::move(b).template Arg<Int32>().RemainingArgs().template Ret<ffi::AnyBuffer>()),
+                     forward_mode ? levels_box_jvp_argmax : levels_box_vjp_argmax);
+  }
 };
 
 // The C entry point XLA calls for one handler, built on first use.
@@ -315,10 +504,20 @@ std::vector<KernelEntry> kernel_entries() {
 #define JAX_ROI_LEVEL_ENTRIES(name, op)                                                       \
   JAX_ROI_ENTRY(#name "_levels_forward", (Handler<Backend, Op::op>::levels_forward_handler())) \
   JAX_ROI_ENTRY(#name "_levels_backward", (Handler<Backend, Op::op>::levels_backward_handler()))
+#define JAX_ROI_BOX_ENTRIES(name, op)                                              \
+  JAX_ROI_ENTRY(#name "_box_jvp", (Handler<Backend, Op::op>::box_handler(true)))   \
+  JAX_ROI_ENTRY(#name "_box_vjp", (Handler<Backend, Op::op>::box_handler(false)))
+#define JAX_ROI_LEVEL_BOX_ENTRIES(name, op)                                                    \
+  JAX_ROI_ENTRY(#name "_levels_box_jvp", (Handler<Backend, Op::op>::levels_box_handler(true))) \
+  JAX_ROI_ENTRY(#name "_levels_box_vjp", (Handler<Backend, Op::op>::levels_box_handler(false)))
   JAX_ROI_OPS(JAX_ROI_OP_ENTRIES)
+  JAX_ROI_BOX_OPS(JAX_ROI_BOX_ENTRIES)
   JAX_ROI_LEVEL_OPS(JAX_ROI_LEVEL_ENTRIES)
+  JAX_ROI_LEVEL_OPS(JAX_ROI_LEVEL_BOX_ENTRIES)
 #undef JAX_ROI_OP_ENTRIES
+#undef JAX_ROI_BOX_ENTRIES
 #undef JAX_ROI_LEVEL_ENTRIES
+#undef JAX_ROI_LEVEL_BOX_ENTRIES
   return entries;
 }
 

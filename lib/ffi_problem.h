@@ -125,9 +125,9 @@ ffi::Error make_problem(Op op, ffi::Span<const int64_t> features, const ffi::Any
   if (!channels_match)
     return ffi::Error::InvalidArgument("jax_roi: output " + dims_text(pooled) +
                                        " does not match features " + dims_text(features));
-  // The tap kernels (rotated, position-sensitive) store pixel rows and
-  // columns in 32 bits.
-  const bool taps = op == Op::kRotated || is_position_sensitive(op);
+  // The tap kernels (rotated, position-sensitive, precise) store pixel rows
+  // and columns in 32 bits.
+  const bool taps = op == Op::kRotated || is_position_sensitive(op) || op == Op::kPrPool;
   if (taps && (s.height > INT32_MAX || s.width > INT32_MAX))
     return ffi::Error::InvalidArgument("jax_roi: features " + dims_text(features) +
                                        " are over 2**31 - 1 pixels high or wide");

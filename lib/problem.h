@@ -11,12 +11,14 @@ namespace jax_roi {
 
 // Every op with a kernel. Each has its element functions (elements/) and
 // its CPU kernels (cpu/); lib/kernel_list.h names its FFI targets.
-enum class Op { kAlignAvg, kAlignMax, kPool, kRotated, kPsAlign, kPsPool };
+enum class Op { kAlignAvg, kAlignMax, kPool, kRotated, kPsAlign, kPsPool, kPrPool };
 
 // Ops whose output is linear in the features and records no argmax.
 constexpr bool is_linear(Op op) { return op != Op::kAlignMax && op != Op::kPool; }
 // Ops whose output channels are the input's split among the bins.
 constexpr bool is_position_sensitive(Op op) { return op == Op::kPsAlign || op == Op::kPsPool; }
+// Ops whose output moves with the box (the others round it to whole pixels).
+constexpr bool has_box_derivative(Op op) { return op != Op::kPool && op != Op::kPsPool; }
 // Coordinates per ROI: (x1, y1, x2, y2), or (cx, cy, w, h, angle).
 constexpr int64_t roi_coords(Op op) { return op == Op::kRotated ? 5 : 4; }
 
@@ -65,6 +67,12 @@ JAX_ROI_HOST_DEVICE int64_t output_index(const Shape& s, int64_t roi, int64_t ch
   if (s.channels_last)
     return ((roi * s.pooled_h + ph) * s.pooled_w + pw) * s.out_channels + channel;
   return ((roi * s.out_channels + channel) * s.pooled_h + ph) * s.pooled_w + pw;
+}
+
+// The input channel an output element reads.
+JAX_ROI_HOST_DEVICE int64_t input_channel(Op op, const Shape& s, const OutputElement& e) {
+  if (!is_position_sensitive(op)) return e.channel;
+  return position_sensitive_channel(e.channel, e.ph, e.pw, s.pooled_h, s.pooled_w);
 }
 
 // Pixel (y, x) of one image channel sits at plane_offset + (y*W + x)*stride.

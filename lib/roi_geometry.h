@@ -131,6 +131,7 @@ struct AlignRoi {
   G x_start, y_start, bin_w, bin_h;
   G grid_w, grid_h;
   G count;
+  bool width_moves, height_moves;  // the size follows the box (not clamped to 1)
 };
 
 // The bin size, per-bin sample grid (adaptive when sampling_ratio <= 0)
@@ -159,6 +160,8 @@ JAX_ROI_HOST_DEVICE AlignRoi<G> align_roi(const Roi<G>& r, G scale, int64_t pool
   a.y_start = r.v[1] * scale - offset;
   G roi_w = r.v[2] * scale - offset - a.x_start;
   G roi_h = r.v[3] * scale - offset - a.y_start;
+  a.width_moves = aligned || !(roi_w < G(1));
+  a.height_moves = aligned || !(roi_h < G(1));
   if (!aligned) {
     roi_w = max_of(roi_w, G(1));
     roi_h = max_of(roi_h, G(1));
@@ -333,6 +336,7 @@ struct RotatedRoi {
   G x_start, y_start, bin_w, bin_h;  // in the box's frame
   G grid_w, grid_h, count;
   G cos_t, sin_t;
+  bool width_moves, height_moves;  // the size follows the box (not clamped to 1)
 };
 
 template <typename G>
@@ -344,6 +348,8 @@ JAX_ROI_HOST_DEVICE RotatedRoi<G> rotated_roi(const Roi<G>& r, G scale, int64_t 
   a.centre_x = r.v[0] * scale - offset;
   a.centre_y = r.v[1] * scale - offset;
   G roi_w = r.v[2] * scale, roi_h = r.v[3] * scale;
+  a.width_moves = aligned || !(roi_w < G(1));
+  a.height_moves = aligned || !(roi_h < G(1));
   if (!aligned) {
     roi_w = max_of(roi_w, G(1));
     roi_h = max_of(roi_h, G(1));
@@ -386,6 +392,51 @@ JAX_ROI_HOST_DEVICE void rotated_sample_ranges(const RotatedRoi<G>& a, int64_t p
   *ys = sample_range_within(a.y_start, ph, a.bin_h, a.grid_h, yy_lo, yy_hi);
   *xs = sample_range_within(a.x_start, pw, a.bin_w, a.grid_w, xx_lo, xx_hi);
   if (!a.reads) *ys = *xs = SampleRange{0, 0, false};
+}
+
+// ------------------------------------------------------------- prroi_pool
+
+// A box in feature coordinates (no half-pixel shift) with its bin size;
+// a box whose end precedes its start has size 0.
+template <typename G>
+struct PreciseRoi {
+  G x_start, y_start, bin_w, bin_h;
+};
+
+template <typename G>
+JAX_ROI_HOST_DEVICE PreciseRoi<G> precise_roi(const Roi<G>& r, G scale, int64_t pooled_h,
+                                              int64_t pooled_w) {
+  PreciseRoi<G> a;
+  a.x_start = r.v[0] * scale;
+  a.y_start = r.v[1] * scale;
+  a.bin_w = max_of(r.v[2] * scale - a.x_start, G(0)) / static_cast<G>(pooled_w);
+  a.bin_h = max_of(r.v[3] * scale - a.y_start, G(0)) / static_cast<G>(pooled_h);
+  return a;
+}
+
+// The integral of the tent t(u) = max(0, 1 - |u|) from -infinity to v.
+template <typename G>
+JAX_ROI_HOST_DEVICE G tent_cumulative(G v) {
+  if (!(v > G(-1))) return G(0);
+  if (v >= G(1)) return G(1);
+  return v <= G(0) ? G(0.5) * (v + G(1)) * (v + G(1)) : G(1) - G(0.5) * (G(1) - v) * (G(1) - v);
+}
+
+template <typename G>
+JAX_ROI_HOST_DEVICE G tent(G v) {
+  return max_of(G(1) - (v < G(0) ? -v : v), G(0));
+}
+
+// The pixels [lo, hi) along one axis whose tents meet (start, end),
+// clipped to [0, extent): the only ones with a nonzero integral.
+struct PixelSpan {
+  int64_t lo, hi;
+};
+
+template <typename G>
+JAX_ROI_HOST_DEVICE PixelSpan tent_span(G start, G end, int64_t extent) {
+  return {clamp_to_index(std::floor(start), 0, extent),
+          clamp_to_index(std::floor(end) + G(2), 0, extent)};
 }
 
 // ------------------------------------------- position-sensitive RoI pooling

@@ -17,17 +17,8 @@ struct PsAlignTaps {
     const Shape& s = p.shape;
     Roi<G> r;
     if (!start_taps(p, k, t, &r)) return;
-    AlignBin<G> bin{};
-    bin.valid = true;
-    bin.roi = align_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, p.sampling_ratio, p.aligned);
-    bin.count = bin.roi.count;
-    for (bin.ph = 0; bin.ph < s.pooled_h; ++bin.ph) {
-      for (bin.pw = 0; bin.pw < s.pooled_w; ++bin.pw) {
-        bin.ys = sample_range(bin.roi.y_start, bin.ph, bin.roi.bin_h, bin.roi.grid_h, s.height);
-        bin.xs = sample_range(bin.roi.x_start, bin.pw, bin.roi.bin_w, bin.roi.grid_w, s.width);
-        add_sample_taps(bin, s, t);
-      }
-    }
+    for (int64_t ph = 0; ph < s.pooled_h; ++ph)
+      for (int64_t pw = 0; pw < s.pooled_w; ++pw) add_sample_taps(align_bin_of(p, r, ph, pw), s, t);
   }
 };
 

@@ -3,7 +3,8 @@
 // kNchwSplitsRois) and NHWC forward the ROIs;
 // backward splits into blocks of (image, channels) that each own the
 // gradient elements they write (gradient_blocks.h). A pyramid is its levels
-// one after another, each visiting only its own ROIs.
+// one after another, each visiting only its own ROIs. The derivatives with
+// respect to the ROIs split the ROIs (box_derivative_cpu.h).
 #pragma once
 
 #include <algorithm>
@@ -12,11 +13,13 @@
 #include "../ffi_problem.h"
 #include "align_avg_cpu.h"
 #include "align_max_cpu.h"
+#include "box_derivative_cpu.h"
 #include "gradient_blocks.h"
 #include "huge_pages.h"
 #include "parallel_for.h"
 #include "pool_cpu.h"
 #include "position_sensitive_cpu.h"
+#include "precise_cpu.h"
 #include "roi_order.h"
 #include "rotated_cpu.h"
 
@@ -64,7 +67,59 @@ struct CpuBackend {
     return ffi::Error::Success();
   }
 
+  template <Op op, typename T, typename G>
+  static ffi::Error box_jvp(Context& pool, const Problem<G>& p, const T* features,
+                            const int32_t* argmax, const G* tangents, T* out) {
+    each_roi<G>(pool, p.shape.num_rois, [&](int64_t k, std::vector<G>& scratch) {
+      CpuBoxDerivative::jvp_roi<op>(p, k, features, argmax, tangents, out, scratch);
+    });
+    return ffi::Error::Success();
+  }
+
+  template <Op op, typename T, typename G>
+  static ffi::Error box_vjp(Context& pool, const Problem<G>& p, const T* features,
+                            const int32_t* argmax, const T* grad_out, G* cotangents) {
+    each_roi<G>(pool, p.shape.num_rois, [&](int64_t k, std::vector<G>& scratch) {
+      CpuBoxDerivative::vjp_roi<op>(p, k, features, argmax, grad_out, cotangents, scratch);
+    });
+    return ffi::Error::Success();
+  }
+
+  template <Op op, typename T, typename G>
+  static ffi::Error box_jvp_levels(Context& pool, const LevelProblems<G>& lp,
+                                   const PerLevel<const T>& features, const int32_t* argmax,
+                                   const G* tangents, T* out) {
+    each_roi<G>(pool, lp.level[0].shape.num_rois, [&](int64_t k, std::vector<G>& scratch) {
+      const int l = lp.level_of(k);
+      CpuBoxDerivative::jvp_roi<op>(lp.level[l], k, features.data[l], argmax, tangents, out,
+                                    scratch);
+    });
+    return ffi::Error::Success();
+  }
+
+  template <Op op, typename T, typename G>
+  static ffi::Error box_vjp_levels(Context& pool, const LevelProblems<G>& lp,
+                                   const PerLevel<const T>& features, const int32_t* argmax,
+                                   const T* grad_out, G* cotangents) {
+    each_roi<G>(pool, lp.level[0].shape.num_rois, [&](int64_t k, std::vector<G>& scratch) {
+      const int l = lp.level_of(k);
+      CpuBoxDerivative::vjp_roi<op>(lp.level[l], k, features.data[l], argmax, grad_out,
+                                    cotangents, scratch);
+    });
+    return ffi::Error::Success();
+  }
+
  private:
+  // body(k, scratch) for every ROI k, whole ROIs to each thread.
+  template <typename G, typename Body>
+  static void each_roi(Context& pool, int64_t num_rois, const Body& body) {
+    parallel_for(pool, num_rois, balanced_grain(pool, num_rois, 1, 8),
+                 [&](int64_t k0, int64_t k1) {
+                   std::vector<G> scratch;
+                   for (int64_t k = k0; k < k1; ++k) body(k, scratch);
+                 });
+  }
+
   template <typename T>
   static void advise_outputs(const Shape& s, const T* out, const int32_t* argmax) {
     advise_huge_pages(out, sizeof(T) * s.output_count());

@@ -16,17 +16,8 @@ struct RotatedTaps {
     const Shape& s = p.shape;
     Roi<G> r;
     if (!start_taps(p, k, t, &r)) return;
-    RotatedBin<G> bin{};
-    bin.valid = true;
-    bin.roi = rotated_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, p.sampling_ratio,
-                          p.aligned, p.clockwise);
-    bin.count = bin.roi.count;
-    for (bin.ph = 0; bin.ph < s.pooled_h; ++bin.ph) {
-      for (bin.pw = 0; bin.pw < s.pooled_w; ++bin.pw) {
-        rotated_sample_ranges(bin.roi, bin.ph, bin.pw, s.height, s.width, &bin.ys, &bin.xs);
-        add_sample_taps(bin, s, t);
-      }
-    }
+    for (int64_t ph = 0; ph < s.pooled_h; ++ph)
+      for (int64_t pw = 0; pw < s.pooled_w; ++pw) add_sample_taps(rotated_bin_of(p, r, ph, pw), s, t);
   }
 };
 

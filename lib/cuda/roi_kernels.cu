@@ -57,6 +57,64 @@ __global__ void backward_levels_kernel(LevelProblems<G> lp, const T* grad_out,
     backward_level_element<op>(lp, i, grad_out, argmax, grads, AtomicAdd{});
 }
 
+template <Op op, typename T, typename G>
+__global__ void box_jvp_kernel(Problem<G> p, const T* features, const int32_t* argmax,
+                               const G* tangents, T* out) {
+  int64_t n = p.shape.output_count();
+  for (int64_t i = first_index(); i < n; i += grid_stride())
+    out[i] = box_jvp_element<op>(p, i, features, argmax, tangents);
+}
+
+template <Op op, typename T, typename G>
+__global__ void box_jvp_levels_kernel(LevelProblems<G> lp, PerLevel<const T> features,
+                                      const int32_t* argmax, const G* tangents, T* out) {
+  int64_t n = lp.level[0].shape.output_count();
+  for (int64_t i = first_index(); i < n; i += grid_stride())
+    out[i] = box_jvp_level_element<op>(lp, i, features, argmax, tangents);
+}
+
+// Reverse mode: one block per ROI. Each thread sums a strided share of the
+// ROI's elements, and the shares are added in a fixed tree, so the
+// cotangent is the same on every run (no atomics).
+template <Op op, typename T, typename G>
+__device__ void block_box_vjp(const Problem<G>& p, int64_t k, const T* features,
+                              const int32_t* argmax, const T* grad_out, G* cotangents) {
+  __shared__ G share[kMaxCoords][kThreadsPerBlock];
+  const Shape& s = p.shape;
+  const int64_t per_roi = s.out_channels * s.pooled_h * s.pooled_w;
+  G d[kMaxCoords] = {};
+  for (int64_t e = threadIdx.x; e < per_roi; e += blockDim.x)
+    add_box_vjp_element<op>(p, k * per_roi + e, features, argmax, grad_out, d);
+  for (int j = 0; j < kMaxCoords; ++j) share[j][threadIdx.x] = d[j];
+  __syncthreads();
+  for (int half = kThreadsPerBlock / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half)
+      for (int j = 0; j < kMaxCoords; ++j) share[j][threadIdx.x] += share[j][threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    for (int j = 0; j < kMaxCoords; ++j) d[j] = share[j][0];
+    store_roi_cotangent(p.rois, k, d, cotangents);
+  }
+  __syncthreads();  // share is reused by the block's next ROI
+}
+
+template <Op op, typename T, typename G>
+__global__ void box_vjp_kernel(Problem<G> p, const T* features, const int32_t* argmax,
+                               const T* grad_out, G* cotangents) {
+  for (int64_t k = blockIdx.x; k < p.shape.num_rois; k += gridDim.x)
+    block_box_vjp<op>(p, k, features, argmax, grad_out, cotangents);
+}
+
+template <Op op, typename T, typename G>
+__global__ void box_vjp_levels_kernel(LevelProblems<G> lp, PerLevel<const T> features,
+                                      const int32_t* argmax, const T* grad_out, G* cotangents) {
+  for (int64_t k = blockIdx.x; k < lp.level[0].shape.num_rois; k += gridDim.x) {
+    const int l = lp.level_of(k);
+    block_box_vjp<op>(lp.level[l], k, features.data[l], argmax, grad_out, cotangents);
+  }
+}
+
 unsigned blocks_for(int64_t n) {
   return static_cast<unsigned>(std::min(kMaxBlocks, (n + kThreadsPerBlock - 1) / kThreadsPerBlock));
 }
@@ -126,6 +184,53 @@ struct CudaBackend {
     backward_levels_kernel<op, T, G><<<blocks_for(n), kThreadsPerBlock, 0, stream>>>(
         lp, grad_out, argmax, grads);
     return last_error("pyramid backward kernel launch");
+  }
+
+  template <Op op, typename T, typename G>
+  static ffi::Error box_jvp(Context& stream, const Problem<G>& p, const T* features,
+                            const int32_t* argmax, const G* tangents, T* out) {
+    int64_t n = p.shape.output_count();
+    if (n == 0) return ffi::Error::Success();
+    box_jvp_kernel<op, T, G><<<blocks_for(n), kThreadsPerBlock, 0, stream>>>(
+        p, features, argmax, tangents, out);
+    return last_error("box jvp kernel launch");
+  }
+
+  template <Op op, typename T, typename G>
+  static ffi::Error box_vjp(Context& stream, const Problem<G>& p, const T* features,
+                            const int32_t* argmax, const T* grad_out, G* cotangents) {
+    int64_t k = p.shape.num_rois;
+    if (k == 0) return ffi::Error::Success();
+    box_vjp_kernel<op, T, G><<<roi_blocks(k), kThreadsPerBlock, 0, stream>>>(
+        p, features, argmax, grad_out, cotangents);
+    return last_error("box vjp kernel launch");
+  }
+
+  template <Op op, typename T, typename G>
+  static ffi::Error box_jvp_levels(Context& stream, const LevelProblems<G>& lp,
+                                   const PerLevel<const T>& features, const int32_t* argmax,
+                                   const G* tangents, T* out) {
+    int64_t n = lp.level[0].shape.output_count();
+    if (n == 0) return ffi::Error::Success();
+    box_jvp_levels_kernel<op, T, G><<<blocks_for(n), kThreadsPerBlock, 0, stream>>>(
+        lp, features, argmax, tangents, out);
+    return last_error("pyramid box jvp kernel launch");
+  }
+
+  template <Op op, typename T, typename G>
+  static ffi::Error box_vjp_levels(Context& stream, const LevelProblems<G>& lp,
+                                   const PerLevel<const T>& features, const int32_t* argmax,
+                                   const T* grad_out, G* cotangents) {
+    int64_t k = lp.level[0].shape.num_rois;
+    if (k == 0) return ffi::Error::Success();
+    box_vjp_levels_kernel<op, T, G><<<roi_blocks(k), kThreadsPerBlock, 0, stream>>>(
+        lp, features, argmax, grad_out, cotangents);
+    return last_error("pyramid box vjp kernel launch");
+  }
+
+ private:
+  static unsigned roi_blocks(int64_t num_rois) {
+    return static_cast<unsigned>(std::min(kMaxBlocks, num_rois));
   }
 };
 

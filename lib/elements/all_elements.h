@@ -3,7 +3,9 @@
 #pragma once
 
 #include "align.h"
+#include "box_derivative.h"
 #include "pool.h"
 #include "position_sensitive.h"
+#include "precise.h"
 #include "pyramid.h"
 #include "rotated.h"

@@ -9,11 +9,6 @@
 
 namespace jax_roi {
 
-template <typename G>
-JAX_ROI_HOST_DEVICE int64_t position_sensitive_input(const Problem<G>& p, const OutputElement& e) {
-  return position_sensitive_channel(e.channel, e.ph, e.pw, p.shape.pooled_h, p.shape.pooled_w);
-}
-
 // roi_align "avg" with aligned boxes (the caller sets p.aligned) on the
 // mapped channel. Its divisor is max(gh*gw, 1): a bin without samples sums
 // to 0, so it gives 0 as the contract asks.
@@ -21,7 +16,7 @@ template <>
 struct Elements<Op::kPsAlign> {
   template <typename G>
   JAX_ROI_HOST_DEVICE static AlignBin<G> bin(const Problem<G>& p, int64_t i) {
-    return align_bin(p, i, [&](const OutputElement& e) { return position_sensitive_input(p, e); });
+    return align_bin(p, i, [&](const OutputElement& e) { return input_channel(Op::kPsAlign, p.shape, e); });
   }
 
   template <typename T, typename G>
@@ -34,6 +29,12 @@ struct Elements<Op::kPsAlign> {
   JAX_ROI_HOST_DEVICE static void backward(const Problem<G>& p, int64_t i, const T* grad_out,
                                            const int32_t*, G* grad_features, const Add& add) {
     scatter_to_samples(bin(p, i), p.shape, to_acc(grad_out[i]), grad_features, add);
+  }
+
+  template <typename G, typename Visit>
+  JAX_ROI_HOST_DEVICE static void bin_box_taps(const Problem<G>& p, const Roi<G>& r, int64_t ph,
+                                               int64_t pw, const Visit& visit) {
+    align_average_box_taps(align_bin_of(p, r, ph, pw), p, visit);
   }
 };
 
@@ -58,7 +59,7 @@ struct Elements<Op::kPsPool> {
     b.win = pool_bin(pool_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, /*inclusive_end=*/false), e.ph, e.pw,
                      s.height, s.width);
     b.valid = !b.win.empty();
-    b.plane = feature_plane(s, r.batch, position_sensitive_input(p, e));
+    b.plane = feature_plane(s, r.batch, input_channel(Op::kPsPool, s, e));
     b.area = static_cast<G>((b.win.h1 - b.win.h0) * (b.win.w1 - b.win.w0));
     return b;
   }

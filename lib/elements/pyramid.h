@@ -3,6 +3,7 @@
 
 #include <cstdint>
 
+#include "box_derivative.h"
 #include "element_ops.h"
 
 namespace jax_roi {
@@ -46,6 +47,14 @@ JAX_ROI_HOST_DEVICE void backward_level_element(const LevelProblems<G>& lp, int6
                                         const PerLevel<G>& grads, const Add& add) {
   const int l = lp.level_of(split_output_index(lp.level[0].shape, i).roi);
   Elements<op>::backward(lp.level[l], i, grad_out, argmax, grads.data[l], add);
+}
+
+template <Op op, typename T, typename G>
+JAX_ROI_HOST_DEVICE T box_jvp_level_element(const LevelProblems<G>& lp, int64_t i,
+                                            const PerLevel<const T>& features,
+                                            const int32_t* argmax, const G* roi_tangents) {
+  const int l = lp.level_of(split_output_index(lp.level[0].shape, i).roi);
+  return box_jvp_element<op>(lp.level[l], i, features.data[l], argmax, roi_tangents);
 }
 
 }  // namespace jax_roi

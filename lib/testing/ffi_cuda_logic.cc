@@ -56,6 +56,55 @@ struct SerialBackend {
       backward_level_element<op>(lp, i, grad_out, argmax, grads, SerialAdd{});
     return ffi::Error::Success();
   }
+
+  template <Op op, typename T, typename G>
+  static ffi::Error box_jvp(Context&, const Problem<G>& p, const T* features,
+                            const int32_t* argmax, const G* tangents, T* out) {
+    for (int64_t i = 0; i < p.shape.output_count(); ++i)
+      out[i] = box_jvp_element<op>(p, i, features, argmax, tangents);
+    return ffi::Error::Success();
+  }
+
+  template <Op op, typename T, typename G>
+  static ffi::Error box_vjp(Context&, const Problem<G>& p, const T* features,
+                            const int32_t* argmax, const T* grad_out, G* cotangents) {
+    for (int64_t k = 0; k < p.shape.num_rois; ++k)
+      roi_cotangent<op>(p, k, features, argmax, grad_out, cotangents);
+    return ffi::Error::Success();
+  }
+
+  template <Op op, typename T, typename G>
+  static ffi::Error box_jvp_levels(Context&, const LevelProblems<G>& lp,
+                                   const PerLevel<const T>& features, const int32_t* argmax,
+                                   const G* tangents, T* out) {
+    for (int64_t i = 0; i < lp.level[0].shape.output_count(); ++i)
+      out[i] = box_jvp_level_element<op>(lp, i, features, argmax, tangents);
+    return ffi::Error::Success();
+  }
+
+  template <Op op, typename T, typename G>
+  static ffi::Error box_vjp_levels(Context&, const LevelProblems<G>& lp,
+                                   const PerLevel<const T>& features, const int32_t* argmax,
+                                   const T* grad_out, G* cotangents) {
+    for (int64_t k = 0; k < lp.level[0].shape.num_rois; ++k) {
+      const int l = lp.level_of(k);
+      roi_cotangent<op>(lp.level[l], k, features.data[l], argmax, grad_out, cotangents);
+    }
+    return ffi::Error::Success();
+  }
+
+ private:
+  // ROI k's cotangent, its elements' shares summed in index order.
+  template <Op op, typename T, typename G>
+  static void roi_cotangent(const Problem<G>& p, int64_t k, const T* features,
+                            const int32_t* argmax, const T* grad_out, G* cotangents) {
+    const Shape& s = p.shape;
+    const int64_t per_roi = s.out_channels * s.pooled_h * s.pooled_w;
+    G d[kMaxCoords] = {};
+    for (int64_t i = k * per_roi; i < (k + 1) * per_roi; ++i)
+      add_box_vjp_element<op>(p, i, features, argmax, grad_out, d);
+    store_roi_cotangent(p.rois, k, d, cotangents);
+  }
 };
 
 }  // namespace jax_roi

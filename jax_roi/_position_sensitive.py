@@ -36,7 +36,8 @@ def ps_roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=
 
     Peers: equals ``torchvision.ops.ps_roi_align`` (which gives NaN, not 0,
     for a zero-size box with the adaptive grid). Linear in ``features``, as
-    :func:`roi_align_rotated`; the derivative with respect to ``rois`` is zero.
+    :func:`roi_align_rotated`; the derivative with respect to ``rois`` is
+    exact almost everywhere, as for :func:`roi_align`.
     """
     features, rois, output_size, layout = _checked(features, rois, output_size, layout)
     return pooled(features, rois, op="ps_align", output_size=output_size,
@@ -58,7 +59,8 @@ def ps_roi_pool(features, rois, output_size, spatial_scale=1.0, *, layout="NCHW"
     Peers: the R-FCN definition, as ``torchvision.ops.ps_roi_pool`` computes
     it wherever no bin reaches the last row or column (torchvision's CPU
     forward never reads those; its backward does). Linear in ``features``;
-    the derivative with respect to ``rois`` is zero (the boxes are rounded).
+    the derivative with respect to ``rois`` is exactly zero (the boxes are
+    rounded to whole pixels).
     """
     features, rois, output_size, layout = _checked(features, rois, output_size, layout)
     return pooled(features, rois, op="ps_pool", output_size=output_size,

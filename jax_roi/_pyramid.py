@@ -247,9 +247,10 @@ def multi_scale_roi_align(features, boxes, output_size, scales, sampling_ratio=-
     Returns:
       ``[N, L, C, PH, PW]`` (NCHW) or ``[N, L, PH, PW, C]`` (NHWC): each box
       equals ``roi_align`` on the map of its level, and only that map gets its
-      gradient. One kernel call pools every box from its own level, reading
-      the maps in place, forward and backward. Like ``torchvision.ops.
-      MultiScaleRoIAlign`` with the same level rule.
+      gradient; ``boxes`` get the derivative of roi_align on that map (the
+      level assignment is held fixed). One kernel call pools every box from
+      its own level, reading the maps in place, forward and backward. Like
+      ``torchvision.ops.MultiScaleRoIAlign`` with the same level rule.
     """
     layout = _checks.choice("layout", layout, _checks.LAYOUTS)
     mode = _checks.choice("mode", mode, _checks.ALIGN_MODES)

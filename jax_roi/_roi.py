@@ -277,8 +277,12 @@ def roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
     Derivatives with respect to ``features``, forward and reverse mode, of
     every order (``mode="avg"`` is linear; the max mode reads the tangent
     through each bin's winning sample, so its second derivative is 0).
-    Reverse mode runs a deterministic backward kernel. The derivative with
-    respect to ``rois`` is zero.
+    Reverse mode runs a deterministic backward kernel. With respect to
+    ``rois``: the exact derivative almost everywhere (through each sample's
+    position; "max" through its winning sample), forward and reverse mode,
+    from its own kernels; sample grids and clamps are held fixed, and the
+    batch index and invalid ROIs get 0. A gradient with respect to
+    ``features`` alone runs none of it.
 
     Bad data never reads outside a buffer: a ROI whose batch index is not in
     ``[0, N)`` (or not finite) or whose coordinates are not finite gives
@@ -311,7 +315,8 @@ def roi_pool(features, rois, output_size, spatial_scale=1.0, *, layout="NCHW",
     Arguments, shapes, dtypes, ``implementation`` and bad-data handling are
     those of :func:`roi_align`. Derivatives with respect to ``features`` (any
     mode, any order) go through each bin's winning pixel; with respect to
-    ``rois`` they are zero.
+    ``rois`` they are exactly zero (the boxes are rounded to whole pixels, so
+    the output is piecewise constant in them).
 
     Peers: equals ``torchvision.ops.roi_pool``, Caffe's and MXNet's
     ``ROIPooling``.

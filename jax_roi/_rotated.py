@@ -40,10 +40,12 @@ def roi_align_rotated(features, rois, output_size, spatial_scale=1.0, sampling_r
     ``(cx - w/2, cy - h/2, cx + w/2, cy + h/2)``.
 
     Linear in ``features``: derivatives of every order and mode, with a
-    deterministic backward kernel. The derivative with respect to ``rois``
-    is zero. Bad data: a ROI with a batch index outside ``[0, N)``, a
-    non-finite coordinate or (``aligned=True``) a negative width or height
-    gives zeros and no gradient; a huge box costs no more than the map.
+    deterministic backward kernel. With respect to ``rois`` (centre, size
+    and angle): the exact derivative almost everywhere, forward and reverse
+    mode, as for :func:`roi_align`. Bad data: a ROI with a batch index
+    outside ``[0, N)``, a non-finite coordinate or (``aligned=True``) a
+    negative width or height gives zeros and no gradient; a huge box costs
+    no more than the map.
     """
     layout = _checks.choice("layout", layout, _checks.LAYOUTS)
     features = _checks.features_array(features, layout)

@@ -1,7 +1,8 @@
 """Benchmark: jax_roi's kernels against its pure-JAX implementation
 (implementation="xla", what platforms without a kernel run) and, when
 installed, torchvision's CPU ops (roi_align, roi_pool, ps_roi_align,
-ps_roi_pool), in one run.
+ps_roi_pool), in one run. The backward pass is the gradient with respect to
+the features, and for prroi-atom with respect to the features and the boxes.
 
     python -m jax_roi.bench                     # the workloads of the benchmark spec
     python -m jax_roi.bench --quick             # reduced sizes, seconds
@@ -31,7 +32,7 @@ import jax_roi
 @dataclass(frozen=True)
 class Workload:
     name: str
-    op: str  # "align", "pool", "rotated", "ps_align" or "ps_pool"
+    op: str  # "align", "pool", "rotated", "ps_align", "ps_pool" or "prroi"
     n: int
     c: int
     h: int
@@ -50,11 +51,14 @@ WORKLOADS = (
     Workload("rot-p2", "rotated", 2, 256, 256, 256, 1000, 7, 1 / 4, 2, True),
     Workload("psroi-rfcn", "ps_align", 1, 1029, 38, 63, 300, 7, 1 / 16, 2, True),
     Workload("psroi-rfcn", "ps_pool", 1, 1029, 38, 63, 300, 7, 1 / 16),
+    Workload("prroi-atom", "prroi", 64, 256, 18, 18, 1024, 5, 1 / 16),
 )
 
 OP_NAMES = {"pool": "roi_pool", "rotated": "roi_align_rotated", "ps_align": "ps_roi_align",
-            "ps_pool": "ps_roi_pool"}
+            "ps_pool": "ps_roi_pool", "prroi": "prroi_pool"}
 POSITION_SENSITIVE = ("ps_align", "ps_pool")
+# Workloads whose backward differentiates the boxes too (IoU-Net, ATOM).
+BOX_GRADIENT = ("prroi",)
 
 
 def quick(w):
@@ -98,6 +102,8 @@ def op_for(implementation, w, mode, layout):
                                                  w.sampling_ratio, **kw)
     if w.op == "ps_pool":
         return lambda f, r: jax_roi.ps_roi_pool(f, r, w.output, w.spatial_scale, **kw)
+    if w.op == "prroi":
+        return lambda f, r: jax_roi.prroi_pool(f, r, w.output, w.spatial_scale, **kw)
     return lambda f, r: jax_roi.roi_align(f, r, w.output, w.spatial_scale, w.sampling_ratio,
                                           w.aligned, mode=mode, layout=layout,
                                           implementation=implementation)
@@ -126,14 +132,18 @@ def vector_bytes():
     return _jax_roi_cpu.vector_bytes()
 
 
-def jax_calls(op, features, rois):
-    """Forward and backward (the VJP alone) as timed calls, and the forward's
-    temp bytes."""
+def jax_calls(op, features, rois, box_gradient=False):
+    """Forward and backward (the VJP alone, with respect to the features, and
+    the boxes too with `box_gradient`) as timed calls, and the forward's temp
+    bytes."""
     features, rois = jnp.asarray(features), jnp.asarray(rois)
     forward = jax.jit(op)
     out = forward(features, rois)
     cotangent = jnp.ones_like(out)
-    _, vjp = jax.vjp(lambda f: op(f, rois), features)
+    if box_gradient:
+        _, vjp = jax.vjp(op, features, rois)
+    else:
+        _, vjp = jax.vjp(lambda f: op(f, rois), features)
     backward = jax.jit(vjp)
     memory = forward.lower(features, rois).compile().memory_analysis()
     calls = {
@@ -227,13 +237,13 @@ def run(quick_run=False, repeats=DEFAULT_REPEATS, with_torch=True, log=print, na
         calls, memory = {}, {}
         for name, implementation in (("jax_roi", "kernel"), ("xla", "xla")):
             calls[name], memory[name] = jax_calls(op_for(implementation, w, mode, layout),
-                                                  features, rois)
+                                                  features, rois, w.op in BOX_GRADIENT)
         # the floor: a fresh output forward, a fresh feature gradient backward
         calls["floor"] = {"forward": floor_call(jax.eval_shape(op_for(None, w, mode, layout),
                                                                    features, rois)),
                           "backward": floor_call(jnp.asarray(features))}
-        # torchvision has no max-pooling or rotated roi_align.
-        if with_torch and dtype == "float32" and w.op != "rotated" \
+        # torchvision has no max-pooling or rotated roi_align, and no prroi_pool.
+        if with_torch and dtype == "float32" and w.op not in ("rotated", "prroi") \
                 and not (w.op == "align" and mode == "max"):
             nchw, _ = make_inputs(w, "NCHW", np.float32)
             calls["torchvision"] = torchvision_calls(w, nchw, rois)

@@ -1,7 +1,7 @@
 """``flax.linen`` versions of the modules in :mod:`jax_roi.nnx`, with the same
 fields and the same arithmetic: ``RoIAlign``, ``RoIPool``,
-``MultiScaleRoIAlign``, ``RoIAlignRotated``, ``PSRoIAlign`` and ``PSRoIPool``,
-thin wrappers of the public functions. They have no
+``MultiScaleRoIAlign``, ``RoIAlignRotated``, ``PSRoIAlign``, ``PSRoIPool`` and
+``PrRoIPool``, thin wrappers of the public functions. They have no
 parameters or state, so ``init`` returns empty variables and ``apply`` just
 pools. Layouts default to NHWC, the layout of Flax convolutions.
 """
@@ -13,6 +13,7 @@ from flax import linen as nn
 from . import _checks
 from ._pyramid import level_indices, multi_scale_roi_align
 from ._position_sensitive import ps_roi_align, ps_roi_pool
+from ._precise import prroi_pool
 from ._roi import roi_align, roi_pool
 from ._rotated import roi_align_rotated
 
@@ -115,6 +116,23 @@ class PSRoIPool(nn.Module):
     def __call__(self, features, rois):
         return ps_roi_pool(features, rois, self.output_size, self.spatial_scale,
                            layout=self.layout, implementation=self.implementation)
+
+
+class PrRoIPool(nn.Module):
+    """``jax_roi.prroi_pool`` as a linen module; as :class:`jax_roi.nnx.PrRoIPool`."""
+    output_size: OutputSize
+    spatial_scale: float = 1.0
+    layout: str = "NHWC"
+    implementation: Optional[str] = None
+
+    def __post_init__(self):
+        _checks.pool_settings(self.output_size, self.spatial_scale, self.layout,
+                              self.implementation)
+        super().__post_init__()
+
+    def __call__(self, features, rois):
+        return prroi_pool(features, rois, self.output_size, self.spatial_scale,
+                          layout=self.layout, implementation=self.implementation)
 
 
 class MultiScaleRoIAlign(nn.Module):

@@ -1,6 +1,6 @@
 """Flax NNX modules: ``RoIAlign``, ``RoIPool``, the feature-pyramid pooler
-``MultiScaleRoIAlign``, ``RoIAlignRotated``, ``PSRoIAlign`` and ``PSRoIPool``,
-thin wrappers of the public functions.
+``MultiScaleRoIAlign``, ``RoIAlignRotated``, ``PSRoIAlign``, ``PSRoIPool`` and
+``PrRoIPool``, thin wrappers of the public functions.
 
 The modules hold no parameters, only their settings (checked and normalised
 when the module is built, so a bad one fails there, naming the field), and
@@ -13,6 +13,7 @@ from flax import nnx
 from . import _checks
 from ._pyramid import level_indices, multi_scale_roi_align
 from ._position_sensitive import ps_roi_align, ps_roi_pool
+from ._precise import prroi_pool
 from ._roi import roi_align, roi_pool
 from ._rotated import roi_align_rotated
 
@@ -98,6 +99,20 @@ class PSRoIPool(nnx.Module):
     def __call__(self, features, rois):
         return ps_roi_pool(features, rois, self.output_size, self.spatial_scale,
                            layout=self.layout, implementation=self.implementation)
+
+
+class PrRoIPool(nnx.Module):
+    """``jax_roi.prroi_pool`` as a module: ``PrRoIPool(output_size,
+    spatial_scale)(features, rois)``, with the shapes of :class:`RoIPool`.
+    Its output has the exact derivative with respect to ``rois`` as well as
+    the features (IoU-Net's box refinement by gradient ascent)."""
+
+    def __init__(self, output_size, spatial_scale=1.0, layout="NHWC", implementation=None):
+        _set(self, _checks.pool_settings(output_size, spatial_scale, layout, implementation))
+
+    def __call__(self, features, rois):
+        return prroi_pool(features, rois, self.output_size, self.spatial_scale,
+                          layout=self.layout, implementation=self.implementation)
 
 
 class MultiScaleRoIAlign(nnx.Module):

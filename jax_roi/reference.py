@@ -242,7 +242,7 @@ def _sample_position(start, bin_index, bin_size, t, grid):
 def _axis_weights(pos, extent):
     ext = extent.astype(pos.dtype)
     inside = (pos >= -1) & (pos <= ext) & (extent > 0)  # false for NaN
-    pos = jnp.maximum(pos, 0)
+    pos = jnp.where(pos < 0, 0, pos)  # at 0 exactly the position still moves, as in the kernels
     i0 = jnp.floor(pos)
     edge = i0 >= ext - 1
     i0 = jnp.where(edge, ext - 1, i0)

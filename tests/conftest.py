@@ -19,7 +19,7 @@ def both_implementations(request, monkeypatch):
     that `implementation`. Use with pytest.mark.usefixtures."""
     import jax_roi
     for name in ("roi_align", "roi_pool", "multi_scale_roi_align", "roi_align_rotated",
-                 "ps_roi_align", "ps_roi_pool"):
+                 "ps_roi_align", "ps_roi_pool", "prroi_pool"):
         monkeypatch.setattr(jax_roi, name, functools.partial(getattr(jax_roi, name),
                                                              implementation=request.param))
     return request.param

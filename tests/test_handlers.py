@@ -45,6 +45,14 @@ BAD_CALLS = {
     "gradient dtype": ("pool_backward", (jnp.ones(OUT.shape, jnp.float32), ROIS,
                                          jnp.zeros(OUT.shape, jnp.int32)),
                        S(X.shape, jnp.float64), POOL, "the feature gradient must be"),
+    "box tangents shape": ("align_avg_box_jvp", (X, ROIS, ROIS[:3]), OUT, ALIGN,
+                           "roi tangents"),
+    "box cotangents dtype": ("prroi_box_vjp", (X, ROIS, jnp.ones(OUT.shape, jnp.float32)),
+                             S(ROIS.shape, jnp.float64), ALIGN, "roi cotangents must have"),
+    "box argmax shape": ("align_max_box_vjp", (X, ROIS, jnp.ones(OUT.shape, jnp.float32),
+                                               jnp.zeros((4, 2, 2, 2), jnp.int32)),
+                         S(ROIS.shape, jnp.float32),
+                         kernel_attributes("align_max", 0.5, 2, True, "NHWC"), "argmax"),
     "pyramid scales": ("align_avg_levels_forward",
                        (jnp.zeros((2, 3, 4), jnp.float32), jnp.zeros((2, 3), jnp.int32), X),
                        S((2, 3, 2, 2, 3), jnp.float32),
@@ -72,6 +80,16 @@ def test_argmax_no_forward_could_write_is_ignored(kernel, attrs, value):
     grad = call(kernel, (jnp.ones(OUT.shape, jnp.float32), ROIS, jnp.full(OUT.shape, value, jnp.int32)),
                 S(X.shape, jnp.float32), **attrs)
     assert not np.any(np.asarray(grad))
+
+
+@pytest.mark.parametrize("value", [10**9, -7, 2**31 - 1])
+def test_box_derivative_ignores_argmax_no_forward_could_write(value):
+    attrs = kernel_attributes("align_max", 0.5, 2, True, "NHWC")
+    argmax = jnp.full(OUT.shape, value, jnp.int32)
+    cotangent = call("align_max_box_vjp", (X, ROIS, jnp.ones(OUT.shape, jnp.float32), argmax),
+                     S(ROIS.shape, jnp.float32), **attrs)
+    tangent = call("align_max_box_jvp", (X, ROIS, jnp.ones_like(ROIS), argmax), OUT, **attrs)
+    assert not np.any(np.asarray(cotangent)) and not np.any(np.asarray(tangent))
 
 
 def test_a_well_formed_direct_call_works():

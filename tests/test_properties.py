@@ -1,6 +1,6 @@
 """Property-based tests: random shapes (zero-sized ones included), random and
 malformed boxes, random output sizes and sampling ratios, over every op
-(roi_align, roi_pool, roi_align_rotated, ps_roi_align, ps_roi_pool), mode,
+(roi_align, roi_pool, roi_align_rotated, ps_roi_align, ps_roi_pool, prroi_pool), mode,
 layout and dtype. Properties: values equal the float64 NumPy oracle, the
 derivative passes the dot-product test (forward against backward kernel), vmap
 equals a loop, [N, L, 4] boxes equal [K, 5] rows ([N, L, 5] and [K, 6] for
@@ -31,7 +31,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("JAX_ROI_HYPOTHESIS_PROFILE", "ci"))
 
-OPS = ["align_avg", "align_max", "pool", "rotated", "ps_align", "ps_pool"]
+OPS = ["align_avg", "align_max", "pool", "rotated", "ps_align", "ps_pool", "prroi"]
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16,
           "float16": jnp.float16}
 # relative tolerance of the output against the float64 oracle, per dtype
@@ -85,7 +85,7 @@ def problems(draw, malformed=True, dtypes=tuple(DTYPES), for_oracle=False):
     aligned = draw(st.booleans())
     img_h, img_w = max(h, 1) / scale, max(w, 1) / scale
     # the NumPy oracle visits every sample of an adaptive grid: no huge boxes there
-    sampled = op not in ("pool", "ps_pool")
+    sampled = op not in ("pool", "ps_pool", "prroi")
     bad = NOT_FINITE + (HUGE if not (for_oracle and sampled and ratio <= 0) else [])
     bad = bad if malformed else []
     if op == "rotated":
@@ -130,7 +130,7 @@ def fixed_problem(op, dtype="float64"):
 def with_fixed_examples(*extra):
     """One explicit example per new op, for a property of (p, *extra)."""
     def decorate(test):
-        for op in ("rotated", "ps_align", "ps_pool"):
+        for op in ("rotated", "ps_align", "ps_pool", "prroi"):
             test = example(fixed_problem(op), *extra)(test)
         return test
     return decorate
@@ -143,6 +143,9 @@ def call(p, features, rois, implementation=None):
     if p["op"] == "ps_pool":
         return jax_roi.ps_roi_pool(features, rois, p["output_size"], p["scale"],
                                    layout=p["layout"], implementation=implementation)
+    if p["op"] == "prroi":
+        return jax_roi.prroi_pool(features, rois, p["output_size"], p["scale"],
+                                  layout=p["layout"], implementation=implementation)
     if p["op"] == "ps_align":
         return jax_roi.ps_roi_align(features, rois, p["output_size"], p["scale"], p["ratio"],
                                     layout=p["layout"], implementation=implementation)
@@ -168,6 +171,9 @@ def oracle(p, x64):
     if p["op"] == "ps_pool":
         return ref.ps_roi_pool(x64, rows, p["output_size"], p["scale"], layout=p["layout"],
                                geom=geom)
+    if p["op"] == "prroi":
+        return ref.prroi_pool(x64, rows, p["output_size"], p["scale"], layout=p["layout"],
+                              geom=geom)
     if p["op"] == "ps_align":
         return ref.ps_roi_align(x64, rows, p["output_size"], p["scale"], p["ratio"],
                                 layout=p["layout"], geom=geom)
@@ -256,6 +262,42 @@ def test_kernels_equal_the_pure_jax_implementation(p):
         want = np.asarray(vjp_kernel(u)[0])
         np.testing.assert_allclose(vjp_pure(u)[0], want, rtol=tol,
                                    atol=tol * max(1.0, float(np.abs(want).max(initial=0))))
+
+
+BOX_OPS = ("align_avg", "align_max", "rotated", "ps_align", "prroi")
+
+
+def valid_rows(p):
+    """Rows whose batch index names an image and whose coordinates are finite."""
+    b = p["rois"][:, 0]
+    n = p["x"].shape[0]
+    with np.errstate(invalid="ignore"):
+        in_range = (b >= 0) & (b < n)
+    return in_range & np.all(np.isfinite(p["rois"][:, 1:]), axis=1)
+
+
+@with_fixed_examples()
+@given(problems(dtypes=("float64",)))
+def test_box_derivative_kernels_equal_the_pure_jax_implementation(p):
+    """Random and malformed boxes: the kernels' derivative with respect to the
+    ROIs equals the pure-JAX implementation's, is 0 for the batch index,
+    invalid rows and the rounding ops, and is finite for finite inputs."""
+    features, rois = features_of(p), jnp.asarray(p["rois"])
+    out = call(p, features, rois)
+    u = jnp.asarray(np.random.default_rng(3).standard_normal(out.shape))
+    kernel = np.asarray(jax.vjp(lambda r: call(p, features, r), rois)[1](u)[0])
+    pure = np.asarray(jax.vjp(lambda r: call(p, features, r, "xla"), rois)[1](u)[0])
+    assert kernel.shape == rois.shape
+    np.testing.assert_array_equal(kernel[:, 0], 0)
+    np.testing.assert_array_equal(kernel[~valid_rows(p)], 0)
+    if p["op"] not in BOX_OPS:
+        np.testing.assert_array_equal(kernel, 0)
+    # huge boxes: derivatives of samples far outside the map are 0 in both,
+    # but a sum of many large terms may round apart; compare ordinary rows
+    ordinary = valid_rows(p) & np.all(np.abs(np.nan_to_num(p["rois"][:, 1:])) < 1e5, axis=1)
+    assert np.all(np.isfinite(kernel[ordinary]))
+    scale = max(1.0, float(np.abs(kernel[ordinary]).max(initial=0)))
+    np.testing.assert_allclose(pure[ordinary], kernel[ordinary], rtol=1e-9, atol=1e-9 * scale)
 
 
 def test_ci_profile_has_a_fixed_seed_and_a_budget():

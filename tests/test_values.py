@@ -373,17 +373,12 @@ def test_invalid_rois(op, layout):
     assert np.any(out[8:] != 0)
 
 
-@pytest.mark.parametrize("op", ["pool", "align_avg", "align_max"])
-def test_rois_cotangent_is_zero(op):
+def test_roi_pool_rois_cotangent_is_zero():
+    # the boxes are rounded to whole pixels: piecewise constant in them
     rng = np.random.default_rng(13)
     x = jnp.asarray(_features(rng, "NHWC", F32), dtype=jnp.float32)
     rois = jnp.asarray(_rois(rng, "NL4", N, H, W, 1.0), dtype=jnp.float32)
-    if op == "pool":
-        f = lambda r: jax_roi.roi_pool(x, r, 3, layout="NHWC").sum()
-    else:
-        mode = op.split("_")[1]
-        f = lambda r: jax_roi.roi_align(x, r, 3, mode=mode, layout="NHWC").sum()
-    g = jax.grad(f)(rois)
+    g = jax.grad(lambda r: jax_roi.roi_pool(x, r, 3, layout="NHWC").sum())(rois)
     assert g.shape == rois.shape
     assert np.all(np.asarray(g) == 0)
 

@@ -1,5 +1,5 @@
 """Float64 NumPy references for roi_pool, roi_align, roi_align_rotated,
-ps_roi_align and ps_roi_pool, written from semantics.md.
+ps_roi_align, ps_roi_pool and prroi_pool, written from semantics.md.
 
 Plain loops over ROIs, bins and samples, vectorised only over channels. The
 geometry (box mapping, bins, sample positions, bilinear weights) is evaluated in
@@ -529,3 +529,152 @@ def ps_roi_pool_vjp(x, rois, output_size, spatial_scale, dy, *, layout="NCHW",
             ch = _ps_channels(c_out, ph_n, pw_n, ph, pw)
             dx[b, ch, h0:h1, w0:w1] += (dy[k, :, ph, pw] / area)[:, None, None]
     return _from_nchw(dx, layout)
+
+
+# ---------------------------------------------------------------- prroi_pool
+#
+# Precise RoI Pooling: the map is the continuous function
+#   f(y, x) = sum over pixels (i, j) of X[i, j] * t(y - i) * t(x - j),
+#   t(u) = max(0, 1 - |u|), zero beyond the map,
+# and a bin's value is the integral of f over the bin divided by its area.
+# f is separable per pixel, so the integral over [y_lo, y_hi] x [x_lo, x_hi]
+# is sum_ij X[i, j] * T(y_lo, y_hi, i) * T(x_lo, x_hi, j), T the integral of
+# one tent over an interval (closed form, _tent_integrals). Bins come from
+# the box with no half-pixel shift: rw = max((x2 - x1)*s, 0), bin pw spans
+# [x1*s + pw*rw/PW, x1*s + (pw+1)*rw/PW], the same in y.
+
+def _tent(u):
+    return np.maximum(0.0, 1.0 - np.abs(u))
+
+
+def _tent_cdf(u):
+    """The integral of t from -inf to u: 0, (u+1)^2/2, 1 - (1-u)^2/2, 1."""
+    u = np.clip(np.asarray(u, np.float64), -1.0, 1.0)
+    return np.where(u <= 0, (u + 1) ** 2 / 2, 1 - (1 - u) ** 2 / 2)
+
+
+def _tent_integrals(lo, hi, n):
+    """[n]: T(lo, hi, i), the integral of t(u - i) over [lo, hi], for pixels i < n."""
+    i = np.arange(n, dtype=np.float64)
+    return _tent_cdf(np.float64(hi) - i) - _tent_cdf(np.float64(lo) - i)
+
+
+def _tent_values(u, n):
+    """[n]: t(u - i) for pixels i < n (one edge of a bin: the integrand there)."""
+    return _tent(np.float64(u) - np.arange(n, dtype=np.float64))
+
+
+def _prroi_bins(row, ph_n, pw_n, s, g):
+    """Yield (ph, pw, y_lo, y_hi, x_lo, x_hi, area, dedge) for one row; area is
+    bin_h * bin_w in `g` (0 for a box of no width or height, whose bins are 0),
+    dedge the derivative of (y_lo, y_hi, x_lo, x_hi) with respect to
+    (y1, y2, x1, x2), [4, 2] (zero along an axis whose size is clamped to 0)."""
+    s = g(s)
+    xs = row[1] * s
+    ys = row[2] * s
+    rw = max((row[3] - row[1]) * s, g(0))
+    rh = max((row[4] - row[2]) * s, g(0))
+    bw = rw / g(pw_n)
+    bh = rh / g(ph_n)
+    area = bw * bh
+    for ph in range(ph_n):
+        y_lo = ys + g(ph) * bh
+        y_hi = ys + g(ph + 1) * bh
+        for pw in range(pw_n):
+            x_lo = xs + g(pw) * bw
+            x_hi = xs + g(pw + 1) * bw
+            dedge = np.zeros((4, 2))
+            s64 = np.float64(s)
+            if rh > 0:  # y_lo = y1*s + ph*(y2 - y1)*s/PH
+                dedge[0] = [s64 * (1 - ph / ph_n), s64 * ph / ph_n]
+                dedge[1] = [s64 * (1 - (ph + 1) / ph_n), s64 * (ph + 1) / ph_n]
+            if rw > 0:
+                dedge[2] = [s64 * (1 - pw / pw_n), s64 * pw / pw_n]
+                dedge[3] = [s64 * (1 - (pw + 1) / pw_n), s64 * (pw + 1) / pw_n]
+            yield ph, pw, y_lo, y_hi, x_lo, x_hi, area, dedge
+
+
+def _prroi_walk(x, rows, output_size, s, geom, visit):
+    """Calls visit(k, b, ph, pw, ty, tx, area, edges, dedge) for every bin of
+    every valid ROI with a non-zero area; ty [H] and tx [W] are the tent
+    integrals over the bin, edges (y_lo, y_hi, x_lo, x_hi) in float64."""
+    n, _, h, w = x.shape
+    ph_n, pw_n = _pair(output_size)
+    for k, row in enumerate(rows):
+        b = _batch(row, n)
+        if b is None:
+            continue
+        for ph, pw, y_lo, y_hi, x_lo, x_hi, area, dedge in _prroi_bins(
+                row, ph_n, pw_n, s, geom):
+            if not area > 0:
+                continue
+            ty = _tent_integrals(y_lo, y_hi, h)
+            tx = _tent_integrals(x_lo, x_hi, w)
+            edges = tuple(map(np.float64, (y_lo, y_hi, x_lo, x_hi)))
+            visit(k, b, ph, pw, ty, tx, np.float64(area), edges, dedge)
+
+
+def prroi_pool(x, rois, output_size, spatial_scale=1.0, *, layout="NCHW", geom=np.float64):
+    """Forward of prroi_pool; rois [K, 5] or [N, L, 4]."""
+    x = _to_nchw(x, layout)
+    ph_n, pw_n = _pair(output_size)
+    rows, lead = _rows(rois, geom)
+    out = np.zeros((rows.shape[0], x.shape[1], ph_n, pw_n))
+
+    def visit(k, b, ph, pw, ty, tx, area, edges, dedge):
+        out[k, :, ph, pw] = np.einsum("chw,h,w->c", x[b], ty, tx) / area
+
+    _prroi_walk(x, rows, output_size, spatial_scale, geom, visit)
+    return _reshape_out(out, lead, layout)
+
+
+def prroi_pool_vjp(x, rois, output_size, spatial_scale, dy, *, layout="NCHW",
+                   geom=np.float64):
+    """dX for cotangent dy: dy * T_y(i) * T_x(j) / area (the op is linear)."""
+    x = _to_nchw(x, layout)
+    rows, lead = _rows(rois, geom)
+    dy = _dy_to_nchw(dy, lead, layout)
+    dx = np.zeros(x.shape)
+
+    def visit(k, b, ph, pw, ty, tx, area, edges, dedge):
+        dx[b] += np.einsum("c,h,w->chw", dy[k, :, ph, pw], ty, tx) / area
+
+    _prroi_walk(x, rows, output_size, spatial_scale, geom, visit)
+    return _from_nchw(dx, layout)
+
+
+def prroi_pool_box_vjp(x, rois, output_size, spatial_scale, dy, *, layout="NCHW",
+                       geom=np.float64):
+    """d<out, dy>/d rois, in the shape of rois ([K, 5] with a zero batch
+    column, or [N, L, 4]), from the contract's closed forms:
+      d out/d x_lo = (out*bin_h - integral of f(y, x_lo) dy) / area
+      d out/d x_hi = (integral of f(y, x_hi) dy - out*bin_h) / area
+    (the same in y with bin_w), chained to x1, x2 (y1, y2) through the bin
+    edges. Invalid ROIs and bins of zero area get zero."""
+    x = _to_nchw(x, layout)
+    _, _, h, w = x.shape
+    rows, lead = _rows(rois, geom)
+    dy = _dy_to_nchw(dy, lead, layout)
+    drows = np.zeros((rows.shape[0], 5))
+
+    def visit(k, b, ph, pw, ty, tx, area, edges, dedge):
+        y_lo, y_hi, x_lo, x_hi = edges
+        bin_h, bin_w = y_hi - y_lo, x_hi - x_lo
+        plane = x[b]
+        out = np.einsum("chw,h,w->c", plane, ty, tx) / area
+        # the integrals of f along each edge of the bin
+        f_ylo = np.einsum("chw,h,w->c", plane, _tent_values(y_lo, h), tx)
+        f_yhi = np.einsum("chw,h,w->c", plane, _tent_values(y_hi, h), tx)
+        f_xlo = np.einsum("chw,h,w->c", plane, ty, _tent_values(x_lo, w))
+        f_xhi = np.einsum("chw,h,w->c", plane, ty, _tent_values(x_hi, w))
+        d_edges = np.array([(out * bin_w - f_ylo) / area, (f_yhi - out * bin_w) / area,
+                            (out * bin_h - f_xlo) / area, (f_xhi - out * bin_h) / area])
+        g_edges = d_edges @ dy[k, :, ph, pw]             # [4]: y_lo, y_hi, x_lo, x_hi
+        gy1, gy2 = g_edges[:2] @ dedge[:2]
+        gx1, gx2 = g_edges[2:] @ dedge[2:]
+        drows[k, 1:] += [gx1, gy1, gx2, gy2]
+
+    _prroi_walk(x, rows, output_size, spatial_scale, geom, visit)
+    if len(lead) == 2:
+        return drows[:, 1:].reshape(lead + (4,))
+    return drows

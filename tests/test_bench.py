@@ -20,9 +20,10 @@ def test_quick_benchmark_writes_its_report(tmp_path):
     assert "CPU kernels use 16-byte vectors" in result.stdout
     rows = report["results"]
     assert {r["workload"] for r in rows} == {"box-p2", "mask-c4", "pool-vgg", "rot-p2",
-                                             "psroi-rfcn"}
+                                             "psroi-rfcn", "prroi-atom"}
     assert {r["op"] for r in rows} == {"roi_align/avg", "roi_align/max", "roi_pool",
-                                       "roi_align_rotated", "ps_roi_align", "ps_roi_pool"}
+                                       "roi_align_rotated", "ps_roi_align", "ps_roi_pool",
+                                       "prroi_pool"}
     assert {r["layout"] for r in rows} == {"NCHW", "NHWC"}
     for row in rows:
         for impl in ("jax_roi", "xla", "floor"):

@@ -2,7 +2,9 @@
 runs the same element functions the CUDA grid-stride loops call, serially
 over the whole index range with plain adds for atomics, and must agree with
 the CPU kernels for every op (roi_align, roi_pool, roi_align_rotated,
-ps_roi_align, ps_roi_pool), mode, layout and dtype, forward and backward."""
+ps_roi_align, ps_roi_pool, prroi_pool), mode, layout and dtype, forward and
+backward, and for the derivatives with respect to the ROIs (box_jvp and
+box_vjp, on one map and on a pyramid)."""
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +13,9 @@ import pytest
 
 from jax_roi import _ffi, _jax_roi_cuda_logic
 from jax_roi._pyramid import level_kernel_attributes, levels_backward_p as roi_levels_backward_p, levels_forward_p as roi_levels_forward_p
+from jax_roi._pyramid import levels_box_jvp_p, levels_box_vjp_p
 from jax_roi._primitive import kernel_attributes
-from jax_roi._roi import roi_backward_p, roi_forward_p
+from jax_roi._roi import roi_backward_p, roi_box_jvp_p, roi_box_vjp_p, roi_forward_p
 
 PREFIX = "jax_roi_cuda_logic_"
 _ffi.register(_jax_roi_cuda_logic.registrations(), "cpu", prefix=PREFIX)
@@ -128,7 +131,8 @@ def ps_problem(layout, dtype, roi_format, channels, seed=6):
 # (op, sampling_ratio, aligned, clockwise)
 NEW_OPS = [("rotated", 2, True, False), ("rotated", -1, False, True),
            ("rotated", 0, True, True), ("ps_align", -1, True, False),
-           ("ps_align", 3, True, False), ("ps_pool", 0, False, False)]
+           ("ps_align", 3, True, False), ("ps_pool", 0, False, False),
+           ("prroi", 0, False, False)]
 
 
 @pytest.mark.parametrize("roi_format", ["k5", "nl4"])
@@ -138,17 +142,77 @@ NEW_OPS = [("rotated", 2, True, False), ("rotated", -1, False, True),
 def test_cuda_element_functions_match_cpu_kernels_new_ops(op, sampling_ratio, aligned,
                                                           clockwise, dtype, layout,
                                                           roi_format):
-    if op == "rotated":
-        features, rois = rotated_problem(layout, dtype, roi_format)
-    else:
-        # output (2, 3): 102 channels are 17 per bin, a 16-lane tile and a
-        # remainder of input and of output channels alike
-        features, rois = ps_problem(layout, dtype, roi_format, 102)
+    features, rois = new_op_problem(op, layout, dtype, roi_format)
     static = dict(op=op, output_size=(2, 3), spatial_scale=0.5, sampling_ratio=sampling_ratio,
                   aligned=aligned, clockwise=clockwise, layout=layout, implementation="kernel")
     cpu = roi_forward_p.bind(features, rois, **static)
     assert len(cpu) == 1  # linear ops: no argmax
     assert_kernels_agree(features, rois, static)
+
+
+def new_op_problem(op, layout, dtype, roi_format):
+    if op == "rotated":
+        return rotated_problem(layout, dtype, roi_format)
+    if op == "prroi":
+        return problem(layout, dtype, roi_format)
+    # output (2, 3): 102 channels are 17 per bin, a 16-lane tile and a
+    # remainder of input and of output channels alike
+    return ps_problem(layout, dtype, roi_format, 102)
+
+
+# ------------------------------------------ derivatives with respect to ROIs
+
+# (op, sampling_ratio, aligned, clockwise): every op with a box derivative
+BOX_OPS = [("align_avg", 2, True, False), ("align_avg", -1, False, False),
+           ("align_max", 0, True, False), ("align_max", 3, False, False),
+           ("rotated", 2, True, True), ("rotated", -1, False, False),
+           ("ps_align", -1, True, False), ("prroi", 0, False, False)]
+
+
+def _assert_close_scaled(actual, expected, tol):
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    scale = max(1.0, float(np.abs(expected).max(initial=0)))
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("roi_format", ["k5", "nl4"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("op,sampling_ratio,aligned,clockwise", BOX_OPS)
+def test_cuda_box_derivative_element_functions_match_cpu_kernels(op, sampling_ratio, aligned,
+                                                                 clockwise, dtype, layout,
+                                                                 roi_format):
+    if op in ("align_avg", "align_max"):
+        features, rois = problem(layout, dtype, roi_format)
+    else:
+        features, rois = new_op_problem(op, layout, dtype, roi_format)
+    static = dict(op=op, output_size=(2, 3), spatial_scale=0.5, sampling_ratio=sampling_ratio,
+                  aligned=aligned, clockwise=clockwise, layout=layout, implementation="kernel")
+    argmax = roi_forward_p.bind(features, rois, **static)[1:]
+    rng = np.random.default_rng(7)
+    tangents = jnp.asarray(rng.standard_normal(rois.shape), rois.dtype)
+    out_tol = TOLERANCE[features.dtype.type]
+
+    cpu = roi_box_jvp_p.bind(features, rois, tangents, *argmax, **static)
+    reference = jax.eval_shape(lambda: roi_box_jvp_p.bind(features, rois, tangents, *argmax,
+                                                          **static))
+    serial = serial_call("box_jvp", static, reference, features, rois, tangents, *argmax)
+    assert cpu.dtype == features.dtype and serial.dtype == features.dtype
+    _assert_close_scaled(serial, cpu, out_tol)
+    assert np.any(np.asarray(cpu, np.float64) != 0)
+
+    grad_out = jnp.asarray(rng.standard_normal(cpu.shape), features.dtype)
+    cpu = roi_box_vjp_p.bind(features, rois, grad_out, *argmax, **static)
+    reference = jax.eval_shape(lambda: roi_box_vjp_p.bind(features, rois, grad_out, *argmax,
+                                                          **static))
+    serial = serial_call("box_vjp", static, reference, features, rois, grad_out, *argmax)
+    assert cpu.shape == rois.shape and cpu.dtype == rois.dtype
+    _assert_close_scaled(serial, cpu, 1e-12 if features.dtype == jnp.float64 else 1e-5)
+    cpu = np.asarray(cpu)
+    assert np.count_nonzero(cpu) > cpu.size // 3
+    if roi_format == "k5":
+        np.testing.assert_array_equal(cpu[:, 0], 0.0)
+        np.testing.assert_array_equal(np.asarray(serial)[:, 0], 0.0)
 
 
 @pytest.mark.parametrize("op", ["align_avg", "align_max", "pool"])
@@ -243,3 +307,38 @@ def test_cuda_pyramid_element_functions_match_cpu_kernels(op, sampling_ratio, al
     for a, b in zip(serial_grads, cpu_grads):
         np.testing.assert_allclose(a, b, rtol=grad_tol, atol=grad_tol)
         assert np.any(np.asarray(b) != 0)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("op,sampling_ratio,aligned", [("align_avg", -1, True),
+                                                       ("align_max", 2, False)])
+def test_cuda_pyramid_box_derivative_element_functions_match_cpu_kernels(
+        op, sampling_ratio, aligned, dtype, layout):
+    maps, boxes, levels = pyramid_problem(layout, dtype)
+    static = dict(op=op, output_size=(2, 3), spatial_scales=(0.5, 0.25, 0.125),
+                  sampling_ratio=sampling_ratio, aligned=aligned, layout=layout,
+                  implementation="kernel")
+    attrs = level_kernel_attributes(op, static["spatial_scales"], sampling_ratio, aligned, layout)
+    argmax = roi_levels_forward_p.bind(boxes, levels, *maps, **static)[1:]
+    rng = np.random.default_rng(8)
+    tangents = jnp.asarray(rng.standard_normal(boxes.shape), boxes.dtype)
+
+    operands = (boxes, levels, tangents, *argmax, *maps)
+    cpu = levels_box_jvp_p.bind(*operands, **static)
+    reference = jax.eval_shape(lambda: levels_box_jvp_p.bind(*operands, **static))
+    serial = jax.ffi.ffi_call(PREFIX + op + "_levels_box_jvp", reference)(*operands, **attrs)
+    _assert_close_scaled(serial, cpu, TOLERANCE[dtype])
+    assert np.any(np.asarray(cpu, np.float64) != 0)
+    assert np.all(np.asarray(cpu, np.float64)[1, 2] == 0)  # the NaN box
+
+    grad_out = jnp.asarray(rng.standard_normal(cpu.shape), dtype)
+    operands = (boxes, levels, grad_out, *argmax, *maps)
+    cpu = levels_box_vjp_p.bind(*operands, **static)
+    reference = jax.eval_shape(lambda: levels_box_vjp_p.bind(*operands, **static))
+    serial = jax.ffi.ffi_call(PREFIX + op + "_levels_box_vjp", reference)(*operands, **attrs)
+    assert cpu.shape == boxes.shape and cpu.dtype == boxes.dtype
+    _assert_close_scaled(serial, cpu, 1e-12 if dtype == jnp.float64 else 1e-5)
+    cpu = np.asarray(cpu)
+    np.testing.assert_array_equal(cpu[1, 2], 0.0)  # the NaN box
+    assert np.count_nonzero(cpu) > cpu.size // 3

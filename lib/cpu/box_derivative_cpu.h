@@ -1,10 +1,14 @@
 // The derivative with respect to the ROIs on the CPU; the arithmetic is the
 // element functions' (elements/box_derivative.h). Threads take whole ROIs:
 // each ROI's output tangent is written, and its cotangent summed, by one
-// thread in one order, so results do not depend on the thread count. A
-// linear op's bin has the same box taps for every channel, so each tap is
-// visited once and runs over the channels; a max mode's taps are each
-// element's winner, visited element by element.
+// thread in one order, so results do not depend on the thread count.
+//
+// A linear op's box taps are the same for every channel of a bin, so a ROI
+// tabulates them once (BoxTap: the pixel, its bin and dw) and every channel
+// reuses them: in NHWC a tap runs over a pixel's contiguous channels (a dot
+// product, vectorised); in NCHW the reverse mode runs the channels
+// outermost, so each tap reads the plane of one channel at a time. A max
+// mode's taps are each element's winner, visited element by element.
 #pragma once
 
 #include <algorithm>
@@ -13,63 +17,110 @@
 
 #include "../elements/all_elements.h"
 #include "isa_clones.h"
+#include "native_vector.h"
 
 namespace jax_roi {
 
-struct CpuBoxDerivative {
-  // Output channel c of a bin reads input channel first + c * step.
-  template <Op op>
-  static int64_t channel_step(const Shape& s) {
-    const int64_t per_channel = s.channels_last ? 1 : s.height * s.width;
-    return is_position_sensitive(op) ? s.pooled_h * s.pooled_w * per_channel : per_channel;
-  }
+template <typename G>
+struct BoxTap {
+  int64_t pixel;  // y * W + x
+  int64_t bin;    // ph * PW + pw
+  G dw[kMaxCoords];
+};
 
-  // visit_bin(ph, pw, plane, taps) for each bin of ROI k, taps(visit) running
-  // visit(pixel, dw) over the bin's box taps (none when the ROI reads nothing).
-  template <Op op, typename G, typename VisitBin>
-  static void for_each_bin(const Problem<G>& p, int64_t k, const VisitBin& visit_bin) {
+template <typename G>
+struct BoxScratch {
+  std::vector<BoxTap<G>> taps;
+  std::vector<G> acc, row;
+};
+
+struct CpuBoxDerivative {
+  // The box taps of every bin of ROI r (valid, on a map with pixels).
+  template <Op op, typename G>
+  static void tabulate(const Problem<G>& p, const Roi<G>& r, std::vector<BoxTap<G>>& taps) {
     const Shape& s = p.shape;
-    const Roi<G> r = load_roi(p.rois, k);
-    const bool reads = r.valid && s.height > 0 && s.width > 0;
+    taps.clear();
     for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
       for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
-        const Plane plane = feature_plane(s, reads ? r.batch : 0,
-                                          input_channel(op, s, OutputElement{k, 0, ph, pw}));
-        visit_bin(ph, pw, [&](const auto& visit) {
-          if (reads)
-            Elements<op>::bin_box_taps(p, r, ph, pw, [&](int64_t y, int64_t x, const G* dw) {
-              visit(plane.at(y, x), dw);
-            });
+        Elements<op>::bin_box_taps(p, r, ph, pw, [&](int64_t y, int64_t x, const G* dw) {
+          BoxTap<G> t;
+          t.pixel = y * s.width + x;
+          t.bin = ph * s.pooled_w + pw;
+          std::copy(dw, dw + kMaxCoords, t.dw);
+          taps.push_back(t);
         });
       }
     }
   }
 
-  // ROI k's rows of the output tangent.
+  // The input channel output channel c of bin b reads.
+  template <Op op>
+  static int64_t input_of(const Shape& s, int64_t c, int64_t b) {
+    return is_position_sensitive(op) ? c * s.pooled_h * s.pooled_w + b : c;
+  }
+
+  // sum of g[c] * x[c] for c < n, in vectors of `bytes`.
+  template <int bytes, typename T, typename G>
+  static JAX_ROI_ALWAYS_INLINE G dot(const G* g, const T* x, int64_t n) {
+    constexpr int64_t lanes = native_lanes<G, bytes>;
+    NativeVector<G, bytes> a = {}, b = {};
+    int64_t c = 0;
+    for (; c + 2 * lanes <= n; c += 2 * lanes) {
+      a += load_native<G, bytes>(g + c) * load_native<G, bytes>(x + c);
+      b += load_native<G, bytes>(g + c + lanes) * load_native<G, bytes>(x + c + lanes);
+    }
+    for (; c + lanes <= n; c += lanes) a += load_native<G, bytes>(g + c) * load_native<G, bytes>(x + c);
+    a += b;
+    G sum = G(0);
+    for (int64_t j = 0; j < lanes; ++j) sum += a[j];
+    for (; c < n; ++c) sum += g[c] * to_acc(x[c]);
+    return sum;
+  }
+
+  // ROI k's output tangent: its C_out * PH * PW elements, contiguous in
+  // either layout.
   template <Op op, typename T, typename G>
   static JAX_ROI_CPU_CLONES void jvp_roi(const Problem<G>& p, int64_t k, const T* features,
                                          const int32_t* argmax, const G* tangents, T* out,
-                                         std::vector<G>& acc) {
+                                         BoxScratch<G>& scratch) {
     const Shape& s = p.shape;
+    const int64_t bins = s.pooled_h * s.pooled_w, C = s.out_channels, per_roi = C * bins;
     if constexpr (!is_linear(op)) {
-      const int64_t per_roi = s.out_channels * s.pooled_h * s.pooled_w;
       for (int64_t i = k * per_roi; i < (k + 1) * per_roi; ++i)
         out[i] = box_jvp_element<op>(p, i, features, argmax, tangents);
     } else {
-      const G* t = tangents + roi_coords_at(p.rois, k);
-      const int64_t C = s.out_channels, step = channel_step<op>(s), coords = p.rois.coords;
-      acc.resize(C);
-      for_each_bin<op>(p, k, [&](int64_t ph, int64_t pw, const auto& taps) {
+      std::vector<G>& acc = scratch.acc;
+      acc.assign(per_roi, G(0));
+      const Roi<G> r = load_roi(p.rois, k);
+      if (r.valid && s.height > 0 && s.width > 0) {
+        tabulate<op>(p, r, scratch.taps);
+        const G* t = tangents + roi_coords_at(p.rois, k);
+        const T* image = features + r.batch * s.channels * s.height * s.width;
+        const int64_t plane = s.height * s.width;
         G* __restrict__ sum = acc.data();
-        std::fill(sum, sum + C, G(0));
-        taps([&](int64_t pixel, const G* dw) {
-          G rate = G(0);
-          for (int64_t j = 0; j < coords; ++j) rate += dw[j] * t[j];
-          const T* __restrict__ v = features + pixel;
-          for (int64_t c = 0; c < C; ++c) sum[c] += rate * to_acc(v[c * step]);
-        });
-        for (int64_t c = 0; c < C; ++c) out[output_index(s, k, c, ph, pw)] = from_acc<T>(sum[c]);
-      });
+        if (!s.channels_last) {  // acc is [C, bins]: a tap adds to every channel's sum
+          const int64_t step = input_of<op>(s, 1, 0) * plane;
+          for (const BoxTap<G>& tap : scratch.taps) {
+            const G w = rate(tap, t);
+            const T* __restrict__ x = image + input_of<op>(s, 0, tap.bin) * plane + tap.pixel;
+            G* __restrict__ dst = sum + tap.bin;
+            for (int64_t c = 0; c < C; ++c) dst[c * bins] += w * to_acc(x[c * step]);
+          }
+        } else {  // acc is [bins, C]
+          for (const BoxTap<G>& tap : scratch.taps) {
+            const G w = rate(tap, t);
+            const T* __restrict__ x = image + tap.pixel * s.channels + input_of<op>(s, 0, tap.bin);
+            G* __restrict__ dst = sum + tap.bin * C;
+            const int64_t step = input_of<op>(s, 1, 0);
+            if (step == 1)
+              for (int64_t c = 0; c < C; ++c) dst[c] += w * to_acc(x[c]);
+            else
+              for (int64_t c = 0; c < C; ++c) dst[c] += w * to_acc(x[c * step]);
+          }
+        }
+      }
+      T* dst = out + k * per_roi;
+      for (int64_t i = 0; i < per_roi; ++i) dst[i] = from_acc<T>(acc[i]);
     }
   }
 
@@ -77,28 +128,83 @@ struct CpuBoxDerivative {
   template <Op op, typename T, typename G>
   static JAX_ROI_CPU_CLONES void vjp_roi(const Problem<G>& p, int64_t k, const T* features,
                                          const int32_t* argmax, const T* grad_out,
-                                         G* cotangents, std::vector<G>& scaled) {
+                                         G* cotangents, BoxScratch<G>& scratch) {
     const Shape& s = p.shape;
+    const int64_t bins = s.pooled_h * s.pooled_w, C = s.out_channels, per_roi = C * bins;
     G d[kMaxCoords] = {};
     if constexpr (!is_linear(op)) {
-      const int64_t per_roi = s.out_channels * s.pooled_h * s.pooled_w;
       for (int64_t i = k * per_roi; i < (k + 1) * per_roi; ++i)
         add_box_vjp_element<op>(p, i, features, argmax, grad_out, d);
     } else {
-      const int64_t C = s.out_channels, step = channel_step<op>(s);
-      scaled.resize(C);
-      for_each_bin<op>(p, k, [&](int64_t ph, int64_t pw, const auto& taps) {
-        G* __restrict__ g = scaled.data();
-        for (int64_t c = 0; c < C; ++c) g[c] = to_acc(grad_out[output_index(s, k, c, ph, pw)]);
-        taps([&](int64_t pixel, const G* dw) {
-          const T* __restrict__ v = features + pixel;
-          G dot = G(0);
-          for (int64_t c = 0; c < C; ++c) dot += g[c] * to_acc(v[c * step]);
-          for (int j = 0; j < kMaxCoords; ++j) d[j] += dot * dw[j];
-        });
-      });
+      const Roi<G> r = load_roi(p.rois, k);
+      if (r.valid && s.height > 0 && s.width > 0) {
+        tabulate<op>(p, r, scratch.taps);
+        const T* image = features + r.batch * s.channels * s.height * s.width;
+        const T* g = grad_out + k * per_roi;
+        if (!s.channels_last) {
+          vjp_channels_outermost<op>(s, scratch, image, g, d);
+        } else if (!is_position_sensitive(op)) {
+          with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+            vjp_pixel_rows<decltype(bytes)::value>(s, scratch, image, g, d);
+          });
+        } else {  // NHWC, position-sensitive: each tap reads every bins-th channel
+          for (const BoxTap<G>& tap : scratch.taps) {
+            const T* x = image + tap.pixel * s.channels + tap.bin;
+            G sum = G(0);
+            for (int64_t c = 0; c < C; ++c) sum += to_acc(g[tap.bin * C + c]) * to_acc(x[c * bins]);
+            add_scaled(d, sum, tap);
+          }
+        }
+      }
     }
     store_roi_cotangent(p.rois, k, d, cotangents);
+  }
+
+ private:
+  template <typename G>
+  static JAX_ROI_ALWAYS_INLINE G rate(const BoxTap<G>& tap, const G* t) {
+    G w = G(0);
+    for (int j = 0; j < kMaxCoords; ++j) w += tap.dw[j] * t[j];  // dw is 0 past the coordinates
+    return w;
+  }
+
+  template <typename G>
+  static JAX_ROI_ALWAYS_INLINE void add_scaled(G* d, G v, const BoxTap<G>& tap) {
+    for (int j = 0; j < kMaxCoords; ++j) d[j] += v * tap.dw[j];
+  }
+
+  // NCHW: per tap, the sum over channels of grad * pixel, channel by channel.
+  template <Op op, typename T, typename G>
+  static JAX_ROI_ALWAYS_INLINE void vjp_channels_outermost(const Shape& s, BoxScratch<G>& scratch,
+                                                           const T* image, const T* g, G* d) {
+    const int64_t bins = s.pooled_h * s.pooled_w, plane = s.height * s.width;
+    const std::vector<BoxTap<G>>& taps = scratch.taps;
+    scratch.acc.assign(taps.size(), G(0));
+    G* __restrict__ acc = scratch.acc.data();
+    for (int64_t c = 0; c < s.out_channels; ++c) {
+      const T* gc = g + c * bins;  // [C, bins]
+      for (size_t i = 0; i < taps.size(); ++i)
+        acc[i] += to_acc(gc[taps[i].bin]) *
+                  to_acc(image[input_of<op>(s, c, taps[i].bin) * plane + taps[i].pixel]);
+    }
+    for (size_t i = 0; i < taps.size(); ++i) add_scaled(d, acc[i], taps[i]);
+  }
+
+  // NHWC: per tap, a dot product of the bin's gradient row and the pixel's channels.
+  template <int bytes, typename T, typename G>
+  static JAX_ROI_ALWAYS_INLINE void vjp_pixel_rows(const Shape& s, BoxScratch<G>& scratch,
+                                                   const T* image, const T* g, G* d) {
+    const int64_t C = s.out_channels;
+    scratch.row.resize(C);
+    G* row = scratch.row.data();
+    int64_t loaded = -1;
+    for (const BoxTap<G>& tap : scratch.taps) {
+      if (tap.bin != loaded) {  // the taps come bin by bin
+        for (int64_t c = 0; c < C; ++c) row[c] = to_acc(g[tap.bin * C + c]);
+        loaded = tap.bin;
+      }
+      add_scaled(d, dot<bytes>(row, image + tap.pixel * s.channels, C), tap);
+    }
   }
 };
 

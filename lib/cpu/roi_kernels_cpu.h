@@ -70,7 +70,7 @@ struct CpuBackend {
   template <Op op, typename T, typename G>
   static ffi::Error box_jvp(Context& pool, const Problem<G>& p, const T* features,
                             const int32_t* argmax, const G* tangents, T* out) {
-    each_roi<G>(pool, p.shape.num_rois, [&](int64_t k, std::vector<G>& scratch) {
+    each_roi<G>(pool, spatial_order(p), [&](int64_t k, BoxScratch<G>& scratch) {
       CpuBoxDerivative::jvp_roi<op>(p, k, features, argmax, tangents, out, scratch);
     });
     return ffi::Error::Success();
@@ -79,7 +79,7 @@ struct CpuBackend {
   template <Op op, typename T, typename G>
   static ffi::Error box_vjp(Context& pool, const Problem<G>& p, const T* features,
                             const int32_t* argmax, const T* grad_out, G* cotangents) {
-    each_roi<G>(pool, p.shape.num_rois, [&](int64_t k, std::vector<G>& scratch) {
+    each_roi<G>(pool, spatial_order(p), [&](int64_t k, BoxScratch<G>& scratch) {
       CpuBoxDerivative::vjp_roi<op>(p, k, features, argmax, grad_out, cotangents, scratch);
     });
     return ffi::Error::Success();
@@ -89,7 +89,7 @@ struct CpuBackend {
   static ffi::Error box_jvp_levels(Context& pool, const LevelProblems<G>& lp,
                                    const PerLevel<const T>& features, const int32_t* argmax,
                                    const G* tangents, T* out) {
-    each_roi<G>(pool, lp.level[0].shape.num_rois, [&](int64_t k, std::vector<G>& scratch) {
+    each_roi<G>(pool, level_order(lp).ids, [&](int64_t k, BoxScratch<G>& scratch) {
       const int l = lp.level_of(k);
       CpuBoxDerivative::jvp_roi<op>(lp.level[l], k, features.data[l], argmax, tangents, out,
                                     scratch);
@@ -101,7 +101,7 @@ struct CpuBackend {
   static ffi::Error box_vjp_levels(Context& pool, const LevelProblems<G>& lp,
                                    const PerLevel<const T>& features, const int32_t* argmax,
                                    const T* grad_out, G* cotangents) {
-    each_roi<G>(pool, lp.level[0].shape.num_rois, [&](int64_t k, std::vector<G>& scratch) {
+    each_roi<G>(pool, level_order(lp).ids, [&](int64_t k, BoxScratch<G>& scratch) {
       const int l = lp.level_of(k);
       CpuBoxDerivative::vjp_roi<op>(lp.level[l], k, features.data[l], argmax, grad_out,
                                     cotangents, scratch);
@@ -110,14 +110,15 @@ struct CpuBackend {
   }
 
  private:
-  // body(k, scratch) for every ROI k, whole ROIs to each thread.
+  // body(k, scratch) for every ROI k of `order` (images together, so their
+  // pixels stay in cache), whole ROIs to each thread.
   template <typename G, typename Body>
-  static void each_roi(Context& pool, int64_t num_rois, const Body& body) {
-    parallel_for(pool, num_rois, balanced_grain(pool, num_rois, 1, 8),
-                 [&](int64_t k0, int64_t k1) {
-                   std::vector<G> scratch;
-                   for (int64_t k = k0; k < k1; ++k) body(k, scratch);
-                 });
+  static void each_roi(Context& pool, const std::vector<int64_t>& order, const Body& body) {
+    const int64_t n = static_cast<int64_t>(order.size());
+    parallel_for(pool, n, balanced_grain(pool, n, 1, 8), [&](int64_t j0, int64_t j1) {
+      BoxScratch<G> scratch;
+      for (int64_t j = j0; j < j1; ++j) body(order[j], scratch);
+    });
   }
 
   template <typename T>

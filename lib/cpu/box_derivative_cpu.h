@@ -94,7 +94,9 @@ struct CpuBoxDerivative {
       const Roi<G> r = load_roi(p.rois, k);
       if (r.valid && s.height > 0 && s.width > 0) {
         tabulate<op>(p, r, scratch.taps);
-        const G* t = tangents + roi_coords_at(p.rois, k);
+        // The ROI's tangent, zero past its coordinates (a [N, L, 4] row has 4).
+        G t[kMaxCoords] = {};
+        std::copy_n(tangents + roi_coords_at(p.rois, k), p.rois.coords, t);
         const T* image = features + r.batch * s.channels * s.height * s.width;
         const int64_t plane = s.height * s.width;
         G* __restrict__ sum = acc.data();
@@ -164,7 +166,7 @@ struct CpuBoxDerivative {
   template <typename G>
   static JAX_ROI_ALWAYS_INLINE G rate(const BoxTap<G>& tap, const G* t) {
     G w = G(0);
-    for (int j = 0; j < kMaxCoords; ++j) w += tap.dw[j] * t[j];  // dw is 0 past the coordinates
+    for (int j = 0; j < kMaxCoords; ++j) w += tap.dw[j] * t[j];
     return w;
   }
 

@@ -6,8 +6,8 @@
 // A linear op's box taps are the same for every channel of a bin, so a ROI
 // tabulates them once (BoxTap: the pixel, its bin and dw) and every channel
 // reuses them: in NHWC a tap runs over a pixel's contiguous channels (a dot
-// product, vectorised); in NCHW the reverse mode runs the channels
-// outermost, so each tap reads the plane of one channel at a time. A max
+// product, vectorised); an NCHW map's pixels under the ROI are first copied
+// channels-last into a small window, so it runs the same way. A max
 // mode's taps are each element's winner, visited element by element.
 #pragma once
 
@@ -31,7 +31,18 @@ struct BoxTap {
 template <typename G>
 struct BoxScratch {
   std::vector<BoxTap<G>> taps;
-  std::vector<G> acc, row;
+  std::vector<G> acc, row, window, rows;
+};
+
+// NCHW: the pixels a ROI's taps read, copied channels-last (as NHWC has
+// them) so that each tap's channels are contiguous. Bounded in size; a
+// bigger window is read in place.
+struct ChannelsLastWindow {
+  int64_t y0, x0, width;  // the window's corner in the map, and its width
+  bool gathered;
+  int64_t at(int64_t pixel, int64_t map_width) const {
+    return (pixel / map_width - y0) * width + (pixel % map_width - x0);
+  }
 };
 
 struct CpuBoxDerivative {
@@ -100,6 +111,19 @@ struct CpuBoxDerivative {
         const T* image = features + r.batch * s.channels * s.height * s.width;
         const int64_t plane = s.height * s.width;
         G* __restrict__ sum = acc.data();
+        const ChannelsLastWindow win = gather_window<op>(s, image, scratch);
+        if (win.gathered) {  // NCHW through the window: acc is [bins, C]
+          for (const BoxTap<G>& tap : scratch.taps) {
+            const G w = rate(tap, t);
+            const G* __restrict__ x = scratch.window.data() + win.at(tap.pixel, s.width) * C;
+            G* __restrict__ dst = sum + tap.bin * C;
+            for (int64_t c = 0; c < C; ++c) dst[c] += w * x[c];
+          }
+          T* dst = out + k * per_roi;  // [C, bins]
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t b = 0; b < bins; ++b) dst[c * bins + b] = from_acc<T>(sum[b * C + c]);
+          return;
+        }
         if (!s.channels_last) {  // acc is [C, bins]: a tap adds to every channel's sum
           const int64_t step = input_of<op>(s, 1, 0) * plane;
           for (const BoxTap<G>& tap : scratch.taps) {
@@ -143,7 +167,12 @@ struct CpuBoxDerivative {
         tabulate<op>(p, r, scratch.taps);
         const T* image = features + r.batch * s.channels * s.height * s.width;
         const T* g = grad_out + k * per_roi;
-        if (!s.channels_last) {
+        const ChannelsLastWindow win = gather_window<op>(s, image, scratch);
+        if (win.gathered) {
+          with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+            vjp_window<decltype(bytes)::value>(s, win, scratch, g, d);
+          });
+        } else if (!s.channels_last) {
           vjp_channels_outermost<op>(s, scratch, image, g, d);
         } else if (!is_position_sensitive(op)) {
           with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
@@ -163,6 +192,48 @@ struct CpuBoxDerivative {
   }
 
  private:
+  static constexpr int64_t kWindowElements = int64_t(1) << 18;
+
+  // Copies the window of pixels a ROI's taps read into scratch.window,
+  // channels-last, for NCHW maps (not position-sensitive: a bin's channels
+  // are the map's); `gathered` is false otherwise, or when it is too big.
+  template <Op op, typename T, typename G>
+  static ChannelsLastWindow gather_window(const Shape& s, const T* image, BoxScratch<G>& scratch) {
+    ChannelsLastWindow win{0, 0, 0, false};
+    if (s.channels_last || is_position_sensitive(op) || scratch.taps.empty()) return win;
+    int64_t y0 = s.height, y1 = -1, x0 = s.width, x1 = -1;
+    for (const BoxTap<G>& tap : scratch.taps) {
+      const int64_t y = tap.pixel / s.width, x = tap.pixel % s.width;
+      y0 = std::min(y0, y), y1 = std::max(y1, y), x0 = std::min(x0, x), x1 = std::max(x1, x);
+    }
+    const int64_t wh = y1 - y0 + 1, ww = x1 - x0 + 1, C = s.channels;
+    if (wh * ww * C > kWindowElements) return win;
+    scratch.window.resize(wh * ww * C);
+    G* __restrict__ dst = scratch.window.data();
+    const int64_t plane = s.height * s.width;
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t y = 0; y < wh; ++y) {
+        const T* src = image + c * plane + (y0 + y) * s.width + x0;
+        for (int64_t x = 0; x < ww; ++x) dst[(y * ww + x) * C + c] = to_acc(src[x]);
+      }
+    return ChannelsLastWindow{y0, x0, ww, true};
+  }
+
+  // NCHW through the window: per tap, a dot product of the bin's gradient
+  // (gathered [bins, C]) and the pixel's channels.
+  template <int bytes, typename T, typename G>
+  static JAX_ROI_ALWAYS_INLINE void vjp_window(const Shape& s, const ChannelsLastWindow& win,
+                                               BoxScratch<G>& scratch, const T* g, G* d) {
+    const int64_t bins = s.pooled_h * s.pooled_w, C = s.out_channels;
+    scratch.rows.resize(bins * C);
+    G* __restrict__ rows = scratch.rows.data();
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t b = 0; b < bins; ++b) rows[b * C + c] = to_acc(g[c * bins + b]);
+    for (const BoxTap<G>& tap : scratch.taps)
+      add_scaled(d, dot<bytes>(rows + tap.bin * C, scratch.window.data() + win.at(tap.pixel, s.width) * C, C),
+                 tap);
+  }
+
   template <typename G>
   static JAX_ROI_ALWAYS_INLINE G rate(const BoxTap<G>& tap, const G* t) {
     G w = G(0);

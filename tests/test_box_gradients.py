@@ -686,3 +686,26 @@ def test_multiscale_box_gradient_is_roi_align_s_on_its_level(mode):
         want = box_grad(single, maps[level], jnp.asarray(boxes), dy)
         np.testing.assert_allclose(grad[index == level], want[index == level], rtol=1e-12,
                                    atol=1e-12)
+
+
+@pytest.mark.parametrize("op", ["align_avg", "prroi"])
+def test_nchw_box_gradient_of_a_map_sized_box(op):
+    # The CPU kernel copies an NCHW map's pixels under a ROI channels-last
+    # into a bounded window; a box over this whole map is past that bound and
+    # is read in place. Both ways must agree with the pure-JAX derivative.
+    rng = np.random.default_rng(21)
+    x = jnp.asarray(rng.standard_normal((1, 48, 80, 80)))
+    rois = jnp.asarray([[0, 1.3, 2.1, 158.7, 157.9], [0, 10.2, 20.7, 30.3, 41.1]])
+    if op == "prroi":
+        fn = lambda r, impl: jax_roi.prroi_pool(x, r, 3, 0.5, implementation=impl)
+    else:
+        fn = lambda r, impl: jax_roi.roi_align(x, r, 3, 0.5, 2, True, implementation=impl)
+    dy = jnp.asarray(rng.standard_normal(fn(rois, None).shape))
+    for tangent in (jnp.asarray(rng.standard_normal(rois.shape)),):
+        kernel_jvp = jax.jvp(lambda r: fn(r, None), (rois,), (tangent,))[1]
+        pure_jvp = jax.jvp(lambda r: fn(r, "xla"), (rois,), (tangent,))[1]
+        np.testing.assert_allclose(kernel_jvp, pure_jvp, rtol=1e-9, atol=1e-9)
+    kernel = jax.vjp(lambda r: fn(r, None), rois)[1](dy)[0]
+    pure = jax.vjp(lambda r: fn(r, "xla"), rois)[1](dy)[0]
+    assert np.all(np.abs(np.asarray(kernel)[:, 1:]) > 0)
+    np.testing.assert_allclose(kernel, pure, rtol=1e-9, atol=1e-9)

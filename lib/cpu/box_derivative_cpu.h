@@ -32,6 +32,7 @@ template <typename G>
 struct BoxScratch {
   std::vector<BoxTap<G>> taps;
   std::vector<G> acc, row, window, rows;
+  const void* window_image = nullptr;  // the image `window` holds whole, if any
 };
 
 // NCHW: the pixels a ROI's taps read, copied channels-last (as NHWC has
@@ -197,25 +198,44 @@ struct CpuBoxDerivative {
   // Copies the window of pixels a ROI's taps read into scratch.window,
   // channels-last, for NCHW maps (not position-sensitive: a bin's channels
   // are the map's); `gathered` is false otherwise, or when it is too big.
+  // A small image is copied whole, once for all its ROIs (they come image
+  // by image).
   template <Op op, typename T, typename G>
   static ChannelsLastWindow gather_window(const Shape& s, const T* image, BoxScratch<G>& scratch) {
     ChannelsLastWindow win{0, 0, 0, false};
     if (s.channels_last || is_position_sensitive(op) || scratch.taps.empty()) return win;
+    const int64_t plane = s.height * s.width, C = s.channels;
+    if (plane * C <= kWindowElements) {
+      if (scratch.window_image != image) {
+        scratch.window.resize(plane * C);
+        G* __restrict__ dst = scratch.window.data();
+        // 16 channels at a time: each pixel's 16 values are one cache line.
+        for (int64_t c0 = 0; c0 < C; c0 += 16) {
+          const int64_t c1 = std::min(C, c0 + 16);
+          for (int64_t i = 0; i < plane; ++i)
+            for (int64_t c = c0; c < c1; ++c) dst[i * C + c] = to_acc(image[c * plane + i]);
+        }
+        scratch.window_image = image;
+      }
+      return ChannelsLastWindow{0, 0, s.width, true};
+    }
+    scratch.window_image = nullptr;
     int64_t y0 = s.height, y1 = -1, x0 = s.width, x1 = -1;
     for (const BoxTap<G>& tap : scratch.taps) {
       const int64_t y = tap.pixel / s.width, x = tap.pixel % s.width;
       y0 = std::min(y0, y), y1 = std::max(y1, y), x0 = std::min(x0, x), x1 = std::max(x1, x);
     }
-    const int64_t wh = y1 - y0 + 1, ww = x1 - x0 + 1, C = s.channels;
+    const int64_t wh = y1 - y0 + 1, ww = x1 - x0 + 1;
     if (wh * ww * C > kWindowElements) return win;
     scratch.window.resize(wh * ww * C);
     G* __restrict__ dst = scratch.window.data();
-    const int64_t plane = s.height * s.width;
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t y = 0; y < wh; ++y) {
-        const T* src = image + c * plane + (y0 + y) * s.width + x0;
-        for (int64_t x = 0; x < ww; ++x) dst[(y * ww + x) * C + c] = to_acc(src[x]);
-      }
+    for (int64_t c0 = 0; c0 < C; c0 += 16) {  // as above, a cache line of channels at a time
+      const int64_t c1 = std::min(C, c0 + 16);
+      for (int64_t y = 0; y < wh; ++y)
+        for (int64_t x = 0; x < ww; ++x)
+          for (int64_t c = c0; c < c1; ++c)
+            dst[(y * ww + x) * C + c] = to_acc(image[c * plane + (y0 + y) * s.width + x0 + x]);
+    }
     return ChannelsLastWindow{y0, x0, ww, true};
   }
 

@@ -1,8 +1,9 @@
 """Benchmark: jax_roi's kernels against its pure-JAX implementation
 (implementation="xla", what platforms without a kernel run) and, when
 installed, torchvision's CPU ops (roi_align, roi_pool, ps_roi_align,
-ps_roi_pool), in one run. The backward pass is the gradient with respect to
-the features, and for prroi-atom with respect to the features and the boxes.
+ps_roi_pool, MultiScaleRoIAlign) and ONNX Runtime's RoiAlign (forward, NCHW),
+in one run. The backward pass is the gradient with respect to the features,
+and for prroi-atom with respect to the features and the boxes.
 
     python -m jax_roi.bench                     # the workloads of the benchmark spec
     python -m jax_roi.bench --quick             # reduced sizes, seconds
@@ -32,7 +33,7 @@ import jax_roi
 @dataclass(frozen=True)
 class Workload:
     name: str
-    op: str  # "align", "pool", "rotated", "ps_align", "ps_pool" or "prroi"
+    op: str  # "align", "pool", "rotated", "ps_align", "ps_pool", "prroi" or "pyramid"
     n: int
     c: int
     h: int
@@ -52,10 +53,13 @@ WORKLOADS = (
     Workload("psroi-rfcn", "ps_align", 1, 1029, 38, 63, 300, 7, 1 / 16, 2, True),
     Workload("psroi-rfcn", "ps_pool", 1, 1029, 38, 63, 300, 7, 1 / 16),
     Workload("prroi-atom", "prroi", 64, 256, 18, 18, 1024, 5, 1 / 16),
+    # P2 to P5: the finest map is h x w at spatial_scale, each next one half as large
+    Workload("fpn", "pyramid", 2, 256, 200, 272, 1000, 7, 1 / 4, 2, False),
 )
+PYRAMID_LEVELS = 4
 
 OP_NAMES = {"pool": "roi_pool", "rotated": "roi_align_rotated", "ps_align": "ps_roi_align",
-            "ps_pool": "ps_roi_pool", "prroi": "prroi_pool"}
+            "ps_pool": "ps_roi_pool", "prroi": "prroi_pool", "pyramid": "multi_scale_roi_align"}
 POSITION_SENSITIVE = ("ps_align", "ps_pool")
 # Workloads whose backward differentiates the boxes too (IoU-Net, ATOM).
 BOX_GRADIENT = ("prroi",)
@@ -68,8 +72,30 @@ def quick(w):
                     w.output, w.spatial_scale, w.sampling_ratio, w.aligned)
 
 
+def pyramid_scales(w):
+    return tuple(w.spatial_scale / 2 ** i for i in range(PYRAMID_LEVELS))
+
+
+def make_pyramid_inputs(w, layout, dtype):
+    """fpn: maps P2-P5 and [N, L, 4] boxes whose sides are log-uniform in 16-600 px."""
+    rng = np.random.default_rng(0)
+    img_w, img_h = w.w / w.spatial_scale, w.h / w.spatial_scale
+    per_image = w.k // w.n
+    bw, bh = np.exp(rng.uniform(np.log(16), np.log(600), (2, w.n, per_image)))
+    x1 = rng.uniform(0, 1, (w.n, per_image)) * np.maximum(img_w - bw, 0)
+    y1 = rng.uniform(0, 1, (w.n, per_image)) * np.maximum(img_h - bh, 0)
+    boxes = np.stack([x1, y1, np.minimum(x1 + bw, img_w), np.minimum(y1 + bh, img_h)], -1)
+    maps, features_rng = [], np.random.default_rng(1)
+    for i in range(PYRAMID_LEVELS):
+        x = features_rng.standard_normal((w.n, w.c, w.h >> i, w.w >> i), dtype=np.float32)
+        maps.append((x.transpose(0, 2, 3, 1).copy() if layout == "NHWC" else x).astype(dtype))
+    return maps, boxes.astype(np.float32)
+
+
 def make_inputs(w, layout, dtype):
     """The spec's recipe: seeded boxes over the image, standard normal features."""
+    if w.op == "pyramid":
+        return make_pyramid_inputs(w, layout, dtype)
     rng = np.random.default_rng(0)
     img_w, img_h = w.w / w.spatial_scale, w.h / w.spatial_scale
     x1 = rng.uniform(0, 0.8 * img_w, w.k)
@@ -104,6 +130,9 @@ def op_for(implementation, w, mode, layout):
         return lambda f, r: jax_roi.ps_roi_pool(f, r, w.output, w.spatial_scale, **kw)
     if w.op == "prroi":
         return lambda f, r: jax_roi.prroi_pool(f, r, w.output, w.spatial_scale, **kw)
+    if w.op == "pyramid":  # torchvision's MultiScaleRoIAlign level rule, as the default
+        return lambda f, r: jax_roi.multi_scale_roi_align(
+            f, r, w.output, pyramid_scales(w), w.sampling_ratio, w.aligned, **kw)
     return lambda f, r: jax_roi.roi_align(f, r, w.output, w.spatial_scale, w.sampling_ratio,
                                           w.aligned, mode=mode, layout=layout,
                                           implementation=implementation)
@@ -136,7 +165,7 @@ def jax_calls(op, features, rois, box_gradient=False):
     """Forward and backward (the VJP alone, with respect to the features, and
     the boxes too with `box_gradient`) as timed calls, and the forward's temp
     bytes."""
-    features, rois = jnp.asarray(features), jnp.asarray(rois)
+    features, rois = jax.tree.map(jnp.asarray, features), jnp.asarray(rois)
     forward = jax.jit(op)
     out = forward(features, rois)
     cotangent = jnp.ones_like(out)
@@ -148,7 +177,7 @@ def jax_calls(op, features, rois, box_gradient=False):
     memory = forward.lower(features, rois).compile().memory_analysis()
     calls = {
         "forward": lambda: forward(features, rois).block_until_ready(),
-        "backward": lambda: backward(cotangent)[0].block_until_ready(),
+        "backward": lambda: jax.block_until_ready(backward(cotangent)),
     }
     return calls, {"temp_bytes": getattr(memory, "temp_size_in_bytes", None),
                    "output_bytes": out.size * out.dtype.itemsize}
@@ -159,6 +188,8 @@ def torchvision_calls(w, features_nchw, rois):
     import torchvision
 
     torch.set_num_threads(os.cpu_count() or 1)
+    if w.op == "pyramid":
+        return torchvision_pyramid_calls(w, features_nchw, rois)
     x = torch.from_numpy(np.asarray(features_nchw, np.float32)).requires_grad_()
     r = torch.from_numpy(rois)
     if w.op == "pool":
@@ -183,6 +214,74 @@ def torchvision_calls(w, features_nchw, rois):
         out.backward(cotangent, retain_graph=True)
 
     return {"forward": forward, "backward": backward}
+
+
+def torchvision_pyramid_calls(w, maps_nchw, boxes):
+    """torchvision.ops.MultiScaleRoIAlign over the same maps and boxes."""
+    from collections import OrderedDict
+
+    import torch
+    import torchvision
+
+    names = [f"p{i + 2}" for i in range(len(maps_nchw))]
+    maps = OrderedDict((n, torch.from_numpy(np.asarray(m, np.float32)).requires_grad_())
+                       for n, m in zip(names, maps_nchw))
+    pooler = torchvision.ops.MultiScaleRoIAlign(names, w.output, w.sampling_ratio)
+    image_size = (round(w.h / w.spatial_scale), round(w.w / w.spatial_scale))
+    box_list = [torch.from_numpy(b) for b in boxes]
+    op = lambda: pooler(maps, box_list, [image_size] * len(box_list))
+    out = op()
+    cotangent = torch.ones_like(out)
+
+    def forward():
+        with torch.no_grad():
+            op()
+
+    def backward():
+        for m in maps.values():
+            m.grad = None
+        out.backward(cotangent, retain_graph=True)
+
+    return {"forward": forward, "backward": backward}
+
+
+def onnxruntime_available():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def onnxruntime_forward(w, features_nchw, rois):
+    """ONNX Runtime's RoiAlign (opset 16, CPU, every core), forward only."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    node = helper.make_node(
+        "RoiAlign", ["x", "rois", "batch"], ["y"], mode="avg", output_height=w.output,
+        output_width=w.output, sampling_ratio=w.sampling_ratio, spatial_scale=w.spatial_scale,
+        coordinate_transformation_mode="half_pixel" if w.aligned else "output_half_pixel")
+    graph = helper.make_graph(
+        [node], "roi_align",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, features_nchw.shape),
+         helper.make_tensor_value_info("rois", TensorProto.FLOAT, (rois.shape[0], 4)),
+         helper.make_tensor_value_info("batch", TensorProto.INT64, (rois.shape[0],))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                       (rois.shape[0], features_nchw.shape[1], w.output,
+                                        w.output))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                           providers=["CPUExecutionProvider"])
+    inputs = {"x": np.asarray(features_nchw, np.float32),
+              "rois": np.ascontiguousarray(rois[:, 1:], np.float32),
+              "batch": rois[:, 0].astype(np.int64)}
+    onnx.checker.check_model(model)
+    return lambda: session.run(None, inputs)[0]
 
 
 DEFAULT_REPEATS = 9
@@ -228,7 +327,14 @@ def cases(quick_run, names=None):
                 yield w, mode, "NHWC", "bfloat16"
 
 
-def run(quick_run=False, repeats=DEFAULT_REPEATS, with_torch=True, log=print, names=None):
+def fresh_result(features):
+    """The shape and dtype of a feature gradient (all maps of a pyramid, as one array)."""
+    leaves = jax.tree.leaves(features)
+    return jax.ShapeDtypeStruct((sum(np.size(x) for x in leaves),), leaves[0].dtype)
+
+
+def run(quick_run=False, repeats=DEFAULT_REPEATS, with_torch=True, log=print, names=None,
+        with_onnxruntime=True):
     results = []
     for w, mode, layout, dtype in cases(quick_run, names):
         features, rois = make_inputs(w, layout, jnp.dtype(dtype))
@@ -241,26 +347,42 @@ def run(quick_run=False, repeats=DEFAULT_REPEATS, with_torch=True, log=print, na
         # the floor: a fresh output forward, a fresh feature gradient backward
         calls["floor"] = {"forward": floor_call(jax.eval_shape(op_for(None, w, mode, layout),
                                                                    features, rois)),
-                          "backward": floor_call(jnp.asarray(features))}
+                          "backward": floor_call(fresh_result(features))}
         # torchvision has no max-pooling or rotated roi_align, and no prroi_pool.
         if with_torch and dtype == "float32" and w.op not in ("rotated", "prroi") \
                 and not (w.op == "align" and mode == "max"):
             nchw, _ = make_inputs(w, "NCHW", np.float32)
             calls["torchvision"] = torchvision_calls(w, nchw, rois)
+        # ONNX Runtime: roi_align avg, NCHW, forward (it has no backward)
+        forward_only = {}
+        if with_onnxruntime and w.op == "align" and mode == "avg" and layout == "NCHW" \
+                and dtype == "float32":
+            forward_only["onnxruntime"] = onnxruntime_forward(w, features, rois)
+            # the same numbers as jax_roi, or the comparison means nothing
+            ours = np.asarray(op_for("kernel", w, mode, layout)(jnp.asarray(features),
+                                                                jnp.asarray(rois)))
+            theirs = forward_only["onnxruntime"]()
+            if not np.allclose(theirs, ours, rtol=1e-4, atol=1e-4):
+                raise RuntimeError(f"{w.name}: ONNX Runtime's RoiAlign differs from jax_roi's "
+                                   f"by {np.abs(theirs - ours).max()}")
         for name in calls:
             row[name] = dict(memory.get(name, {}))
+        for name in forward_only:
+            row[name] = {}
         for direction in ("forward", "backward"):
-            medians = median_ms_in_rounds(
-                {name: c[direction] for name, c in calls.items()}, repeats)
-            for name, ms in medians.items():
+            timed = {name: c[direction] for name, c in calls.items()}
+            if direction == "forward":
+                timed.update(forward_only)
+            for name, ms in median_ms_in_rounds(timed, repeats).items():
                 row[name][f"{direction}_ms"] = ms
         results.append(row)
         log(format_row(row))
     return results
 
 
-HEADER = (f"{'workload':9} {'op':15} {'layout':6} {'dtype':8} {'pass':8} {'jax_roi ms':>10} "
-          f"{'xla ms':>9} {'x xla':>6} {'tv ms':>9} {'x tv':>6} {'/ floor':>7}")
+HEADER = (f"{'workload':10} {'op':21} {'layout':6} {'dtype':8} {'pass':8} {'jax_roi ms':>10} "
+          f"{'xla ms':>9} {'x xla':>6} {'tv ms':>9} {'x tv':>6} {'ort ms':>8} {'x ort':>6} "
+          f"{'/ floor':>7}")
 
 
 def format_row(row):
@@ -268,13 +390,16 @@ def format_row(row):
     for direction in ("forward", "backward"):
         ours = row["jax_roi"][f"{direction}_ms"]
         xla = row["xla"][f"{direction}_ms"]
-        tv = row.get("torchvision", {}).get(f"{direction}_ms")
-        tv_text = f"{tv:9.1f} {tv / ours:6.1f}" if tv else f"{'-':>9} {'-':>6}"
+
+        def versus(name, width):
+            t = row.get(name, {}).get(f"{direction}_ms")
+            return f"{t:{width}.1f} {t / ours:6.1f}" if t else f"{'-':>{width}} {'-':>6}"
+
         floor = row.get("floor", {}).get(f"{direction}_ms")
         floor_text = f"{ours / floor:7.1f}" if floor else f"{'-':>7}"
-        lines.append(f"{row['workload']:9} {row['op']:15} {row['layout']:6} {row['dtype']:8} "
-                     f"{direction:8} {ours:10.1f} {xla:9.1f} {xla / ours:6.1f} {tv_text} "
-                     f"{floor_text}")
+        lines.append(f"{row['workload']:10} {row['op']:21} {row['layout']:6} {row['dtype']:8} "
+                     f"{direction:8} {ours:10.1f} {xla:9.1f} {xla / ours:6.1f} "
+                     f"{versus('torchvision', 9)} {versus('onnxruntime', 8)} {floor_text}")
     return "\n".join(lines)
 
 
@@ -319,6 +444,8 @@ def main(argv=None):
                         help="directory for bench.json and bench.png")
     parser.add_argument("--no-torch", action="store_true",
                         help="skip the torchvision baseline even when it is installed")
+    parser.add_argument("--no-onnxruntime", action="store_true",
+                        help="skip the ONNX Runtime baseline even when it is installed")
     parser.add_argument("--vector-bytes", type=int, choices=(16, 32, 64),
                         help="hide CPU vectors wider than this (32: the AVX2 kernels on an "
                              "AVX-512 machine); the same as JAX_ROI_CPU_VECTOR_BYTES")
@@ -334,16 +461,21 @@ def main(argv=None):
         os.environ["JAX_ROI_CPU_VECTOR_BYTES"] = str(args.vector_bytes)
 
     with_torch = not args.no_torch and torchvision_available()
+    with_onnxruntime = not args.no_onnxruntime and onnxruntime_available()
     print(f"jax {jax.__version__}, jax_roi {jax_roi.__version__} on {processor_model()} "
           f"({platform.machine()}, {os.cpu_count()} cores); CPU kernels use "
           f"{vector_bytes()}-byte vectors; devices {jax.devices()}")
     if not with_torch:
         print("torchvision baseline: not run (torch and torchvision are not installed"
               + (", or --no-torch)" if args.no_torch else ")"))
+    if not with_onnxruntime:
+        print("ONNX Runtime baseline: not run (onnx and onnxruntime are not installed"
+              + (", or --no-onnxruntime)" if args.no_onnxruntime else ")"))
     print("ratios are baseline time / jax_roi time: higher is better; '/ floor' is jax_roi's "
           "time over writing a fresh output of the same size\n")
     print(HEADER)
-    results = run(args.quick, args.repeats, with_torch, names=args.workloads)
+    results = run(args.quick, args.repeats, with_torch, names=args.workloads,
+                  with_onnxruntime=with_onnxruntime)
 
     os.makedirs(args.out, exist_ok=True)
     report = {"quick": args.quick, "repeats": args.repeats, "jax": jax.__version__,

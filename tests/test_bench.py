@@ -20,15 +20,23 @@ def test_quick_benchmark_writes_its_report(tmp_path):
     assert "CPU kernels use 16-byte vectors" in result.stdout
     rows = report["results"]
     assert {r["workload"] for r in rows} == {"box-p2", "mask-c4", "pool-vgg", "rot-p2",
-                                             "psroi-rfcn", "prroi-atom"}
+                                             "psroi-rfcn", "prroi-atom", "fpn"}
     assert {r["op"] for r in rows} == {"roi_align/avg", "roi_align/max", "roi_pool",
                                        "roi_align_rotated", "ps_roi_align", "ps_roi_pool",
-                                       "prroi_pool"}
+                                       "prroi_pool", "multi_scale_roi_align"}
     assert {r["layout"] for r in rows} == {"NCHW", "NHWC"}
     for row in rows:
         for impl in ("jax_roi", "xla", "floor"):
             assert row[impl]["forward_ms"] > 0 and row[impl]["backward_ms"] > 0
         assert "torchvision" not in row
+        # ONNX Runtime's RoiAlign (checked equal to jax_roi's) on the roi_align avg NCHW
+        # float32 rows, forward only
+        onnx_row = (row["op"] == "roi_align/avg" and row["layout"] == "NCHW"
+                    and row["dtype"] == "float32")
+        assert ("onnxruntime" in row) == onnx_row
+        if onnx_row:
+            assert row["onnxruntime"]["forward_ms"] > 0
+            assert "backward_ms" not in row["onnxruntime"]
 
 
 def test_workloads_flag_runs_only_those(tmp_path):

@@ -1,29 +1,17 @@
 """The detector example: a short run on small images trains (its loss goes
 down), evaluates and writes its PNG; every flag is documented."""
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 
-SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples",
-                      "train_detector.py")
-
-
-def load_example():
-    spec = importlib.util.spec_from_file_location("train_detector", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from example_scripts import check_every_flag_is_documented, load_example
 
 SMALL = ["--image-size", "32", "--train-images", "64", "--val-images", "8", "--batch-size", "8",
          "--width", "16", "--hidden", "32", "--jittered", "6", "--random", "4"]
 
 
 def test_short_run_learns_and_draws(tmp_path):
-    example = load_example()
+    example = load_example("train_detector")
     out = tmp_path / "detections.png"
     result = example.main(SMALL + ["--steps", "120", "--out", str(out), "--show", "3"])
     losses = np.asarray(result["losses"])
@@ -39,24 +27,11 @@ def test_short_run_learns_and_draws(tmp_path):
 
 @pytest.mark.parametrize("pooler", ["roi_pool", "roi_align_max"])
 def test_other_poolers_run(tmp_path, pooler):
-    result = load_example().main(SMALL + ["--steps", "3", "--pooler", pooler, "--show", "0",
+    result = load_example("train_detector").main(SMALL + ["--steps", "3", "--pooler", pooler, "--show", "0",
                                           "--out", str(tmp_path / "unused.png")])
     assert len(result["losses"]) == 3 and np.all(np.isfinite(result["losses"]))
     assert not (tmp_path / "unused.png").exists()
 
 
 def test_every_flag_is_documented(capsys):
-    example = load_example()
-    parser = example.build_parser()
-    flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
-    assert {"steps", "out", "pooler"} <= {a.dest for a in flags}
-    assert all(a.help and len(a.help) > 10 for a in flags)
-    with pytest.raises(SystemExit) as exit_info:
-        example.main(["--help"])
-    assert exit_info.value.code == 0
-    text = capsys.readouterr().out
-    assert all(a.option_strings[0] in text for a in flags)
-    with pytest.raises(SystemExit) as exit_info:
-        example.main(["--steps", "0"])
-    assert exit_info.value.code == 2
-    assert "--steps must be at least 1" in capsys.readouterr().err
+    check_every_flag_is_documented(load_example("train_detector"), capsys, ["steps", "out", "pooler"])

@@ -120,9 +120,11 @@ def _divide(a, b):
     return a / lax.optimization_barrier(b)
 
 
-def _chunk_size(num_rois, bytes_per_roi):
+def _chunk_size(num_rois, bytes_per_roi, at_least=0):
+    """ROIs per chunk: work arrays within the platform's budget, or within
+    `at_least` bytes when that is more."""
     budget = _CHUNK_BYTES_CPU if jax.default_backend() == "cpu" else _CHUNK_BYTES_ACCELERATOR
-    return max(1, min(num_rois, budget // max(bytes_per_roi, 1)))
+    return max(1, min(num_rois, max(budget, at_least) // max(bytes_per_roi, 1)))
 
 
 def _in_chunks(arrays, chunk):
@@ -474,7 +476,7 @@ def _align_forward(table, sites, output_size, sampling_ratio, aligned, op, clock
 
 
 def _align_avg_backward(grad, sites, rows_total, channels_in, output_size, sampling_ratio,
-                        aligned, op, clockwise):
+                        aligned, op, clockwise, image_by_image=False):
     """The adjoint of "avg" (and of roi_align_rotated and ps_roi_align):
     [rows, C] gradient in the geometry dtype."""
     acc = sites.scale.dtype
@@ -482,7 +484,11 @@ def _align_avg_backward(grad, sites, rows_total, channels_in, output_size, sampl
     c = grad.shape[-1]
     channels = _position_sensitive_channels(output_size, channels_in) if op == "ps_align" \
         else None
-    chunk = _chunk_size(sites.valid.shape[0], ph * pw * c * 4 * 16)
+    # Image by image (vmapped), XLA copies the loop-carried table at each
+    # chunk: chunks then hold up to the table's size of work, so there are few.
+    table_bytes = rows_total * channels_in * jnp.dtype(acc).itemsize
+    chunk = _chunk_size(sites.valid.shape[0], ph * pw * c * 4 * 16,
+                        at_least=table_bytes if image_by_image else 0)
     (grads, *chunks), steps = _in_chunks([grad.astype(acc), *sites], chunk)
 
     def one_chunk(i, table):
@@ -844,7 +850,7 @@ def _pooled(table, sites, dtype, pixels, *, op, output_size, sampling_ratio, ali
 
 
 def _pulled_back(grad, argmax, sites, rows, channels, pixels, *, op, output_size,
-                 sampling_ratio, aligned, clockwise=False, **_):
+                 sampling_ratio, aligned, clockwise=False, image_by_image=False, **_):
     """The adjoint of _pooled: a [rows, C] table in the geometry dtype."""
     acc = sites.scale.dtype
     if grad.shape[0] == 0 or 0 in grad.shape[1:] or rows == 0 or channels == 0:
@@ -855,7 +861,7 @@ def _pulled_back(grad, argmax, sites, rows, channels, pixels, *, op, output_size
         return _prroi_backward(grad, sites, rows, channels, output_size, *pixels)
     if op in LINEAR_OPS:
         return _align_avg_backward(grad, sites, rows, channels, output_size, sampling_ratio,
-                                   aligned or op == "ps_align", op, clockwise)
+                                   aligned or op == "ps_align", op, clockwise, image_by_image)
     if op == "align_max":
         return _align_winner_scatter(grad, sites, argmax, rows, output_size, sampling_ratio,
                                      aligned)
@@ -893,7 +899,8 @@ def roi_backward(grad_out, rois, *argmax, features_shape, **params):
     """The gradient with respect to the features, in the geometry dtype."""
     if _several_images(rois):
         return _image_by_image(roi_backward, grad_out, rois, *argmax,
-                               features_shape=_one_image(features_shape), **params)
+                               features_shape=_one_image(features_shape), image_by_image=True,
+                               **params)
     layout = params["layout"]
     shape = _nhwc(features_shape, layout)
     sites = _single_map_sites(rois.astype(geometry_dtype(grad_out.dtype)), shape,
@@ -939,7 +946,8 @@ def levels_forward(boxes, levels, *maps, **params):
 def levels_backward(grad_out, boxes, levels, *argmax, map_shapes, **params):
     if _several_images(boxes):
         return _image_by_image(levels_backward, grad_out, boxes, levels, *argmax,
-                               map_shapes=tuple(_one_image(s) for s in map_shapes), **params)
+                               map_shapes=tuple(_one_image(s) for s in map_shapes),
+                               image_by_image=True, **params)
     layout = params["layout"]
     shapes = [_nhwc(s, layout) for s in map_shapes]
     sites = _pyramid_sites(boxes.astype(geometry_dtype(grad_out.dtype)), levels, shapes,

@@ -91,7 +91,7 @@ def define_rules(f):
         return [_as_cotangent(g, x.aval) for g, x in zip(grads, features)]
 
     def feature_tangents_of(operand_tangents):
-        """The features' tangents, or None when all are zero (geometry gets none)."""
+        """The features' tangents, or None when all are zero (roi_tangent_of reads the ROIs')."""
         tangents, _ = f.split(operand_tangents)
         if all(type(t) is ad.Zero for t in tangents):
             return None

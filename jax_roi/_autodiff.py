@@ -105,11 +105,13 @@ def define_rules(f):
             return None
         return ad.instantiate_zeros(t)
 
-    def no_second_order(operand_tangents, params, what):
-        if roi_tangent_of(operand_tangents, params) is not None:
+    def refuse_roi_tangent(roi_tangent, params, what):
+        """Second derivatives involving the boxes are not implemented: raise
+        rather than return 0."""
+        if params["op"] in BOX_OPS and type(roi_tangent) is not ad.Zero:
             raise NotImplementedError(
                 f"jax_roi: the derivative of {what} with respect to rois (a second derivative "
-                "in the boxes) is not implemented")
+                "involving the boxes) is not implemented")
 
     def forward_jvp(primals, tangents, **params):
         outs = f.forward.bind(*primals, **params)
@@ -139,7 +141,7 @@ def define_rules(f):
 
     def winner_jvp(primals, tangents, **params):
         *operands, argmax = primals
-        no_second_order(tangents[:-1], params, "the max modes' tangent")
+        refuse_roi_tangent(f.split(tangents[:-1])[1][0], params, "the max modes' tangent")
         out = f.winner.bind(*primals, **params)
         _, geometry = f.split(operands)
         feature_tangents = feature_tangents_of(tangents[:-1])
@@ -154,12 +156,8 @@ def define_rules(f):
                       [None] * len(geometry)) + [None]
 
     def backward_jvp(primals, tangents, **params):
-        if params["op"] in BOX_OPS:
-            roi_tangent = tangents[1]  # grad_out, then the geometry: the ROIs first
-            if type(roi_tangent) is not ad.Zero:
-                raise NotImplementedError(
-                    "jax_roi: the derivative of the features' gradient with respect to rois "
-                    "(a mixed second derivative) is not implemented")
+        # grad_out, then the geometry: the ROIs first
+        refuse_roi_tangent(tangents[1], params, "the features' gradient")
         out = f.backward.bind(*primals, **params)
         if type(tangents[0]) is ad.Zero:
             return out, ([_zero(o) for o in out] if f.backward.multiple_results else _zero(out))
@@ -182,10 +180,7 @@ def define_rules(f):
         linear = is_linear(params)
         features, geometry, second, argmax = f.box_split(primals, linear)
         feature_dots, geometry_dots, second_dot, _ = f.box_split(tangents, linear)
-        if params["op"] in BOX_OPS and type(geometry_dots[0]) is not ad.Zero:
-            raise NotImplementedError(
-                "jax_roi: the derivative of the box derivative with respect to rois (a second "
-                "derivative in the boxes) is not implemented")
+        refuse_roi_tangent(geometry_dots[0], params, "the box derivative")
         out = primitive.bind(*primals, **params)
         parts = []
         if not all(type(t) is ad.Zero for t in feature_dots):

@@ -202,6 +202,14 @@ def torchvision_calls(w, features_nchw, rois):
     else:
         op = lambda: torchvision.ops.roi_align(x, r, w.output, w.spatial_scale,
                                                w.sampling_ratio, w.aligned)
+    return torch_calls(op, [x])
+
+
+def torch_calls(op, inputs):
+    """A torch op's forward (without autograd) and backward (the gradient of
+    `inputs` for a cotangent of ones) as timed calls."""
+    import torch
+
     out = op()
     cotangent = torch.ones_like(out)
 
@@ -210,7 +218,8 @@ def torchvision_calls(w, features_nchw, rois):
             op()
 
     def backward():
-        x.grad = None
+        for x in inputs:
+            x.grad = None
         out.backward(cotangent, retain_graph=True)
 
     return {"forward": forward, "backward": backward}
@@ -230,19 +239,7 @@ def torchvision_pyramid_calls(w, maps_nchw, boxes):
     image_size = (round(w.h / w.spatial_scale), round(w.w / w.spatial_scale))
     box_list = [torch.from_numpy(b) for b in boxes]
     op = lambda: pooler(maps, box_list, [image_size] * len(box_list))
-    out = op()
-    cotangent = torch.ones_like(out)
-
-    def forward():
-        with torch.no_grad():
-            op()
-
-    def backward():
-        for m in maps.values():
-            m.grad = None
-        out.backward(cotangent, retain_graph=True)
-
-    return {"forward": forward, "backward": backward}
+    return torch_calls(op, list(maps.values()))
 
 
 def onnxruntime_available():

@@ -272,6 +272,9 @@ def onnxruntime_forward(w, features_nchw, rois):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
+    # Its threads would otherwise spin for work after each run and take the
+    # cores from whichever call is timed next.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(model.SerializeToString(), options,
                                            providers=["CPUExecutionProvider"])
     inputs = {"x": np.asarray(features_nchw, np.float32),

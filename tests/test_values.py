@@ -196,6 +196,25 @@ def test_nhwc_avg_channel_blocks(c, dtype):
            aligned=True)
 
 
+@pytest.mark.parametrize("dtype", [F32, BF16, F64], ids=str)
+@pytest.mark.parametrize("c", [3, 17, 300])
+def test_nchw_avg_channels_last_copy(c, dtype):
+    # NCHW "avg" copies a small map channels-last when a call writes at
+    # least as many outputs as the map has elements, as these calls do.
+    # Channel counts leave remainders of every vector and lane tile; one
+    # ROI reads nothing and must still get its zeros.
+    n, h, w, scale, out_size = 2, 6, 5, 0.5, (5, 4)
+    rng = np.random.default_rng(c)
+    x = rng.standard_normal((n, c, h, w))
+    rois = _rois(rng, "K5", n, h, w, scale, per_image=8)
+    rois[3, 0] = n + 1
+    assert rois.shape[0] * c * out_size[0] * out_size[1] >= x.size
+    _check("align", x, rois, out_size, dtype, "NCHW", scale=scale, mode="avg", sr=2,
+           aligned=True)
+    out = jax_roi.roi_align(jnp.asarray(x, dtype), jnp.asarray(rois), out_size, scale, 2)
+    assert np.all(np.asarray(out[3]) == 0)
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("op", list(OPS))
 def test_backward_with_rois_crowded_on_one_image(op, layout):

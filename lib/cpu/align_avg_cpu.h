@@ -25,11 +25,12 @@ namespace jax_roi {
 // run's ROIs share are still in cache.
 constexpr size_t kNhwcRunCapacity = 1 << 12;  // axis entries: about 64 ROIs of 7 x 7 x 2 x 2
 
-// NHWC: channels [c0, c0 + vectors * lanes) of ROI `slot` of `run`.
+// NHWC: channels [c0, c0 + vectors * lanes) of ROI `slot` of `run`, into
+// its output `roi_out` ([PH, PW, C]).
 template <int bytes, int vectors, typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void align_avg_forward_nhwc_block(const Problem<G>& p, const RoiRun<G>& run,
                                                         int64_t slot, int64_t c0,
-                                                        const T* features, T* out) {
+                                                        const T* features, T* roi_out) {
   constexpr int64_t lanes = native_lanes<G, bytes>;
   const Shape& s = p.shape;
   const bool reads = run.batch[slot] >= 0;
@@ -45,7 +46,7 @@ JAX_ROI_ALWAYS_INLINE void align_avg_forward_nhwc_block(const Problem<G>& p, con
         });
         for (int i = 0; i < vectors; ++i) sum[i] /= count;
       }
-      T* dst = out + output_index(s, run.roi[slot], c0, ph, pw);
+      T* dst = roi_out + (ph * s.pooled_w + pw) * s.channels + c0;
       for (int i = 0; i < vectors; ++i) store_native<bytes, T, G>(dst + i * lanes, sum[i]);
     }
   }
@@ -55,7 +56,7 @@ JAX_ROI_ALWAYS_INLINE void align_avg_forward_nhwc_block(const Problem<G>& p, con
 template <typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void align_avg_forward_nhwc_rest(const Problem<G>& p, const RoiRun<G>& run,
                                                        int64_t slot, int64_t c0, int64_t c1,
-                                                       const T* features, T* out) {
+                                                       const T* features, T* roi_out) {
   const Shape& s = p.shape;
   const int64_t width = c1 - c0;
   const bool reads = run.batch[slot] >= 0;
@@ -72,7 +73,7 @@ JAX_ROI_ALWAYS_INLINE void align_avg_forward_nhwc_rest(const Problem<G>& p, cons
         });
         for (int64_t c = 0; c < width; ++c) sum[c] /= count;
       }
-      T* dst = out + output_index(s, run.roi[slot], c0, ph, pw);
+      T* dst = roi_out + (ph * s.pooled_w + pw) * s.channels + c0;
       for (int64_t c = 0; c < width; ++c) dst[c] = from_acc<T>(sum[c]);
     }
   }
@@ -81,17 +82,19 @@ JAX_ROI_ALWAYS_INLINE void align_avg_forward_nhwc_rest(const Problem<G>& p, cons
 // The channels from c0 of the run's ROIs in vectors of `bytes`: a block of
 // as many vectors as fit the registers and the channels left (a power of
 // 2), or the last few channels; returns the channel after them.
-template <int bytes, typename T, typename G>
+// out_of(slot) is where the ROI's [PH, PW, C] output goes.
+template <int bytes, typename T, typename G, typename OutOf>
 JAX_ROI_ALWAYS_INLINE int64_t align_avg_forward_nhwc_blocks(const Problem<G>& p,
                                                             const RoiRun<G>& run, int64_t c0,
-                                                            const T* features, T* out) {
+                                                            const T* features,
+                                                            const OutOf& out_of) {
   constexpr int64_t lanes = native_lanes<G, bytes>;
   const int64_t vectors =
       std::min<int64_t>(native_sum_registers(), (p.shape.channels - c0) / lanes);
   auto each_roi = [&](auto block) JAX_ROI_INLINE_LAMBDA {
     constexpr int n = decltype(block)::value;
     for (int64_t slot = 0; slot < run.size(); ++slot)
-      align_avg_forward_nhwc_block<bytes, n>(p, run, slot, c0, features, out);
+      align_avg_forward_nhwc_block<bytes, n>(p, run, slot, c0, features, out_of(slot));
     return c0 + n * lanes;
   };
   if (vectors >= 16) return each_roi(std::integral_constant<int, 16>{});
@@ -100,7 +103,7 @@ JAX_ROI_ALWAYS_INLINE int64_t align_avg_forward_nhwc_blocks(const Problem<G>& p,
   if (vectors >= 2) return each_roi(std::integral_constant<int, 2>{});
   if (vectors >= 1) return each_roi(std::integral_constant<int, 1>{});
   for (int64_t slot = 0; slot < run.size(); ++slot)
-    align_avg_forward_nhwc_rest(p, run, slot, c0, p.shape.channels, features, out);
+    align_avg_forward_nhwc_rest(p, run, slot, c0, p.shape.channels, features, out_of(slot));
   return p.shape.channels;
 }
 
@@ -110,12 +113,47 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nhwc(const Problem<G>& p, const RoiLis
                                                const T* features, T* out,
                                                AlignScratch<G>& scratch) {
   RoiRun<G>& run = scratch.run;
+  const int64_t roi_size = p.shape.pooled_h * p.shape.pooled_w * p.shape.channels;
+  auto out_of = [&](int64_t slot) JAX_ROI_INLINE_LAMBDA { return out + run.roi[slot] * roi_size; };
   for (int64_t j = 0; j < list.size;) {
     j = run.build(p, list, j, kNhwcRunCapacity);
     with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
       for (int64_t c0 = 0; c0 < p.shape.channels;)
-        c0 = align_avg_forward_nhwc_blocks<decltype(bytes)::value>(p, run, c0, features, out);
+        c0 = align_avg_forward_nhwc_blocks<decltype(bytes)::value>(p, run, c0, features, out_of);
     });
+  }
+}
+
+// NCHW through a channels-last copy of the map (channels_last_copy.h): `q`
+// is the problem on the copy. Each ROI is computed as NHWC computes it,
+// into a [PH, PW, C] block, and written out transposed, kLanes channels
+// at a time through the output block.
+template <typename T, typename G>
+JAX_ROI_CPU_CLONES void align_avg_forward_from_channels_last(const Problem<G>& q,
+                                                             const RoiList& list,
+                                                             const G* copy, T* out,
+                                                             AlignScratch<G>& scratch) {
+  const Shape& s = q.shape;
+  const int64_t C = s.channels, bins = s.pooled_h * s.pooled_w;
+  RoiRun<G>& run = scratch.run;
+  OutputBlock<G>& block = scratch.block;
+  block.resize(bins);
+  scratch.acc.resize(bins * C);
+  G* roi_out = scratch.acc.data();
+  auto out_of = [&](int64_t) JAX_ROI_INLINE_LAMBDA { return roi_out; };
+  for (int64_t j = 0; j < list.size; ++j) {
+    run.build(q, {list.ids + j, 1}, 0, /*capacity=*/1);  // a run of this one ROI
+    with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+      for (int64_t c0 = 0; c0 < C;)
+        c0 = align_avg_forward_nhwc_blocks<decltype(bytes)::value>(q, run, c0, copy, out_of);
+    });
+    T* dst = out + run.roi[0] * C * bins;  // [C, PH, PW]
+    for (int64_t c = 0; c < C; c += kLanes) {
+      const int lanes = static_cast<int>(std::min<int64_t>(kLanes, C - c));
+      for (int64_t b = 0; b < bins; ++b)
+        std::copy(roi_out + b * C + c, roi_out + b * C + c + lanes, block.at(b));
+      block.write(dst + c * bins, lanes);
+    }
   }
 }
 
@@ -240,12 +278,18 @@ struct CpuKernel<Op::kAlignAvg> : NoCallTables {
   using Scratch = AlignScratch<G>;
   static constexpr int64_t kNhwcChunksPerThread = 4;  // each a few runs of neighbouring ROIs
   static constexpr bool kNchwSplitsRois = false;
+  static constexpr bool kNchwFromChannelsLast = true;
 
   template <typename T, typename G>
   static void forward_nchw(const Problem<G>& p, const RoiList& list, const Tables<G>&,
                            int64_t c0, int64_t c1,
                            const T* features, T* out, int32_t*, Scratch<G>& scratch) {
     align_avg_forward_nchw(p, list, c0, c1, features, out, scratch);
+  }
+  template <typename T, typename G>
+  static void forward_from_channels_last(const Problem<G>& q, const RoiList& list,
+                                         const G* copy, T* out, Scratch<G>& scratch) {
+    align_avg_forward_from_channels_last(q, list, copy, out, scratch);
   }
   template <typename T, typename G>
   static void forward_nhwc(const Problem<G>& p, const RoiList& list, const Tables<G>&,

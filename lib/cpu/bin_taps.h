@@ -312,6 +312,7 @@ struct TapKernel {
   // Position-sensitive NCHW forward splits the ROIs among threads, as NHWC
   // does: a bin's output channels then sum side by side.
   static constexpr bool kNchwSplitsRois = position_sensitive;
+  static constexpr bool kNchwFromChannelsLast = false;
 
   template <typename G>
   static void tabulate(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list,

@@ -6,6 +6,10 @@
 //   kNhwcChunksPerThread: how finely NHWC forward splits the ROIs;
 //   kNchwSplitsRois: NCHW forward splits the ROIs too, calling forward_nchw
 //     with every channel (else it splits the channels);
+//   kNchwFromChannelsLast: NCHW forward on a small map copies it
+//     channels-last (channels_last_copy.h) and calls
+//     forward_from_channels_last(q, list, copy, out, scratch) with the ROIs
+//     split, q being the problem on the copy;
 //   forward_nchw(p, list, tables, c0, c1, features, out, argmax, scratch):
 //     output channels [c0, c1) of the listed ROIs;
 //   forward_nhwc(p, list, tables, features, out, argmax, scratch): every

@@ -210,6 +210,7 @@ struct CpuKernel<Op::kPool> : NoCallTables {
   using Scratch = PoolScratch<G>;
   static constexpr int64_t kNhwcChunksPerThread = 8;
   static constexpr bool kNchwSplitsRois = false;
+  static constexpr bool kNchwFromChannelsLast = false;
 
   template <typename T, typename G>
   static void forward_nchw(const Problem<G>& p, const RoiList& list, const Tables<G>&,

@@ -1,6 +1,7 @@
 // The CPU backend: ROI-at-a-time kernels over XLA's thread pool. NCHW
 // forward splits the channels among threads (unless the kernel asks for
-// kNchwSplitsRois) and NHWC forward the ROIs;
+// kNchwSplitsRois, or works on a channels-last copy of a small map) and
+// NHWC forward the ROIs;
 // backward splits into blocks of (image, channels) that each own the
 // gradient elements they write (gradient_blocks.h). A pyramid is its levels
 // one after another, each visiting only its own ROIs. The derivatives with
@@ -14,6 +15,7 @@
 #include "align_avg_cpu.h"
 #include "align_max_cpu.h"
 #include "box_derivative_cpu.h"
+#include "channels_last_copy.h"
 #include "gradient_blocks.h"
 #include "huge_pages.h"
 #include "parallel_for.h"
@@ -135,6 +137,20 @@ struct CpuBackend {
     using Scratch = typename Kernel::template Scratch<G>;
     const Shape& s = p.shape;
     if (list.size == 0 || s.out_channels == 0 || s.pooled_h * s.pooled_w == 0) return;
+    const int64_t nhwc_grain =
+        balanced_grain(pool, list.size, 1, Kernel::kNhwcChunksPerThread);
+    if constexpr (Kernel::kNchwFromChannelsLast) {
+      if (pays_for_channels_last_copy(s, list.size)) {
+        const std::unique_ptr<G[]> copy = channels_last_copy<T, G>(pool, s, features);
+        const Problem<G> q = channels_last_problem(p);
+        parallel_for(pool, list.size, nhwc_grain, [&](int64_t begin, int64_t end) {
+          Scratch scratch;
+          Kernel::forward_from_channels_last(q, {list.ids + begin, end - begin}, copy.get(),
+                                             out, scratch);
+        });
+        return;
+      }
+    }
     typename Kernel::template Tables<G> tables;
     Kernel::tabulate(pool, p, list, tables);
     if (!s.channels_last && !Kernel::kNchwSplitsRois) {
@@ -146,16 +162,14 @@ struct CpuBackend {
       });
       return;
     }
-    parallel_for(pool, list.size, balanced_grain(pool, list.size, 1, Kernel::kNhwcChunksPerThread),
-                 [&](int64_t begin, int64_t end) {
-                   Scratch scratch;
-                   const RoiList part{list.ids + begin, end - begin};
-                   if (s.channels_last)
-                     Kernel::forward_nhwc(p, part, tables, features, out, argmax, scratch);
-                   else
-                     Kernel::forward_nchw(p, part, tables, 0, s.out_channels, features, out,
-                                          argmax, scratch);
-                 });
+    parallel_for(pool, list.size, nhwc_grain, [&](int64_t begin, int64_t end) {
+      Scratch scratch;
+      const RoiList part{list.ids + begin, end - begin};
+      if (s.channels_last)
+        Kernel::forward_nhwc(p, part, tables, features, out, argmax, scratch);
+      else
+        Kernel::forward_nchw(p, part, tables, 0, s.out_channels, features, out, argmax, scratch);
+    });
   }
 
   // Adds the listed ROIs' contributions to a zeroed gradient. Each block

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../elements/all_elements.h"
+#include "channels_last_copy.h"
 #include "isa_clones.h"
 #include "native_vector.h"
 
@@ -208,13 +209,7 @@ struct CpuBoxDerivative {
     if (plane * C <= kWindowElements) {
       if (scratch.window_image != image) {
         scratch.window.resize(plane * C);
-        G* __restrict__ dst = scratch.window.data();
-        // 16 channels at a time: each pixel's 16 values are one cache line.
-        for (int64_t c0 = 0; c0 < C; c0 += 16) {
-          const int64_t c1 = std::min(C, c0 + 16);
-          for (int64_t i = 0; i < plane; ++i)
-            for (int64_t c = c0; c < c1; ++c) dst[i * C + c] = to_acc(image[c * plane + i]);
-        }
+        copy_pixels_channels_last(image, C, plane, 0, plane, scratch.window.data());
         scratch.window_image = image;
       }
       return ChannelsLastWindow{0, 0, s.width, true};
@@ -229,7 +224,7 @@ struct CpuBoxDerivative {
     if (wh * ww * C > kWindowElements) return win;
     scratch.window.resize(wh * ww * C);
     G* __restrict__ dst = scratch.window.data();
-    for (int64_t c0 = 0; c0 < C; c0 += 16) {  // as above, a cache line of channels at a time
+    for (int64_t c0 = 0; c0 < C; c0 += 16) {  // as copy_pixels_channels_last does
       const int64_t c1 = std::min(C, c0 + 16);
       for (int64_t y = 0; y < wh; ++y)
         for (int64_t x = 0; x < ww; ++x)

@@ -1,9 +1,10 @@
 // An NCHW feature map copied channels-last, in the accumulation type, for
 // NCHW kernels that do better on NHWC's arithmetic: a pixel's channels are
 // then one run of vectors, and a thread computes whole ROIs, writing each
-// ROI's output as one contiguous stream. Only maps up to kMaxElements are
-// copied: the copy is made once per call, and past that size reading and
-// writing it costs about what the lane tiles (lane_tile.h) cost in all.
+// ROI's output as one contiguous stream. Only maps up to
+// kChannelsLastCopyMaxElements are copied: the copy is made once per call,
+// and on a larger map (box-p2's, 28M elements) it measured slower than the
+// lane tiles (lane_tile.h).
 #pragma once
 
 #include <algorithm>
@@ -35,9 +36,22 @@ Problem<G> channels_last_problem(const Problem<G>& p) {
   return q;
 }
 
-// features [N, C, H, W] to [N, H, W, C], a block of kBlock channels by
-// kBlock pixels at a time so that both sides stream through the cache.
-// (Left uninitialised before it is filled: no pass that zeroes it.)
+// Pixels [q0, q1) of one NCHW image (C planes of `plane` pixels) to rows
+// of C channels at dst[q * C], 16 channels (a cache line of float32 rows)
+// at a time.
+template <typename T, typename G>
+void copy_pixels_channels_last(const T* image, int64_t C, int64_t plane, int64_t q0,
+                               int64_t q1, G* __restrict__ dst) {
+  for (int64_t c0 = 0; c0 < C; c0 += 16) {
+    const int64_t c1 = std::min(C, c0 + 16);
+    for (int64_t q = q0; q < q1; ++q)
+      for (int64_t c = c0; c < c1; ++c) dst[q * C + c] = to_acc(image[c * plane + q]);
+  }
+}
+
+// features [N, C, H, W] to [N, H, W, C], kBlock pixels to a task so that
+// both sides stream through the cache. (Left uninitialised before it is
+// filled: no pass that zeroes it.)
 template <typename T, typename G>
 std::unique_ptr<G[]> channels_last_copy(xla::ffi::ThreadPool& pool, const Shape& s,
                                         const T* features) {
@@ -51,13 +65,8 @@ std::unique_ptr<G[]> channels_last_copy(xla::ffi::ThreadPool& pool, const Shape&
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / row_blocks, q0 = (t % row_blocks) * kBlock;
       const int64_t q1 = std::min(pixels, q0 + kBlock);
-      const T* src = features + n * C * pixels;
-      G* dst = copy.get() + n * C * pixels;
-      for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
-        const int64_t c1 = std::min(C, c0 + kBlock);
-        for (int64_t q = q0; q < q1; ++q)
-          for (int64_t c = c0; c < c1; ++c) dst[q * C + c] = to_acc(src[c * pixels + q]);
-      }
+      copy_pixels_channels_last(features + n * C * pixels, C, pixels, q0, q1,
+                                copy.get() + n * C * pixels);
     }
   });
   return copy;

@@ -65,8 +65,14 @@ struct BinTaps {
   }
 
   // A tap the bin does not have yet.
+  // (Written field by field in place: a pushed temporary is stored as
+  // three fields and reloaded as wider words, which stalls every tap on
+  // store forwarding.)
   void add_new(int64_t y, int64_t x, G weight) {
-    taps.push_back({static_cast<int32_t>(y), static_cast<int32_t>(x), weight});
+    Tap<G>& tap = taps.emplace_back();
+    tap.y = static_cast<int32_t>(y);
+    tap.x = static_cast<int32_t>(x);
+    tap.weight = weight;
   }
 
   void add(const Bilinear<G>& w) {
@@ -126,9 +132,13 @@ struct TapList {
     std::atomic<int64_t> total{0};
     parallel_for(pool, list.size, balanced_grain(pool, list.size, 1, 8),
                  [&](int64_t j0, int64_t j1) {
+                   // Tabulated into one growing scratch, then copied at its
+                   // size: a ROI's vectors are allocated once, not grown.
+                   BinTaps<G> scratch;
                    for (int64_t j = j0; j < j1 && total.load() <= kSharedTaps; ++j) {
-                     Tabulate::build(p, list.ids[j], rois[j]);
-                     total += static_cast<int64_t>(rois[j].taps.size());
+                     Tabulate::build(p, list.ids[j], scratch);
+                     rois[j] = scratch;
+                     total += static_cast<int64_t>(scratch.taps.size());
                    }
                  });
     shared = total.load() <= kSharedTaps;

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstdint>
 #include <type_traits>
@@ -82,6 +83,14 @@ struct BinTaps {
     add(w.y1, w.x1, w.w11);
   }
 
+  // A sample's corners, none of which the bin has yet.
+  void add_new_corners(const Bilinear<G>& w) {
+    add_new(w.y0, w.x0, w.w00);
+    add_new(w.y0, w.x1, w.w01);
+    add_new(w.y1, w.x0, w.w10);
+    add_new(w.y1, w.x1, w.w11);
+  }
+
   void end_bin(G bin_divisor) {
     first.push_back(static_cast<int64_t>(taps.size()));
     divisor.push_back(bin_divisor);
@@ -101,14 +110,33 @@ bool start_taps(const Problem<G>& p, int64_t k, BinTaps<G>& t, Roi<G>* r) {
   return reads;
 }
 
+// Whether no two samples of a bin read a common pixel: 2*sqrt(2) pixels or
+// more apart along both box axes, any two differ by 2 or more in y or in
+// x, whatever the rotation, so their corners are disjoint. (Samples
+// clamped to the map's edge may still meet; they then keep a tap each,
+// which sums the same.) Such bins skip the merge search, which costs more
+// than the few taps it would save (rot-p2's forward 14.5 -> 13.2 ms).
+template <typename Bin>
+bool samples_apart(const Bin& bin) {
+  using G = decltype(bin.roi.bin_h);
+  const G min_step = G(2.8285);
+  return std::abs(bin.roi.bin_h) >= min_step * bin.roi.grid_h &&
+         std::abs(bin.roi.bin_w) >= min_step * bin.roi.grid_w;
+}
+
 // The taps of a bin's bilinear samples (in ranges ys x xs) of a Bin as the
 // element functions define it (elements/), ending the bin.
 template <typename G, typename Bin>
 void add_sample_taps(const Bin& bin, const Shape& s, BinTaps<G>& t) {
+  const bool apart = samples_apart(bin);
   for (int64_t iy = bin.ys.lo; iy < bin.ys.hi; ++iy) {
     for (int64_t ix = bin.xs.lo; ix < bin.xs.hi; ++ix) {
       Bilinear<G> w = bin.sample(iy, ix, s);
-      if (w.inside) t.add(w);
+      if (!w.inside) continue;
+      if (apart)
+        t.add_new_corners(w);
+      else
+        t.add(w);
     }
   }
   t.end_bin(bin.count);

@@ -6,8 +6,10 @@
 //   out[bin, c] = sum over taps of weight * X[pixel, channel(c, bin)] / divisor
 // and the backward is its adjoint. An op supplies the tabulation
 // (`Tabulate::build(p, k, taps)`) and whether it is position-sensitive.
-// The taps of every ROI of a call are tabulated once, by all threads, and
-// then read by every thread (TapList).
+// Where threads split the channels (NCHW forward, the backward of an image
+// split among threads) the call's taps are tabulated once, by all threads,
+// for all to read (TapList); where they split the ROIs, each thread
+// tabulates its own as it visits them.
 #pragma once
 
 #include <algorithm>
@@ -146,6 +148,7 @@ void add_sample_taps(const Bin& bin, const Shape& s, BinTaps<G>& t) {
 // that threads splitting the channels do not each tabulate every ROI.
 // Past kSharedTaps taps in all (huge boxes with dense grids) it holds none,
 // and each thread tabulates a ROI when it visits it: memory stays bounded.
+// A list never built (for threads that split the ROIs) holds none either.
 // of(id, p, scratch) gives the taps of an entry of the list (or of a part of it).
 template <typename G, typename Tabulate>
 struct TapList {

@@ -152,9 +152,10 @@ struct CpuBackend {
       }
     }
     typename Kernel::template Tables<G> tables;
-    Kernel::tabulate(pool, p, list, tables);
     if (!s.channels_last && !Kernel::kNchwSplitsRois) {
-      // Channels outermost, so each plane is read from memory once per run of ROIs.
+      // Channels outermost, so each plane is read from memory once per run
+      // of ROIs; every thread visits every ROI, so they are tabulated once.
+      Kernel::tabulate(pool, p, list, tables);
       const int64_t C = s.out_channels;
       parallel_for(pool, C, balanced_grain(pool, C, 1, 4), [&](int64_t c0, int64_t c1) {
         Scratch scratch;
@@ -162,6 +163,8 @@ struct CpuBackend {
       });
       return;
     }
+    // Each thread has ROIs of its own: it tabulates them as it visits them
+    // (the tables stay empty), each while its pixels are being read.
     parallel_for(pool, list.size, nhwc_grain, [&](int64_t begin, int64_t end) {
       Scratch scratch;
       const RoiList part{list.ids + begin, end - begin};
@@ -190,8 +193,13 @@ struct CpuBackend {
       for (int64_t b = b0; b < b1; ++b)
         if (!read[b]) zero_gradient_block(s, GradientBlock{{}, b, 0, s.channels}, grad);
     });
+    // Tabulated once when blocks share ROIs (an image split by channels);
+    // else each block tabulates its own as it visits them.
+    const bool blocks_share_rois = std::any_of(
+        blocks.begin(), blocks.end(),
+        [&](const GradientBlock& b) { return b.c1 - b.c0 < s.channels; });
     typename CpuKernel<op>::template Tables<G> tables;
-    if (!blocks.empty()) CpuKernel<op>::tabulate(pool, p, list, tables);
+    if (blocks_share_rois) CpuKernel<op>::tabulate(pool, p, list, tables);
     parallel_for(pool, static_cast<int64_t>(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
       typename CpuKernel<op>::template Scratch<G> scratch;
       for (int64_t b = b0; b < b1; ++b) {

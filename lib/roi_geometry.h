@@ -373,24 +373,37 @@ JAX_ROI_HOST_DEVICE void rotate_sample(const RotatedRoi<G>& a, G yy, G xx, G* y,
   *x = yy * a.sin_t + xx * a.cos_t + a.centre_x;
 }
 
-// The sample ranges of bin (ph, pw) that can land on the map: those whose
-// frame position falls in the bounding box, in the box's frame, of the
-// map's [-1, H] x [-1, W] widened by a pixel (for rounding). Every other
-// sample reads 0, so a huge box costs no more than the map.
+// The bounding box, in the box's frame, of the map's [-1, H] x [-1, W]
+// widened by a pixel (for rounding): the samples that can land on the map
+// lie in it. The same for every bin of a ROI.
 template <typename G>
-JAX_ROI_HOST_DEVICE void rotated_sample_ranges(const RotatedRoi<G>& a, int64_t ph, int64_t pw,
-                                               int64_t height, int64_t width, SampleRange* ys,
-                                               SampleRange* xs) {
-  G yy_lo = G(INFINITY), yy_hi = G(-INFINITY), xx_lo = G(INFINITY), xx_hi = G(-INFINITY);
+struct FrameBounds {
+  G yy_lo, yy_hi, xx_lo, xx_hi;
+};
+
+template <typename G>
+JAX_ROI_HOST_DEVICE FrameBounds<G> rotated_frame_bounds(const RotatedRoi<G>& a, int64_t height,
+                                                        int64_t width) {
+  FrameBounds<G> f{G(INFINITY), G(-INFINITY), G(INFINITY), G(-INFINITY)};
   for (int corner = 0; corner < 4; ++corner) {
     const G dy = (corner & 1 ? static_cast<G>(height) + G(1) : G(-2)) - a.centre_y;
     const G dx = (corner & 2 ? static_cast<G>(width) + G(1) : G(-2)) - a.centre_x;
     const G yy = dy * a.cos_t + dx * a.sin_t, xx = dx * a.cos_t - dy * a.sin_t;
-    yy_lo = min_of(yy_lo, yy), yy_hi = max_of(yy_hi, yy);
-    xx_lo = min_of(xx_lo, xx), xx_hi = max_of(xx_hi, xx);
+    f.yy_lo = min_of(f.yy_lo, yy), f.yy_hi = max_of(f.yy_hi, yy);
+    f.xx_lo = min_of(f.xx_lo, xx), f.xx_hi = max_of(f.xx_hi, xx);
   }
-  *ys = sample_range_within(a.y_start, ph, a.bin_h, a.grid_h, yy_lo, yy_hi);
-  *xs = sample_range_within(a.x_start, pw, a.bin_w, a.grid_w, xx_lo, xx_hi);
+  return f;
+}
+
+// The sample ranges of bin (ph, pw) whose frame positions fall in the
+// frame bounds. Every other sample reads 0, so a huge box costs no more
+// than the map.
+template <typename G>
+JAX_ROI_HOST_DEVICE void rotated_sample_ranges(const RotatedRoi<G>& a, const FrameBounds<G>& f,
+                                               int64_t ph, int64_t pw, SampleRange* ys,
+                                               SampleRange* xs) {
+  *ys = sample_range_within(a.y_start, ph, a.bin_h, a.grid_h, f.yy_lo, f.yy_hi);
+  *xs = sample_range_within(a.x_start, pw, a.bin_w, a.grid_w, f.xx_lo, f.xx_hi);
   if (!a.reads) *ys = *xs = SampleRange{0, 0, false};
 }
 

@@ -185,13 +185,23 @@ struct TapList {
 
 // ------------------------------------------------------------------ forward
 
+// How many taps ahead the NHWC forward prefetches a pixel's channels: the
+// rows of a large map miss the cache (rot-p2 forward 11.6 -> 10.7 ms with
+// AVX-512, 14.2 -> 11.7 with AVX2; 4 taps ahead was too few for AVX2).
+constexpr int64_t kPrefetchTaps = 16;
+
 // NHWC, channels [c0, c0 + vectors * lanes) of one bin, in registers.
 template <int bytes, int vectors, typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_block(const BinTaps<G>& t, int64_t b,
                                                   const Pixels<T>& px, T* dst) {
   constexpr int64_t lanes = native_lanes<G, bytes>;
   NativeVector<G, bytes> sum[vectors] = {};
+  const Tap<G>* const prefetch_end = t.end(t.first.size() - 2);  // the ROI's last tap
   for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap) {
+    if (prefetch_end - tap > kPrefetchTaps) {
+      const T* ahead = px.at(tap[kPrefetchTaps].y, tap[kPrefetchTaps].x);
+      for (int i = 0; i < vectors; ++i) __builtin_prefetch(ahead + i * lanes);
+    }
     const T* __restrict__ v = px.at(tap->y, tap->x);
     for (int i = 0; i < vectors; ++i) sum[i] += tap->weight * load_native<G, bytes>(v + i * lanes);
   }

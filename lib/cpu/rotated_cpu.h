@@ -16,8 +16,11 @@ struct RotatedTaps {
     const Shape& s = p.shape;
     Roi<G> r;
     if (!start_taps(p, k, t, &r)) return;
+    const RotatedRoi<G> roi = rotated_roi_of(p, r);
+    const FrameBounds<G> frame = rotated_frame_bounds(roi, s.height, s.width);
     for (int64_t ph = 0; ph < s.pooled_h; ++ph)
-      for (int64_t pw = 0; pw < s.pooled_w; ++pw) add_sample_taps(rotated_bin_of(p, r, ph, pw), s, t);
+      for (int64_t pw = 0; pw < s.pooled_w; ++pw)
+        add_sample_taps(rotated_bin_in(roi, frame, ph, pw), s, t);
   }
 };
 

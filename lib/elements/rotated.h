@@ -27,20 +27,36 @@ struct RotatedBin {
   }
 };
 
+// Bin (ph, pw) of a ROI's geometry and frame bounds, without a channel's
+// plane: what the CPU tap tables build for every bin of a ROI.
+template <typename G>
+JAX_ROI_HOST_DEVICE RotatedBin<G> rotated_bin_in(const RotatedRoi<G>& roi,
+                                                 const FrameBounds<G>& frame, int64_t ph,
+                                                 int64_t pw) {
+  RotatedBin<G> bin{};
+  bin.valid = true;
+  bin.roi = roi;
+  bin.count = roi.count;
+  bin.ph = ph;
+  bin.pw = pw;
+  rotated_sample_ranges(roi, frame, ph, pw, &bin.ys, &bin.xs);
+  return bin;
+}
+
+// The geometry of ROI r (valid, on a map with pixels).
+template <typename G>
+JAX_ROI_HOST_DEVICE RotatedRoi<G> rotated_roi_of(const Problem<G>& p, const Roi<G>& r) {
+  const Shape& s = p.shape;
+  return rotated_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, p.sampling_ratio, p.aligned,
+                     p.clockwise);
+}
+
 // Bin (ph, pw) of ROI r (valid, on a map with pixels) without a channel's plane.
 template <typename G>
 JAX_ROI_HOST_DEVICE RotatedBin<G> rotated_bin_of(const Problem<G>& p, const Roi<G>& r,
                                                  int64_t ph, int64_t pw) {
-  const Shape& s = p.shape;
-  RotatedBin<G> bin{};
-  bin.valid = true;
-  bin.roi = rotated_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, p.sampling_ratio,
-                        p.aligned, p.clockwise);
-  bin.count = bin.roi.count;
-  bin.ph = ph;
-  bin.pw = pw;
-  rotated_sample_ranges(bin.roi, ph, pw, s.height, s.width, &bin.ys, &bin.xs);
-  return bin;
+  const RotatedRoi<G> roi = rotated_roi_of(p, r);
+  return rotated_bin_in(roi, rotated_frame_bounds(roi, p.shape.height, p.shape.width), ph, pw);
 }
 
 template <typename G>

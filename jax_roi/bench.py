@@ -459,6 +459,11 @@ def main(argv=None):
                      f"the workloads are {sorted(known)}")
     if args.vector_bytes:  # read by the kernels at their first call
         os.environ["JAX_ROI_CPU_VECTOR_BYTES"] = str(args.vector_bytes)
+    # torch's OpenMP threads would otherwise spin for work after each call
+    # and take a core from whichever call is timed next (psroi-rfcn's
+    # ps_roi_pool forward read 1.4 ms for 0.7); torch's own times do not
+    # change. Read when torch loads OpenMP, so set before it is imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     with_torch = not args.no_torch and torchvision_available()
     with_onnxruntime = not args.no_onnxruntime and onnxruntime_available()

@@ -32,25 +32,41 @@ namespace jax_roi {
 template <typename T>
 T* data_of(const ffi::AnyBuffer& b) { return reinterpret_cast<T*>(b.untyped_data()); }
 
-// argmax is null for the linear ops.
+// argmax is null for the linear ops; else it has the output's shape.
+inline ffi::Error check_argmax(const ffi::Buffer<ffi::S32>* argmax,
+                               ffi::Span<const int64_t> out_dims) {
+  if (!argmax) return ffi::Error::Success();
+  return check_same_dims(argmax->dimensions(), out_dims, "argmax");
+}
+
+template <typename Buffer>
+auto argmax_data(Buffer* argmax) { return argmax ? argmax->typed_data() : nullptr; }
+
+// f(tag, problem) for the storage type `type` (tag: a T) and the Problem of
+// a single-map call: the checks, dispatch and problem every handler shares.
+template <Op op, typename F>
+ffi::Error with_problem(ffi::DataType type, ffi::Span<const int64_t> feature_dims,
+                        const ffi::AnyBuffer& rois, ffi::Span<const int64_t> out_dims,
+                        const Geometry& g, const F& f) {
+  return dispatch_feature_type(type, [&](auto tag) -> ffi::Error {
+    Problem<acc_t<decltype(tag)>> p;
+    if (auto e = make_problem(op, feature_dims, rois, out_dims, g, &p); e.failure()) return e;
+    return f(tag, p);
+  });
+}
+
 template <typename Backend, Op op>
 ffi::Error forward(typename Backend::Context& ctx, const ffi::AnyBuffer& features,
                    const ffi::AnyBuffer& rois, ffi::AnyBuffer& out,
                    ffi::Buffer<ffi::S32>* argmax, const Geometry& g) {
   if (out.element_type() != features.element_type())
     return ffi::Error::InvalidArgument("jax_roi: output dtype must equal the features dtype");
-  if (argmax)
-    if (auto e = check_same_dims(argmax->dimensions(), out.dimensions(), "argmax"); e.failure())
-      return e;
-  return dispatch_feature_type(features.element_type(), [&](auto tag) -> ffi::Error {
+  if (auto e = check_argmax(argmax, out.dimensions()); e.failure()) return e;
+  return with_problem<op>(features.element_type(), features.dimensions(), rois, out.dimensions(),
+                          g, [&](auto tag, const auto& p) -> ffi::Error {
     using T = decltype(tag);
-    using G = acc_t<T>;
-    Problem<G> p;
-    if (auto e = make_problem<G>(op, features.dimensions(), rois, out.dimensions(), g, &p);
-        e.failure())
-      return e;
-    return Backend::template forward<op, T, G>(ctx, p, data_of<T>(features), data_of<T>(out),
-                                               argmax ? argmax->typed_data() : nullptr);
+    return Backend::template forward<op, T, acc_t<T>>(ctx, p, data_of<T>(features),
+                                                      data_of<T>(out), argmax_data(argmax));
   });
 }
 
@@ -58,22 +74,14 @@ template <typename Backend, Op op>
 ffi::Error backward(typename Backend::Context& ctx, const ffi::AnyBuffer& grad_out,
                     const ffi::AnyBuffer& rois, const ffi::Buffer<ffi::S32>* argmax,
                     ffi::AnyBuffer& grad_features, const Geometry& g) {
-  if (argmax)
-    if (auto e = check_same_dims(argmax->dimensions(), grad_out.dimensions(), "argmax");
-        e.failure())
-      return e;
-  return dispatch_feature_type(grad_out.element_type(), [&](auto tag) -> ffi::Error {
+  if (auto e = check_argmax(argmax, grad_out.dimensions()); e.failure()) return e;
+  return with_problem<op>(grad_out.element_type(), grad_features.dimensions(), rois,
+                          grad_out.dimensions(), g, [&](auto tag, const auto& p) -> ffi::Error {
     using T = decltype(tag);
     using G = acc_t<T>;
     if (auto e = check_gradient_type<G>(grad_features); e.failure()) return e;
-    Problem<G> p;
-    if (auto e = make_problem<G>(op, grad_features.dimensions(), rois, grad_out.dimensions(), g,
-                                 &p);
-        e.failure())
-      return e;
-    return Backend::template backward<op, T, G>(ctx, p, data_of<T>(grad_out),
-                                                argmax ? argmax->typed_data() : nullptr,
-                                                data_of<G>(grad_features));
+    return Backend::template backward<op, T, G>(ctx, p, data_of<T>(grad_out), argmax_data(argmax),
+                                             data_of<G>(grad_features));
   });
 }
 
@@ -91,20 +99,15 @@ ffi::Error box_jvp(typename Backend::Context& ctx, const ffi::AnyBuffer& feature
                    const ffi::Buffer<ffi::S32>* argmax, ffi::AnyBuffer& out, const Geometry& g) {
   if (out.element_type() != features.element_type())
     return ffi::Error::InvalidArgument("jax_roi: output dtype must equal the features dtype");
-  if (argmax)
-    if (auto e = check_same_dims(argmax->dimensions(), out.dimensions(), "argmax"); e.failure())
-      return e;
-  return dispatch_feature_type(features.element_type(), [&](auto tag) -> ffi::Error {
+  if (auto e = check_argmax(argmax, out.dimensions()); e.failure()) return e;
+  return with_problem<op>(features.element_type(), features.dimensions(), rois, out.dimensions(),
+                          g, [&](auto tag, const auto& p) -> ffi::Error {
     using T = decltype(tag);
     using G = acc_t<T>;
-    Problem<G> p;
-    if (auto e = make_problem<G>(op, features.dimensions(), rois, out.dimensions(), g, &p);
-        e.failure())
-      return e;
     if (auto e = check_roi_shaped<G>(rois, roi_tangents, "roi tangents"); e.failure()) return e;
     return Backend::template box_jvp<op, T, G>(ctx, p, data_of<const T>(features),
-                                               argmax ? argmax->typed_data() : nullptr,
-                                               data_of<const G>(roi_tangents), data_of<T>(out));
+                                            argmax_data(argmax), data_of<const G>(roi_tangents),
+                                            data_of<T>(out));
   });
 }
 
@@ -115,23 +118,16 @@ ffi::Error box_vjp(typename Backend::Context& ctx, const ffi::AnyBuffer& feature
                    const Geometry& g) {
   if (grad_out.element_type() != features.element_type())
     return ffi::Error::InvalidArgument("jax_roi: grad_out dtype must equal the features dtype");
-  if (argmax)
-    if (auto e = check_same_dims(argmax->dimensions(), grad_out.dimensions(), "argmax");
-        e.failure())
-      return e;
-  return dispatch_feature_type(features.element_type(), [&](auto tag) -> ffi::Error {
+  if (auto e = check_argmax(argmax, grad_out.dimensions()); e.failure()) return e;
+  return with_problem<op>(features.element_type(), features.dimensions(), rois,
+                          grad_out.dimensions(), g, [&](auto tag, const auto& p) -> ffi::Error {
     using T = decltype(tag);
     using G = acc_t<T>;
-    Problem<G> p;
-    if (auto e = make_problem<G>(op, features.dimensions(), rois, grad_out.dimensions(), g, &p);
-        e.failure())
-      return e;
     if (auto e = check_roi_shaped<G>(rois, roi_cotangents, "roi cotangents"); e.failure())
       return e;
     return Backend::template box_vjp<op, T, G>(ctx, p, data_of<const T>(features),
-                                               argmax ? argmax->typed_data() : nullptr,
-                                               data_of<const T>(grad_out),
-                                               data_of<G>(roi_cotangents));
+                                            argmax_data(argmax), data_of<const T>(grad_out),
+                                            data_of<G>(roi_cotangents));
   });
 }
 
@@ -209,9 +205,7 @@ ffi::Error forward_levels(typename Backend::Context& ctx, const ffi::AnyBuffer& 
                           const ffi::Buffer<ffi::S32>& levels, const ffi::RemainingArgs& maps,
                           ffi::AnyBuffer& out, ffi::Buffer<ffi::S32>* argmax,
                           const LevelGeometry& g) {
-  if (argmax)
-    if (auto e = check_same_dims(argmax->dimensions(), out.dimensions(), "argmax"); e.failure())
-      return e;
+  if (auto e = check_argmax(argmax, out.dimensions()); e.failure()) return e;
   return dispatch_feature_type(out.element_type(), [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
     using G = acc_t<T>;
@@ -220,7 +214,7 @@ ffi::Error forward_levels(typename Backend::Context& ctx, const ffi::AnyBuffer& 
     if (auto e = level_maps<T>(op, rois, levels, maps, out, g, &lp, &features); e.failure())
       return e;
     return Backend::template forward_levels<op, T, G>(ctx, lp, features, data_of<T>(out),
-                                                      argmax ? argmax->typed_data() : nullptr);
+                                                      argmax_data(argmax));
   });
 }
 
@@ -229,9 +223,7 @@ ffi::Error box_jvp_levels(typename Backend::Context& ctx, const ffi::AnyBuffer& 
                           const ffi::Buffer<ffi::S32>& levels, const ffi::AnyBuffer& roi_tangents,
                           const ffi::Buffer<ffi::S32>* argmax, const ffi::RemainingArgs& maps,
                           ffi::AnyBuffer& out, const LevelGeometry& g) {
-  if (argmax)
-    if (auto e = check_same_dims(argmax->dimensions(), out.dimensions(), "argmax"); e.failure())
-      return e;
+  if (auto e = check_argmax(argmax, out.dimensions()); e.failure()) return e;
   return dispatch_feature_type(out.element_type(), [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
     using G = acc_t<T>;
@@ -241,7 +233,7 @@ ffi::Error box_jvp_levels(typename Backend::Context& ctx, const ffi::AnyBuffer& 
       return e;
     if (auto e = check_roi_shaped<G>(rois, roi_tangents, "roi tangents"); e.failure()) return e;
     return Backend::template box_jvp_levels<op, T, G>(
-        ctx, lp, features, argmax ? argmax->typed_data() : nullptr,
+        ctx, lp, features, argmax_data(argmax),
         data_of<const G>(roi_tangents), data_of<T>(out));
   });
 }
@@ -251,10 +243,7 @@ ffi::Error box_vjp_levels(typename Backend::Context& ctx, const ffi::AnyBuffer& 
                           const ffi::Buffer<ffi::S32>& levels, const ffi::AnyBuffer& grad_out,
                           const ffi::Buffer<ffi::S32>* argmax, const ffi::RemainingArgs& maps,
                           ffi::AnyBuffer& roi_cotangents, const LevelGeometry& g) {
-  if (argmax)
-    if (auto e = check_same_dims(argmax->dimensions(), grad_out.dimensions(), "argmax");
-        e.failure())
-      return e;
+  if (auto e = check_argmax(argmax, grad_out.dimensions()); e.failure()) return e;
   return dispatch_feature_type(grad_out.element_type(), [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
     using G = acc_t<T>;
@@ -265,7 +254,7 @@ ffi::Error box_vjp_levels(typename Backend::Context& ctx, const ffi::AnyBuffer& 
     if (auto e = check_roi_shaped<G>(rois, roi_cotangents, "roi cotangents"); e.failure())
       return e;
     return Backend::template box_vjp_levels<op, T, G>(
-        ctx, lp, features, argmax ? argmax->typed_data() : nullptr, data_of<const T>(grad_out),
+        ctx, lp, features, argmax_data(argmax), data_of<const T>(grad_out),
         data_of<G>(roi_cotangents));
   });
 }
@@ -275,10 +264,7 @@ ffi::Error backward_levels(typename Backend::Context& ctx, const ffi::AnyBuffer&
                            const ffi::AnyBuffer& rois, const ffi::Buffer<ffi::S32>& levels,
                            const ffi::Buffer<ffi::S32>* argmax, const ffi::RemainingRets& grads,
                            const LevelGeometry& g) {
-  if (argmax)
-    if (auto e = check_same_dims(argmax->dimensions(), grad_out.dimensions(), "argmax");
-        e.failure())
-      return e;
+  if (auto e = check_argmax(argmax, grad_out.dimensions()); e.failure()) return e;
   return dispatch_feature_type(grad_out.element_type(), [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
     using G = acc_t<T>;
@@ -296,7 +282,7 @@ ffi::Error backward_levels(typename Backend::Context& ctx, const ffi::AnyBuffer&
       grad_maps.data[l] = data_of<G>(**grad);
     }
     return Backend::template backward_levels<op, T, G>(
-        ctx, lp, data_of<T>(grad_out), argmax ? argmax->typed_data() : nullptr, grad_maps);
+        ctx, lp, data_of<T>(grad_out), argmax_data(argmax), grad_maps);
   });
 }
 

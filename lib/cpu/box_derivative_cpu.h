@@ -66,10 +66,10 @@ struct CpuBoxDerivative {
     }
   }
 
-  // The input channel output channel c of bin b reads.
+  // The input channel output channel c of bin b reads (problem.h's rule).
   template <Op op>
   static int64_t input_of(const Shape& s, int64_t c, int64_t b) {
-    return is_position_sensitive(op) ? c * s.pooled_h * s.pooled_w + b : c;
+    return input_channel(op, s, OutputElement{0, c, b / s.pooled_w, b % s.pooled_w});
   }
 
   // sum of g[c] * x[c] for c < n, in vectors of `bytes`.

@@ -38,11 +38,20 @@ struct AxisTable {
     ranges.clear();
     taps.clear();
     tap_first.assign(1, 0);
+    // Sized once: a table grown entry by entry costs a run of NCHW ROIs
+    // more in allocation than in arithmetic.
+    const int64_t expected = bins * static_cast<int64_t>(grid >= G(1) && grid < G(64) ? grid : G(1));
+    samples.reserve(expected);
+    taps.reserve(2 * expected);
+    first.reserve(bins + 1);
+    ranges.reserve(bins);
+    tap_first.reserve(bins + 1);
     for (int64_t p = 0; p < bins; ++p) {
       SampleRange r = sample_range(roi_start, p, bin_size, grid, extent);
       for (int64_t t = r.lo; t < r.hi; ++t) {
-        AxisWeights<G> w = axis_weights(sample_position(roi_start, p, bin_size, t, grid), extent);
-        samples.push_back(w);
+        // Computed in place, as the taps are written (see add_new_tap).
+        AxisWeights<G>& w = samples.emplace_back();
+        w = axis_weights(sample_position(roi_start, p, bin_size, t, grid), extent);
         if (w.inside) {
           add_tap(w.i0, w.w0);
           add_tap(w.i1, w.w1);
@@ -69,7 +78,7 @@ struct AxisTable {
     // Sample positions grow within a bin, so a new index is the last or
     // the one before it, or a new largest one.
     if (n == bin_begin || index > taps[n - 1].index) {
-      taps.push_back({index, weight});
+      add_new_tap(index, weight);
       return;
     }
     for (int64_t i = n - 1; i >= bin_begin; --i) {
@@ -78,7 +87,15 @@ struct AxisTable {
         return;
       }
     }
-    taps.push_back({index, weight});  // positions that fall (an inverted box)
+    add_new_tap(index, weight);  // positions that fall (an inverted box)
+  }
+
+  // Written field by field in place: a pushed temporary is stored as its
+  // fields and reloaded as one wide word, which stalls on store forwarding.
+  void add_new_tap(int64_t index, G weight) {
+    AxisTap<G>& tap = taps.emplace_back();
+    tap.index = index;
+    tap.weight = weight;
   }
 };
 

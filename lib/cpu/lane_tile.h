@@ -14,6 +14,7 @@
 #include "../dtypes.h"
 #include "isa_clones.h"
 #include "native_vector.h"
+#include "stream_store.h"
 
 namespace jax_roi {
 
@@ -108,7 +109,14 @@ struct LaneTile {
 template <typename G>
 struct OutputBlock {
   std::vector<G> data;
+  std::vector<double> staged;  // write()'s, for any result type
   int64_t bins = 0;
+
+  template <typename T>
+  T* staging() {
+    staged.resize((bins * kLanes * sizeof(T) + sizeof(double) - 1) / sizeof(double));
+    return reinterpret_cast<T*>(staged.data());
+  }
 
   void resize(int64_t bin_count) {
     bins = bin_count;
@@ -124,13 +132,18 @@ struct OutputBlock {
   }
   G* at(int64_t b) { return data.data() + b * kLanes; }
 
-  // Lanes [0, lanes) to dst, lane j's bins at dst[j * bins, (j + 1) * bins).
+  // Lanes [0, lanes) to dst, lane j's bins at dst[j * bins, (j + 1) * bins):
+  // transposed in cache, then streamed (stream_store.h), since the result
+  // is not read again.
   template <typename T>
-  JAX_ROI_ALWAYS_INLINE void write(T* dst, int lanes) const {
+  JAX_ROI_ALWAYS_INLINE void write(T* dst, int lanes) {
+    T* __restrict__ staged = staging<T>();
     const G* __restrict__ src = data.data();
     for (int j = 0; j < lanes; ++j)
-      for (int64_t b = 0; b < bins; ++b) dst[j * bins + b] = from_acc<T>(src[b * kLanes + j]);
+      for (int64_t b = 0; b < bins; ++b) staged[j * bins + b] = from_acc<T>(src[b * kLanes + j]);
+    stream_copy(dst, staged, lanes * bins);
   }
+  ~OutputBlock() { stream_fence(); }
 
   // The inverse of write; lanes past `lanes` read 0.
   template <typename T>

@@ -190,6 +190,7 @@ struct CpuKernel<Op::kAlignMax> : NoCallTables {
   static constexpr int64_t kNhwcChunksPerThread = 8;
   static constexpr bool kNchwSplitsRois = false;
   static constexpr bool kNchwFromChannelsLast = false;
+  static constexpr bool kNchwBackwardWritesBlock = false;
 
   template <typename T, typename G>
   static void forward_nchw(const Problem<G>& p, const RoiList& list, const Tables<G>&,

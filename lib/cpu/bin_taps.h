@@ -364,6 +364,7 @@ struct TapKernel {
   // does: a bin's output channels then sum side by side.
   static constexpr bool kNchwSplitsRois = position_sensitive;
   static constexpr bool kNchwFromChannelsLast = false;
+  static constexpr bool kNchwBackwardWritesBlock = !position_sensitive;
 
   template <typename G>
   static void tabulate(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list,
@@ -463,19 +464,19 @@ struct TapKernel {
       return;
     }
     // NCHW: each tile of channels takes every ROI's gradient, then is
-    // written to the gradient whole. The list is one image's, so the tile
-    // holds all that part of the (zeroed) gradient receives.
+    // written to the gradient whole. The list is one image's valid ROIs
+    // (gradient_blocks.h), so the tiles write all of the block, which is
+    // not zeroed first (kNchwBackwardWritesBlock).
+    if (list.size == 0) return;
+    const int64_t image = load_roi(p.rois, list.ids[0]).batch;
     scratch.block.resize(s.pooled_h * s.pooled_w);
     LaneTile<G>& tile = scratch.tile;
     for (int64_t c = c0; c < c1; c += kLanes) {
       const int lanes = static_cast<int>(std::min<int64_t>(kLanes, c1 - c));
+      tile.load_zeros(s, image, c);
       for (int64_t j = 0; j < list.size; ++j) {
         const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
         if (t.batch < 0) continue;
-        if (tile.batch != t.batch || tile.channel != c) {
-          tile.flush_into(s, grad, lanes, /*replace=*/true);
-          tile.load_zeros(s, t.batch, c);
-        }
         scratch.block.read(grad_out + output_index(s, t.roi, c, 0, 0), lanes);
         with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
           tap_backward_lanes<decltype(bytes)::value>(s, t, scratch.block, tile);

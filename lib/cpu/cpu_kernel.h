@@ -10,13 +10,15 @@
 //     channels-last (channels_last_copy.h) and calls
 //     forward_from_channels_last(q, list, copy, out, scratch) with the ROIs
 //     split, q being the problem on the copy;
+//   kNchwBackwardWritesBlock: NCHW backward writes every element of its
+//     block (else the block is zeroed before it adds to it);
 //   forward_nchw(p, list, tables, c0, c1, features, out, argmax, scratch):
 //     output channels [c0, c1) of the listed ROIs;
 //   forward_nhwc(p, list, tables, features, out, argmax, scratch): every
 //     channel of the listed ROIs (a part of the tabulated list);
 //   backward(p, list, tables, c0, c1, grad_out, argmax, grad, scratch): the
-//     listed ROIs' (all of one image) contributions to input channels
-//     [c0, c1) of a zeroed gradient, in list order.
+//     listed ROIs' (all of one image, all valid) contributions to input
+//     channels [c0, c1) of a zeroed gradient, in list order.
 // argmax is null for the linear ops.
 #pragma once
 

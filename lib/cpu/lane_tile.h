@@ -83,21 +83,35 @@ struct LaneTile {
   }
 
   // Adds the tile into channels [channel, channel + lanes) of grad (or,
-  // with `replace`, writes it there), and forgets it.
+  // with `replace`, writes it there, streamed past the cache: the gradient
+  // is not read again), and forgets it. A run of kRun pixels at a time, so
+  // that the run's part of the tile is read from memory once, not once per
+  // lane.
   void flush_into(const Shape& s, G* grad, int lanes, bool replace = false) {
     if (batch < 0) return;
+    constexpr int64_t kRun = 256;  // 16 KB of a float32 tile
     const int64_t plane = s.height * s.width;
     G* dst = grad + (batch * s.channels + channel) * plane;
-    const G* __restrict__ src = data.data();
-    for (int j = 0; j < lanes; ++j) {
-      G* __restrict__ d = dst + j * plane;
-      if (replace)
-        for (int64_t i = 0; i < plane; ++i) d[i] = src[i * kLanes + j];
-      else
-        for (int64_t i = 0; i < plane; ++i) d[i] += src[i * kLanes + j];
+    staged.resize(kRun);
+    for (int64_t i0 = 0; i0 < plane; i0 += kRun) {
+      const int64_t n = std::min(kRun, plane - i0);
+      for (int j = 0; j < lanes; ++j) {
+        const G* __restrict__ src = data.data() + i0 * kLanes + j;
+        G* __restrict__ d = dst + j * plane + i0;
+        if (replace) {
+          for (int64_t i = 0; i < n; ++i) staged[i] = src[i * kLanes];
+          stream_copy(d, staged.data(), n);
+        } else {
+          for (int64_t i = 0; i < n; ++i) d[i] += src[i * kLanes];
+        }
+      }
     }
     batch = channel = -1;
   }
+  ~LaneTile() { stream_fence(); }
+
+ private:
+  std::vector<G> staged;  // flush_into's
 };
 
 // One ROI's results (or output gradients) for a tile's channels, bin-major

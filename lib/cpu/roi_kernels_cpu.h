@@ -177,7 +177,8 @@ struct CpuBackend {
 
   // Adds the listed ROIs' contributions to a zeroed gradient. Each block
   // zeroes its own part just before adding to it, so that part is still in
-  // cache; images no ROI reads are zeroed first.
+  // cache (unless the kernel writes all of it anyway); images no ROI reads
+  // are zeroed first.
   template <Op op, typename T, typename G>
   static void backward_listed(Context& pool, const Problem<G>& p, const RoiList& list,
                               const T* grad_out, const int32_t* argmax, G* grad) {
@@ -203,7 +204,8 @@ struct CpuBackend {
     parallel_for(pool, static_cast<int64_t>(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
       typename CpuKernel<op>::template Scratch<G> scratch;
       for (int64_t b = b0; b < b1; ++b) {
-        zero_gradient_block(s, blocks[b], grad);
+        if (s.channels_last || !CpuKernel<op>::kNchwBackwardWritesBlock)
+          zero_gradient_block(s, blocks[b], grad);
         const auto& [rois, batch, c0, c1] = blocks[b];
         CpuKernel<op>::backward(p, rois, tables, c0, c1, grad_out, argmax, grad, scratch);
       }

@@ -152,7 +152,7 @@ JAX_ROI_CPU_CLONES void align_avg_forward_from_channels_last(const Problem<G>& q
       const int lanes = static_cast<int>(std::min<int64_t>(kLanes, C - c));
       for (int64_t b = 0; b < bins; ++b)
         std::copy(roi_out + b * C + c, roi_out + b * C + c + lanes, block.at(b));
-      block.write(dst + c * bins, lanes);
+      block.write(dst + c * bins, lanes, s);
     }
   }
 }
@@ -197,7 +197,7 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nchw(const Problem<G>& p, const RoiLis
       with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
         align_avg_forward_lanes<decltype(bytes)::value>(p, run, slot, tile, block);
       });
-      block.write(out + output_index(p.shape, run.roi[slot], c, 0, 0), lanes);
+      block.write(out + output_index(p.shape, run.roi[slot], c, 0, 0), lanes, p.shape);
     }
   });
 }

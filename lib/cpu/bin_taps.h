@@ -407,7 +407,7 @@ struct TapKernel {
         with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
           tap_forward_lanes<decltype(bytes)::value>(s, t, scratch.tile, scratch.block);
         });
-        scratch.block.write(out + output_index(s, t.roi, c, 0, 0), lanes);
+        scratch.block.write(out + output_index(s, t.roi, c, 0, 0), lanes, s);
       }
     }
   }

@@ -83,8 +83,8 @@ struct LaneTile {
   }
 
   // Adds the tile into channels [channel, channel + lanes) of grad (or,
-  // with `replace`, writes it there, streamed past the cache: the gradient
-  // is not read again), and forgets it. A run of kRun pixels at a time, so
+  // with `replace`, writes it there, streamed past the cache when the
+  // gradient is large: it is not read again), and forgets it. A run of kRun pixels at a time, so
   // that the run's part of the tile is read from memory once, not once per
   // lane.
   void flush_into(const Shape& s, G* grad, int lanes, bool replace = false) {
@@ -93,6 +93,7 @@ struct LaneTile {
     const int64_t plane = s.height * s.width;
     G* dst = grad + (batch * s.channels + channel) * plane;
     staged.resize(kRun);
+    const bool stream = streamed_result<G>(s.feature_count());
     for (int64_t i0 = 0; i0 < plane; i0 += kRun) {
       const int64_t n = std::min(kRun, plane - i0);
       for (int j = 0; j < lanes; ++j) {
@@ -100,7 +101,7 @@ struct LaneTile {
         G* __restrict__ d = dst + j * plane + i0;
         if (replace) {
           for (int64_t i = 0; i < n; ++i) staged[i] = src[i * kLanes];
-          stream_copy(d, staged.data(), n);
+          copy_result(d, staged.data(), n, stream);
         } else {
           for (int64_t i = 0; i < n; ++i) d[i] += src[i * kLanes];
         }
@@ -147,15 +148,15 @@ struct OutputBlock {
   G* at(int64_t b) { return data.data() + b * kLanes; }
 
   // Lanes [0, lanes) to dst, lane j's bins at dst[j * bins, (j + 1) * bins):
-  // transposed in cache, then streamed (stream_store.h), since the result
-  // is not read again.
+  // transposed in cache, then copied out, streamed (stream_store.h) when
+  // the whole result of `s` is large, since it is not read again.
   template <typename T>
-  JAX_ROI_ALWAYS_INLINE void write(T* dst, int lanes) {
+  JAX_ROI_ALWAYS_INLINE void write(T* dst, int lanes, const Shape& s) {
     T* __restrict__ staged = staging<T>();
     const G* __restrict__ src = data.data();
     for (int j = 0; j < lanes; ++j)
       for (int64_t b = 0; b < bins; ++b) staged[j * bins + b] = from_acc<T>(src[b * kLanes + j]);
-    stream_copy(dst, staged, lanes * bins);
+    copy_result(dst, staged, lanes * bins, streamed_result<T>(s.output_count()));
   }
   ~OutputBlock() { stream_fence(); }
 

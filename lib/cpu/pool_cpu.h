@@ -132,7 +132,7 @@ JAX_ROI_CPU_CLONES void pool_forward_nchw(const Problem<G>& p, const RoiList& li
         tile.load(s, features, batch, c, lanes);
       pool_forward_lanes(p, run, slot, tile, block, arg_block.data());
       const int64_t i = output_index(s, run.roi[slot], c, 0, 0);
-      block.write(out + i, lanes);
+      block.write(out + i, lanes, s);
       const int32_t* __restrict__ src = arg_block.data();
       for (int j = 0; j < lanes; ++j)
         for (int64_t b = 0; b < bins; ++b) argmax[i + j * bins + b] = src[b * kLanes + j];

@@ -1,10 +1,11 @@
-// Results a kernel writes once and does not read again, in runs of whole
-// cache lines, go around the cache: a store that misses would first read
+// Large results a kernel writes once and does not read again, in runs of
+// whole cache lines, go around the cache: a store that misses would first read
 // the line from memory (read for ownership), which doubles the traffic of a
 // large fresh result. Streamed stores are weakly ordered, so a writer
 // fences them (stream_fence) before its results are handed on.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -14,6 +15,14 @@
 #endif
 
 namespace jax_roi {
+
+// Whether a result of `count` elements is streamed: one smaller than the
+// caches may still be in cache when the next op reads it.
+constexpr int64_t kStreamedResultBytes = int64_t(8) << 20;
+template <typename T>
+bool streamed_result(int64_t count) {
+  return count * static_cast<int64_t>(sizeof(T)) >= kStreamedResultBytes;
+}
 
 // Copies n elements of src to dst: the 16-byte-aligned middle streamed,
 // the unaligned ends stored normally.
@@ -33,6 +42,15 @@ inline void stream_copy(T* dst, const T* src, int64_t n) {
 #else
   std::memcpy(dst, src, n * sizeof(T));
 #endif
+}
+
+// stream_copy, or a plain copy where the result is not streamed.
+template <typename T>
+inline void copy_result(T* dst, const T* src, int64_t n, bool stream) {
+  if (stream)
+    stream_copy(dst, src, n);
+  else
+    std::memcpy(dst, src, n * sizeof(T));
 }
 
 // Makes this thread's streamed stores visible before what follows.

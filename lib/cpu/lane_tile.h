@@ -84,9 +84,9 @@ struct LaneTile {
 
   // Adds the tile into channels [channel, channel + lanes) of grad (or,
   // with `replace`, writes it there, streamed past the cache when the
-  // gradient is large: it is not read again), and forgets it. A run of kRun pixels at a time, so
-  // that the run's part of the tile is read from memory once, not once per
-  // lane.
+  // gradient is large: it is not read again), and forgets it. A run of kRun
+  // pixels at a time, so that the run's part of the tile is read from
+  // memory once, not once per lane.
   void flush_into(const Shape& s, G* grad, int lanes, bool replace = false) {
     if (batch < 0) return;
     constexpr int64_t kRun = 256;  // 16 KB of a float32 tile

@@ -363,6 +363,30 @@ def test_backward_is_bitwise_deterministic(op, layout):
         np.testing.assert_array_equal(np.asarray(grad(x)), first)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("op", OPS)
+def test_strips_and_calls_of_too_many_taps(op, layout):
+    # A 64 x 64 map: the NCHW backward fills its 54 channels a strip of 16
+    # planes at a time, ends off a bin's and a thread's boundaries. 1600
+    # copies of 8 boxes over most of the map (sampling 16 x 16 a bin) hold
+    # more taps than a call keeps tabulated (2**22): each ROI is then
+    # tabulated when visited, and must give the copies' results.
+    rng = np.random.default_rng(21)
+    x = jnp.asarray(_features(rng, layout, (1, 9 * 6, 64, 64)), F64)
+    base = np.concatenate([np.zeros((8, 1)), rng.uniform(0, 3, (8, 2)),
+                           rng.uniform(61, 64, (8, 2))], axis=1)
+    copies = 200
+    rois = jnp.asarray(np.tile(base, (copies, 1)), F64)
+    run = lambda r: ps(op, x, r, (2, 3), 1.0, 16, layout=layout)
+    one, many = np.asarray(run(jnp.asarray(base, F64))), np.asarray(run(rois))
+    np.testing.assert_array_equal(many, np.tile(one, (copies, 1, 1, 1)))
+    grad = lambda r: np.asarray(jax.grad(lambda f: jnp.sum(
+        ps(op, f, r, (2, 3), 1.0, 16, layout=layout)))(x))
+    want = grad(jnp.asarray(base, F64))
+    assert np.any(want != 0)
+    np.testing.assert_allclose(grad(rois), copies * want, rtol=1e-12, atol=1e-12)
+
+
 # ------------------------------------------------------------ jit and vmap
 
 @both_implementations

@@ -279,7 +279,7 @@ struct CpuKernel<Op::kAlignAvg> : NoCallTables {
   static constexpr int64_t kNhwcChunksPerThread = 4;  // each a few runs of neighbouring ROIs
   static constexpr bool kNchwSplitsRois = false;
   static constexpr bool kNchwFromChannelsLast = true;
-  static constexpr bool kNchwBackwardWritesBlock = false;
+  static constexpr bool backward_writes_block(bool) { return false; }
 
   template <typename T, typename G>
   static void forward_nchw(const Problem<G>& p, const RoiList& list, const Tables<G>&,

@@ -190,7 +190,7 @@ struct CpuKernel<Op::kAlignMax> : NoCallTables {
   static constexpr int64_t kNhwcChunksPerThread = 8;
   static constexpr bool kNchwSplitsRois = false;
   static constexpr bool kNchwFromChannelsLast = false;
-  static constexpr bool kNchwBackwardWritesBlock = false;
+  static constexpr bool backward_writes_block(bool) { return false; }
 
   template <typename T, typename G>
   static void forward_nchw(const Problem<G>& p, const RoiList& list, const Tables<G>&,

@@ -5,7 +5,8 @@
 // summed weights, and the bin's divisor. Every channel then reuses them:
 //   out[bin, c] = sum over taps of weight * X[pixel, channel(c, bin)] / divisor
 // and the backward is its adjoint. An op supplies the tabulation
-// (`Tabulate::build(p, k, taps)`) and whether it is position-sensitive.
+// (`Tabulate::build(p, k, taps)`); TapKernel drives the ops that read every
+// channel of a bin, position_sensitive_cpu.h the others.
 // Where threads split the channels (NCHW forward, the backward of an image
 // split among threads) the call's taps are tabulated once, by all threads,
 // for all to read (TapList); where they split the ROIs, each thread
@@ -158,28 +159,49 @@ struct TapList {
   bool shared = false;
 
   void build(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list) {
-    ids = list.ids;
-    rois.resize(list.size);
+    start(list);
     std::atomic<int64_t> total{0};
     parallel_for(pool, list.size, balanced_grain(pool, list.size, 1, 8),
-                 [&](int64_t j0, int64_t j1) {
-                   // Tabulated into one growing scratch, then copied at its
-                   // size: a ROI's vectors are allocated once, not grown.
-                   BinTaps<G> scratch;
-                   for (int64_t j = j0; j < j1 && total.load() <= kSharedTaps; ++j) {
-                     Tabulate::build(p, list.ids[j], scratch);
-                     rois[j] = scratch;
-                     total += static_cast<int64_t>(scratch.taps.size());
-                   }
-                 });
-    shared = total.load() <= kSharedTaps;
-    if (!shared) rois.clear(), rois.shrink_to_fit();
+                 [&](int64_t j0, int64_t j1) { tabulate_range(p, j0, j1, total); });
+    finish(total.load());
+  }
+
+  // The same, by the calling thread alone (for a part of a call's ROIs
+  // that one thread visits many times). Returns itself.
+  const TapList& build_serial(const Problem<G>& p, const RoiList& list) {
+    start(list);
+    std::atomic<int64_t> total{0};
+    tabulate_range(p, 0, list.size, total);
+    finish(total.load());
+    return *this;
   }
 
   const BinTaps<G>& of(const int64_t* id, const Problem<G>& p, BinTaps<G>& own) const {
     if (shared) return rois[id - ids];
     Tabulate::build(p, *id, own);
     return own;
+  }
+
+ private:
+  void start(const RoiList& list) {
+    ids = list.ids;
+    rois.resize(list.size);
+  }
+
+  // Entries [j0, j1), tabulated into one growing scratch, then copied at
+  // its size: a ROI's vectors are allocated once, not grown.
+  void tabulate_range(const Problem<G>& p, int64_t j0, int64_t j1, std::atomic<int64_t>& total) {
+    BinTaps<G> scratch;
+    for (int64_t j = j0; j < j1 && total.load() <= kSharedTaps; ++j) {
+      Tabulate::build(p, ids[j], scratch);
+      rois[j] = scratch;
+      total += static_cast<int64_t>(scratch.taps.size());
+    }
+  }
+
+  void finish(int64_t total) {
+    shared = total <= kSharedTaps;
+    if (!shared) rois.clear(), rois.shrink_to_fit();
   }
 };
 
@@ -243,30 +265,6 @@ JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_bin(const Shape& s, const BinTaps<G>
   }
 }
 
-// Position-sensitive, either layout: output channels [c0, c1) of bin b,
-// each from its own input channel, `acc` holding their sums. Taps run
-// outermost, so the channels' sums are independent chains and their loads
-// overlap.
-template <typename T, typename G>
-JAX_ROI_ALWAYS_INLINE void tap_forward_mapped_bin(const Shape& s, const BinTaps<G>& t, int64_t b,
-                                                  int64_t c0, int64_t c1, const T* features,
-                                                  T* out, std::vector<G>& acc) {
-  const int64_t ph = b / s.pooled_w, pw = b % s.pooled_w, bins = s.pooled_h * s.pooled_w;
-  const int64_t n = c1 - c0;
-  // Input channel (c*PH + ph)*PW + pw = c*bins + b.
-  const Pixels<T> px = image_pixels(s, features, t.batch, c0 * bins + b);
-  const int64_t channel_step = bins * (s.channels_last ? 1 : s.height * s.width);
-  acc.assign(n, G(0));
-  G* __restrict__ sum = acc.data();
-  for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap) {
-    const T* __restrict__ v = px.at(tap->y, tap->x);
-    const G w = tap->weight;
-    for (int64_t c = 0; c < n; ++c) sum[c] += w * to_acc(v[c * channel_step]);
-  }
-  for (int64_t c = 0; c < n; ++c)
-    out[output_index(s, t.roi, c0 + c, ph, pw)] = from_acc<T>(sum[c] / t.divisor[b]);
-}
-
 // Zeros for a ROI that reads nothing: output channels [c0, c1).
 template <typename T>
 void zero_roi_output(const Shape& s, int64_t k, int64_t c0, int64_t c1, T* out) {
@@ -324,25 +322,6 @@ JAX_ROI_ALWAYS_INLINE void tap_backward_lanes(const Shape& s, const BinTaps<G>& 
   }
 }
 
-// Position-sensitive, either layout: bin b of ROI t's gradient into the
-// input channels c*bins + b that lie in [c0, c1).
-template <typename T, typename G>
-JAX_ROI_ALWAYS_INLINE void tap_backward_mapped(const Shape& s, const BinTaps<G>& t, int64_t b,
-                                               int64_t c0, int64_t c1, const T* grad_out,
-                                               G* grad) {
-  const int64_t bins = s.pooled_h * s.pooled_w, ph = b / s.pooled_w, pw = b % s.pooled_w;
-  // The c with c0 <= c*bins + b < c1 (the numerators are kept non-negative:
-  // C++ division truncates towards zero).
-  const int64_t first = c0 > b ? (c0 - b + bins - 1) / bins : 0;
-  const int64_t last = c1 > b ? std::min<int64_t>(s.out_channels, (c1 - 1 - b) / bins + 1) : 0;
-  for (int64_t c = first; c < last; ++c) {
-    const G g = to_acc(grad_out[output_index(s, t.roi, c, ph, pw)]) / t.divisor[b];
-    const int64_t in = c * bins + b;
-    for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap)
-      *gradient_at(s, grad, t.batch, tap->y, tap->x, in) += g * tap->weight;
-  }
-}
-
 // --------------------------------------------------------------- the kernels
 
 template <typename G>
@@ -350,21 +329,21 @@ struct TapScratch {
   BinTaps<G> taps;  // a ROI's, when the call's are not shared
   LaneTile<G> tile;
   OutputBlock<G> block;
-  std::vector<G> scaled, acc;
+  std::vector<G> scaled;
 };
 
-template <typename Tabulate, bool position_sensitive>
+// The kernels of the ops whose bins read every channel (roi_align_rotated,
+// prroi_pool; the position-sensitive ones are in position_sensitive_cpu.h).
+template <typename Tabulate>
 struct TapKernel {
   template <typename G>
   using Tables = TapList<G, Tabulate>;
   template <typename G>
   using Scratch = TapScratch<G>;
   static constexpr int64_t kNhwcChunksPerThread = 8;
-  // Position-sensitive NCHW forward splits the ROIs among threads, as NHWC
-  // does: a bin's output channels then sum side by side.
-  static constexpr bool kNchwSplitsRois = position_sensitive;
+  static constexpr bool kNchwSplitsRois = false;
   static constexpr bool kNchwFromChannelsLast = false;
-  static constexpr bool kNchwBackwardWritesBlock = !position_sensitive;
+  static constexpr bool backward_writes_block(bool channels_last) { return !channels_last; }
 
   template <typename G>
   static void tabulate(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list,
@@ -381,18 +360,6 @@ struct TapKernel {
                                               Scratch<G>& scratch) {
     const Shape& s = p.shape;
     const int64_t bins = s.pooled_h * s.pooled_w;
-    if constexpr (position_sensitive) {
-      for (int64_t j = 0; j < list.size; ++j) {
-        const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
-        if (t.batch < 0) {
-          zero_roi_output(s, t.roi, c0, c1, out);
-          continue;
-        }
-        for (int64_t b = 0; b < bins; ++b)
-          tap_forward_mapped_bin(s, t, b, c0, c1, features, out, scratch.acc);
-      }
-      return;
-    }
     scratch.block.resize(bins);
     for (int64_t c = c0; c < c1; c += kLanes) {
       const int lanes = static_cast<int>(std::min<int64_t>(kLanes, c1 - c));
@@ -422,9 +389,6 @@ struct TapKernel {
       const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
       if (t.batch < 0) {
         zero_roi_output(s, t.roi, 0, s.out_channels, out);
-      } else if constexpr (position_sensitive) {
-        for (int64_t b = 0; b < bins; ++b)
-          tap_forward_mapped_bin(s, t, b, 0, s.out_channels, features, out, scratch.acc);
       } else {
         with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
           for (int64_t b = 0; b < bins; ++b)
@@ -441,21 +405,6 @@ struct TapKernel {
                                           const T* grad_out, const int32_t*, G* grad,
                                           Scratch<G>& scratch) {
     const Shape& s = p.shape;
-    if constexpr (position_sensitive) {
-      // NCHW: a bin at a time, so the planes it writes stay in cache while
-      // every ROI adds to them; NHWC: a ROI at a time, its pixels' rows in cache.
-      const int64_t bins = s.pooled_h * s.pooled_w;
-      const int64_t outer = s.channels_last ? list.size : bins;
-      const int64_t inner = s.channels_last ? bins : list.size;
-      for (int64_t i = 0; i < outer; ++i) {
-        for (int64_t k = 0; k < inner; ++k) {
-          const int64_t j = s.channels_last ? i : k, b = s.channels_last ? k : i;
-          const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
-          if (t.batch >= 0) tap_backward_mapped(s, t, b, c0, c1, grad_out, grad);
-        }
-      }
-      return;
-    }
     if (s.channels_last) {
       for (int64_t j = 0; j < list.size; ++j) {
         const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
@@ -466,7 +415,7 @@ struct TapKernel {
     // NCHW: each tile of channels takes every ROI's gradient, then is
     // written to the gradient whole. The list is one image's valid ROIs
     // (gradient_blocks.h), so the tiles write all of the block, which is
-    // not zeroed first (kNchwBackwardWritesBlock).
+    // not zeroed first (backward_writes_block).
     if (list.size == 0) return;
     const int64_t image = load_roi(p.rois, list.ids[0]).batch;
     scratch.block.resize(s.pooled_h * s.pooled_w);

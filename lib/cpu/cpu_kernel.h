@@ -10,8 +10,9 @@
 //     channels-last (channels_last_copy.h) and calls
 //     forward_from_channels_last(q, list, copy, out, scratch) with the ROIs
 //     split, q being the problem on the copy;
-//   kNchwBackwardWritesBlock: NCHW backward writes every element of its
-//     block (else the block is zeroed before it adds to it);
+//   backward_writes_block(channels_last): backward writes every element
+//     of its block in that layout (else the block is zeroed before it adds
+//     to it);
 //   forward_nchw(p, list, tables, c0, c1, features, out, argmax, scratch):
 //     output channels [c0, c1) of the listed ROIs;
 //   forward_nhwc(p, list, tables, features, out, argmax, scratch): every

@@ -28,6 +28,6 @@ struct PreciseTaps {
 };
 
 template <>
-struct CpuKernel<Op::kPrPool> : TapKernel<PreciseTaps, false> {};
+struct CpuKernel<Op::kPrPool> : TapKernel<PreciseTaps> {};
 
 }  // namespace jax_roi

@@ -204,7 +204,7 @@ struct CpuBackend {
     parallel_for(pool, static_cast<int64_t>(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
       typename CpuKernel<op>::template Scratch<G> scratch;
       for (int64_t b = b0; b < b1; ++b) {
-        if (s.channels_last || !CpuKernel<op>::kNchwBackwardWritesBlock)
+        if (!CpuKernel<op>::backward_writes_block(s.channels_last))
           zero_gradient_block(s, blocks[b], grad);
         const auto& [rois, batch, c0, c1] = blocks[b];
         CpuKernel<op>::backward(p, rois, tables, c0, c1, grad_out, argmax, grad, scratch);

@@ -25,6 +25,6 @@ struct RotatedTaps {
 };
 
 template <>
-struct CpuKernel<Op::kRotated> : TapKernel<RotatedTaps, false> {};
+struct CpuKernel<Op::kRotated> : TapKernel<RotatedTaps> {};
 
 }  // namespace jax_roi

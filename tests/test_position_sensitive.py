@@ -365,12 +365,13 @@ def test_backward_is_bitwise_deterministic(op, layout):
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("op", OPS)
-def test_strips_and_calls_of_too_many_taps(op, layout):
-    # A 64 x 64 map: the NCHW backward fills its 54 channels a strip of 16
-    # planes at a time, ends off a bin's and a thread's boundaries. 1600
-    # copies of 8 boxes over most of the map (sampling 16 x 16 a bin) hold
-    # more taps than a call keeps tabulated (2**22): each ROI is then
-    # tabulated when visited, and must give the copies' results.
+def test_calls_of_too_many_taps_to_keep(op, layout):
+    # 200 copies of 8 boxes over most of a 64 x 64 map (ps_roi_align
+    # sampling 16 x 16 a bin) hold more taps than a call keeps tabulated
+    # (2**22): each ROI is then tabulated when visited (and the NCHW
+    # backward visits a ROI once, not once a bin), and must give the
+    # copies' results. The 54 channels split between threads off a bin's
+    # boundary.
     rng = np.random.default_rng(21)
     x = jnp.asarray(_features(rng, layout, (1, 9 * 6, 64, 64)), F64)
     base = np.concatenate([np.zeros((8, 1)), rng.uniform(0, 3, (8, 2)),

@@ -1,17 +1,19 @@
 // ps_roi_align and ps_roi_pool on the CPU: a ROI's bins tabulated as taps
 // (bin_taps.h) with the element functions' geometry, each bin reading its
-// own channel: input channel i is bin i % bins of output channel i / bins.
+// own channel: input channel c*bins + b is bin b of output channel c.
 //
-// The kernels go through the input channels a strip at a time, every ROI
-// of the thread's part (or gradient block) reading (or adding to) the
-// strip, which is sized to stay in L2 while they do. A ROI at a time
-// instead scatters its reads over all the channels of every pixel: in the
-// R-FCN workload, 21 cache lines per pixel of a 10 MB map, each line met
-// again by other ROIs long after it left the cache.
+// A bin's taps run outermost and its output channels innermost, forward
+// and backward: the channels' sums (or updates) are independent, so their
+// scattered loads overlap, and the tap loop is left once a bin. The NCHW
+// backward visits the bins outermost, zeroing a bin's planes just before
+// every ROI adds to them: they are written to memory once, and their
+// updates hit the cache (where zeroing the whole block first left them to
+// be fetched again).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "../elements/position_sensitive.h"
 #include "bin_taps.h"
@@ -20,91 +22,76 @@
 
 namespace jax_roi {
 
-// Input channels a strip holds: about 256 KB of pixels, and a multiple of
-// 16, so that in NHWC a strip is whole cache lines of each pixel and never
-// shares one with a neighbouring thread's gradient block.
-template <typename G>
-int64_t strip_channels(const Shape& s) {
-  constexpr int64_t kStripBytes = 256 << 10;
-  const int64_t plane_bytes = std::max<int64_t>(1, s.height * s.width * int64_t(sizeof(G)));
-  return std::max<int64_t>(16, kStripBytes / plane_bytes / 16 * 16);
-}
+// The output channels c whose input channel c*bins + b lies in [c0, c1):
+// [first, last).
+struct MappedChannels {
+  int64_t first, last;
+};
 
-// Walks input channels [i0, i1) as (output channel, bin) pairs, without a
-// division per channel: body(i, b, o) with o the offset of the pair's
-// output element from the ROI's first.
-template <typename Body>
-JAX_ROI_ALWAYS_INLINE void for_each_mapped_channel(const Shape& s, int64_t i0, int64_t i1,
-                                                   const Body& body) {
+inline MappedChannels mapped_channels(const Shape& s, int64_t b, int64_t c0, int64_t c1) {
   const int64_t bins = s.pooled_h * s.pooled_w;
-  // output_index's element (c, b) less (0, 0): c * c_step + b * b_step
-  const int64_t c_step = s.channels_last ? 1 : bins;
-  const int64_t b_step = s.channels_last ? s.out_channels : 1;
-  int64_t c = i0 / bins, b = i0 % bins;
-  for (int64_t i = i0; i < i1; ++i) {
-    body(i, b, c * c_step + b * b_step);
-    if (++b == bins) b = 0, ++c;
-  }
+  // (the numerators are kept non-negative: C++ division truncates towards zero)
+  const int64_t first = c0 > b ? (c0 - b + bins - 1) / bins : 0;
+  const int64_t last = c1 > b ? std::min<int64_t>(s.out_channels, (c1 - 1 - b) / bins + 1) : 0;
+  return {first, std::max(first, last)};
 }
 
-// Bin b of ROI t, every output channel, `acc` holding their sums. Taps
-// run outermost, so the channels' sums are independent chains whose
-// scattered loads overlap, and the tap loop's branch is met once a bin.
+// Between the input channels of consecutive output channels of one bin.
+inline int64_t mapped_channel_step(const Shape& s) {
+  return s.pooled_h * s.pooled_w * (s.channels_last ? 1 : s.height * s.width);
+}
+
+// Bin b of ROI t, every output channel, `acc` holding their sums.
 template <typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void mapped_forward_bin(const Shape& s, const BinTaps<G>& t, int64_t b,
                                               const T* features, T* out, std::vector<G>& acc) {
-  const int64_t bins = s.pooled_h * s.pooled_w, n = s.out_channels;
-  const Pixels<T> px = image_pixels(s, features, t.batch, b);  // input channel c*bins + b
-  const int64_t channel_step = bins * (s.channels_last ? 1 : s.height * s.width);
+  const int64_t n = s.out_channels, step = mapped_channel_step(s);
+  const Pixels<T> px = image_pixels(s, features, t.batch, b);  // output channel 0's
   acc.assign(n, G(0));
   G* __restrict__ sum = acc.data();
   for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap) {
     const T* __restrict__ v = px.at(tap->y, tap->x);
     const G w = tap->weight;
-    for (int64_t c = 0; c < n; ++c) sum[c] += w * to_acc(v[c * channel_step]);
+    for (int64_t c = 0; c < n; ++c) sum[c] += w * to_acc(v[c * step]);
   }
   for (int64_t c = 0; c < n; ++c)
     out[output_index(s, t.roi, c, b / s.pooled_w, b % s.pooled_w)] =
         from_acc<T>(sum[c] / t.divisor[b]);
 }
 
-// NHWC: bin b of ROI t's gradient into the input channels c*bins + b that
-// lie in [c0, c1), taps outermost as in mapped_forward_bin.
+// Bin b of ROI t's gradient into its input channels in [c0, c1), `acc`
+// holding the output channels' gradients.
 template <typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void mapped_backward_bin(const Shape& s, const BinTaps<G>& t, int64_t b,
                                                int64_t c0, int64_t c1, const T* grad_out,
                                                G* grad, std::vector<G>& acc) {
-  const int64_t bins = s.pooled_h * s.pooled_w, ph = b / s.pooled_w, pw = b % s.pooled_w;
-  // The c with c0 <= c*bins + b < c1 (the numerators are kept non-negative:
-  // C++ division truncates towards zero).
-  const int64_t first = c0 > b ? (c0 - b + bins - 1) / bins : 0;
-  const int64_t last = c1 > b ? std::min<int64_t>(s.out_channels, (c1 - 1 - b) / bins + 1) : 0;
-  if (last <= first) return;
-  const int64_t n = last - first;
+  const auto [first, last] = mapped_channels(s, b, c0, c1);
+  if (last == first) return;
+  const int64_t n = last - first, step = mapped_channel_step(s), bins = s.pooled_h * s.pooled_w;
+  const int64_t stride = s.channels_last ? s.channels : 1, row = stride * s.width;
   acc.resize(n);
   G* __restrict__ g = acc.data();
   for (int64_t c = 0; c < n; ++c)
-    g[c] = to_acc(grad_out[output_index(s, t.roi, first + c, ph, pw)]) / t.divisor[b];
+    g[c] = to_acc(grad_out[output_index(s, t.roi, first + c, b / s.pooled_w, b % s.pooled_w)]) /
+           t.divisor[b];
   G* const base = gradient_at(s, grad, t.batch, 0, 0, first * bins + b);
   for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap) {
-    G* __restrict__ v = base + (tap->y * s.width + tap->x) * s.channels;
+    G* __restrict__ v = base + tap->y * row + tap->x * stride;
     const G w = tap->weight;
-    for (int64_t c = 0; c < n; ++c) v[c * bins] += w * g[c];
+    for (int64_t c = 0; c < n; ++c) v[c * step] += w * g[c];
   }
 }
 
-// NCHW: ROI t's gradient into input channels [i0, i1).
-template <typename T, typename G>
-JAX_ROI_ALWAYS_INLINE void mapped_backward_strip(const Shape& s, const BinTaps<G>& t, int64_t i0,
-                                                 int64_t i1, const T* grad_out, G* grad) {
-  const int64_t stride = s.channels_last ? s.channels : 1, row = stride * s.width;
-  const T* roi_grad_out = grad_out + output_index(s, t.roi, 0, 0, 0);
-  for_each_mapped_channel(s, i0, i1, [&](int64_t i, int64_t b, int64_t o) JAX_ROI_INLINE_LAMBDA {
-    const G g = to_acc(roi_grad_out[o]) / t.divisor[b];
-    G* __restrict__ plane = gradient_at(s, grad, t.batch, 0, 0, i);
-    for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap)
-      plane[tap->y * row + tap->x * stride] += g * tap->weight;
-  });
+// NCHW: zeroes bin b's planes of image `batch` in [c0, c1).
+template <typename G>
+void zero_mapped_planes(const Shape& s, int64_t batch, int64_t b, int64_t c0, int64_t c1,
+                        G* grad) {
+  const auto [first, last] = mapped_channels(s, b, c0, c1);
+  const int64_t pixels = s.height * s.width, bins = s.pooled_h * s.pooled_w;
+  for (int64_t c = first; c < last; ++c) {
+    G* plane = gradient_at(s, grad, batch, 0, 0, c * bins + b);
+    std::fill(plane, plane + pixels, G(0));
+  }
 }
 
 template <typename Tabulate>
@@ -113,12 +100,12 @@ struct MappedTapKernel {
   using Tables = TapList<G, Tabulate>;
   template <typename G>
   struct Scratch {
-    BinTaps<G> taps;            // a ROI's, when a part's are not kept
-    TapList<G, Tabulate> part;  // a gradient block's ROIs
+    BinTaps<G> taps;            // a ROI's, when a list's are not kept
+    TapList<G, Tabulate> part;  // an NCHW gradient block's ROIs
     std::vector<G> acc;
   };
   static constexpr int64_t kNhwcChunksPerThread = 8;
-  static constexpr bool kNchwSplitsRois = true;
+  static constexpr bool kNchwSplitsRois = true;  // a bin's channels side by side
   static constexpr bool kNchwFromChannelsLast = false;
   static constexpr bool backward_writes_block(bool channels_last) { return !channels_last; }
 
@@ -146,44 +133,41 @@ struct MappedTapKernel {
   }
 
   // The listed ROIs (all of one image, all valid) into input channels
-  // [c0, c1). NHWC: a ROI at a time, each pixel's channels side by side.
-  // NCHW: a strip of planes at a time, zeroed just before the ROIs add to
-  // it, so that it is written to memory once.
+  // [c0, c1): NHWC a ROI at a time, into a zeroed block; NCHW a bin at a
+  // time, zeroing the bin's planes first (backward_writes_block).
   template <typename T, typename G>
   static JAX_ROI_CPU_CLONES void backward(const Problem<G>& p, const RoiList& list,
                                           const Tables<G>& tables, int64_t c0, int64_t c1,
                                           const T* grad_out, const int32_t*, G* grad,
                                           Scratch<G>& scratch) {
     const Shape& s = p.shape;
+    const int64_t bins = s.pooled_h * s.pooled_w;
     if (list.size == 0) return;
-    if (s.channels_last) {
-      const int64_t bins = s.pooled_h * s.pooled_w;
-      for (int64_t j = 0; j < list.size; ++j) {
-        const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
-        if (t.batch < 0) continue;
-        for (int64_t b = 0; b < bins; ++b)
-          mapped_backward_bin(s, t, b, c0, c1, grad_out, grad, scratch.acc);
+    const Tables<G>& taps =
+        tables.shared || s.channels_last ? tables : scratch.part.build_serial(p, list);
+    const int64_t image = load_roi(p.rois, list.ids[0]).batch;
+    if (!s.channels_last && taps.shared) {
+      for (int64_t b = 0; b < bins; ++b) {
+        zero_mapped_planes(s, image, b, c0, c1, grad);
+        for (int64_t j = 0; j < list.size; ++j) {
+          const BinTaps<G>& t = taps.of(list.ids + j, p, scratch.taps);
+          if (t.batch >= 0) mapped_backward_bin(s, t, b, c0, c1, grad_out, grad, scratch.acc);
+        }
       }
       return;
     }
-    const int64_t image = load_roi(p.rois, list.ids[0]).batch;
-    const Tables<G>& taps = tables.shared ? tables : scratch.part.build_serial(p, list);
-    // Taps too many to keep are tabulated at each visit: one strip then.
-    const int64_t width = taps.shared ? strip_channels<G>(s) : c1 - c0;
-    for (int64_t i0 = c0; i0 < c1; i0 += width) {
-      const int64_t i1 = std::min(c1, i0 + width);
-      zero_gradient_block(s, GradientBlock{{}, image, i0, i1}, grad);
-      for (int64_t j = 0; j < list.size; ++j) {
-        const BinTaps<G>& t = taps.of(list.ids + j, p, scratch.taps);
-        if (t.batch >= 0) mapped_backward_strip(s, t, i0, i1, grad_out, grad);
-      }
+    // NHWC, or taps too many to keep (tabulated at each visit, so once).
+    if (!s.channels_last) zero_gradient_block(s, GradientBlock{{}, image, c0, c1}, grad);
+    for (int64_t j = 0; j < list.size; ++j) {
+      const BinTaps<G>& t = taps.of(list.ids + j, p, scratch.taps);
+      if (t.batch < 0) continue;
+      for (int64_t b = 0; b < bins; ++b)
+        mapped_backward_bin(s, t, b, c0, c1, grad_out, grad, scratch.acc);
     }
   }
 
  private:
-  // A ROI at a time, tabulated as it is visited: in the forward, where
-  // each output is written once, strips would give each (ROI, channel) a
-  // tap loop of its own, whose exits the branch predictor misses.
+  // A ROI at a time, tabulated as it is visited.
   template <typename T, typename G>
   static JAX_ROI_ALWAYS_INLINE void forward_part(const Problem<G>& p, const RoiList& list,
                                                  const T* features, T* out, Scratch<G>& scratch) {

@@ -324,6 +324,16 @@ JAX_ROI_ALWAYS_INLINE void tap_backward_lanes(const Shape& s, const BinTaps<G>& 
 
 // --------------------------------------------------------------- the kernels
 
+// The call-level tables of the tap kernels (cpu_kernel.h): a TapList.
+template <typename Tabulate>
+struct CallTapTables {
+  template <typename G>
+  static void tabulate(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list,
+                       TapList<G, Tabulate>& tables) {
+    tables.build(pool, p, list);
+  }
+};
+
 template <typename G>
 struct TapScratch {
   BinTaps<G> taps;  // a ROI's, when the call's are not shared
@@ -335,7 +345,7 @@ struct TapScratch {
 // The kernels of the ops whose bins read every channel (roi_align_rotated,
 // prroi_pool; the position-sensitive ones are in position_sensitive_cpu.h).
 template <typename Tabulate>
-struct TapKernel {
+struct TapKernel : CallTapTables<Tabulate> {
   template <typename G>
   using Tables = TapList<G, Tabulate>;
   template <typename G>
@@ -344,12 +354,6 @@ struct TapKernel {
   static constexpr bool kNchwSplitsRois = false;
   static constexpr bool kNchwFromChannelsLast = false;
   static constexpr bool backward_writes_block(bool channels_last) { return !channels_last; }
-
-  template <typename G>
-  static void tabulate(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list,
-                       Tables<G>& tables) {
-    tables.build(pool, p, list);
-  }
 
   // Output channels [c0, c1) of the listed ROIs, channels outermost so
   // that a plane (or a tile of them) stays in cache while every ROI reads it.

@@ -95,7 +95,7 @@ void zero_mapped_planes(const Shape& s, int64_t batch, int64_t b, int64_t c0, in
 }
 
 template <typename Tabulate>
-struct MappedTapKernel {
+struct MappedTapKernel : CallTapTables<Tabulate> {
   template <typename G>
   using Tables = TapList<G, Tabulate>;
   template <typename G>
@@ -108,12 +108,6 @@ struct MappedTapKernel {
   static constexpr bool kNchwSplitsRois = true;  // a bin's channels side by side
   static constexpr bool kNchwFromChannelsLast = false;
   static constexpr bool backward_writes_block(bool channels_last) { return !channels_last; }
-
-  template <typename G>
-  static void tabulate(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list,
-                       Tables<G>& tables) {
-    tables.build(pool, p, list);
-  }
 
   // Every output channel of the listed ROIs (c0, c1 are all of them: the
   // ROIs are split, kNchwSplitsRois).

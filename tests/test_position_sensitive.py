@@ -363,6 +363,32 @@ def test_backward_is_bitwise_deterministic(op, layout):
         np.testing.assert_array_equal(np.asarray(grad(x)), first)
 
 
+@pytest.mark.parametrize("op", OPS)
+def test_nhwc_backward_in_row_bands(op):
+    # A channels-last row of 56 pixels x 196 float64 channels is 86 KiB, so
+    # the NHWC backward splits each image into bands of 2 rows: every ROI
+    # meets some bands and not others, one image has no ROI, some ROIs read
+    # nothing. The gradient must equal the reference, and the NCHW
+    # gradient (which has no bands) transposed, bit for bit.
+    rng = np.random.default_rng(31)
+    out, n, h, w, c = (7, 7), 3, 11, 56, 4 * 49
+    x = rng.standard_normal((n, c, h, w))
+    boxes = _boxes(rng, 40, h, w, 1.0)
+    rois = np.concatenate([rng.choice([0.0, 2.0], (40, 1)), boxes], 1)
+    dy = rng.standard_normal((40, 4) + out)
+    grads = {}
+    for layout in ["NCHW", "NHWC"]:
+        xl = x if layout == "NCHW" else x.transpose(0, 2, 3, 1)
+        dyl = dy if layout == "NCHW" else dy.transpose(0, 2, 3, 1)
+        fn = lambda f: ps(op, f, jnp.asarray(rois), out, 1.0, 2, layout=layout)
+        _, vjp = jax.vjp(fn, jnp.asarray(xl))
+        grads[layout] = np.asarray(vjp(jnp.asarray(dyl))[0])
+    expected = ps_ref_vjp(op, x, rois, out, 1.0, 2, dy)
+    assert np.any(expected[0] != 0) and np.all(expected[1] == 0)
+    _close(grads["NCHW"], expected, F64)
+    np.testing.assert_array_equal(grads["NHWC"], grads["NCHW"].transpose(0, 2, 3, 1))
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("op", OPS)
 def test_calls_of_too_many_taps_to_keep(op, layout):

@@ -280,6 +280,7 @@ struct CpuKernel<Op::kAlignAvg> : NoCallTables {
   static constexpr bool kNchwSplitsRois = false;
   static constexpr bool kNchwFromChannelsLast = true;
   static constexpr bool backward_writes_block(bool) { return false; }
+  static constexpr bool kNhwcBackwardRowBands = false;
 
   template <typename T, typename G>
   static void forward_nchw(const Problem<G>& p, const RoiList& list, const Tables<G>&,
@@ -299,9 +300,10 @@ struct CpuKernel<Op::kAlignAvg> : NoCallTables {
     align_avg_forward_nhwc(p, list, features, out, scratch);
   }
   template <typename T, typename G>
-  static void backward(const Problem<G>& p, const RoiList& list, const Tables<G>&, int64_t c0,
-                       int64_t c1,
+  static void backward(const Problem<G>& p, const GradientBlock& block, const Tables<G>&,
                        const T* grad_out, const int32_t*, G* grad, Scratch<G>& scratch) {
+    const RoiList& list = block.rois;
+    const int64_t c0 = block.c0, c1 = block.c1;
     if (!p.shape.channels_last) return align_avg_backward_nchw(p, list, c0, c1, grad_out, grad, scratch);
     for (int64_t j = 0; j < list.size; ++j)
       align_avg_backward_nhwc(p, list.ids[j], c0, c1, grad_out, grad, scratch);

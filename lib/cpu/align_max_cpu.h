@@ -191,6 +191,7 @@ struct CpuKernel<Op::kAlignMax> : NoCallTables {
   static constexpr bool kNchwSplitsRois = false;
   static constexpr bool kNchwFromChannelsLast = false;
   static constexpr bool backward_writes_block(bool) { return false; }
+  static constexpr bool kNhwcBackwardRowBands = false;
 
   template <typename T, typename G>
   static void forward_nchw(const Problem<G>& p, const RoiList& list, const Tables<G>&,
@@ -206,9 +207,10 @@ struct CpuKernel<Op::kAlignMax> : NoCallTables {
       align_max_forward_roi(p, list.ids[j], features, out, argmax, scratch);
   }
   template <typename T, typename G>
-  static void backward(const Problem<G>& p, const RoiList& list, const Tables<G>&, int64_t c0,
-                       int64_t c1,
+  static void backward(const Problem<G>& p, const GradientBlock& block, const Tables<G>&,
                        const T* grad_out, const int32_t* argmax, G* grad, Scratch<G>& scratch) {
+    const RoiList& list = block.rois;
+    const int64_t c0 = block.c0, c1 = block.c1;
     if (!p.shape.channels_last)
       return align_max_backward_nchw(p, list, c0, c1, grad_out, argmax, grad, scratch);
     for (int64_t j = 0; j < list.size; ++j)

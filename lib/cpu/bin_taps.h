@@ -35,6 +35,12 @@ struct Tap {
   G weight;
 };
 
+// Rows [lo, hi); empty when lo == hi.
+struct RowSpan {
+  int32_t lo = 0, hi = 0;
+  bool meets(int64_t y0, int64_t y1) const { return lo < y1 && y0 < hi; }
+};
+
 // One ROI's taps, bin by bin.
 template <typename G>
 struct BinTaps {
@@ -42,13 +48,46 @@ struct BinTaps {
   std::vector<int64_t> first;
   std::vector<G> divisor;        // per bin
   int64_t roi = -1, batch = -1;  // batch -1: the ROI reads nothing
+  // The rows the taps read, per bin and in all, once find_rows() has run
+  // (a call's shared list runs it: row bands skip what they do not meet).
+  std::vector<RowSpan> bin_rows;
+  RowSpan rows;
+  bool rows_found = false;
 
   void start(int64_t k, int64_t b) {
     taps.clear();
     first.assign(1, 0);
     divisor.clear();
+    bin_rows.clear();
+    rows = {};
+    rows_found = false;
     roi = k;
     batch = b;
+  }
+
+  void find_rows() {
+    const int64_t bins = static_cast<int64_t>(divisor.size());
+    bin_rows.assign(bins, RowSpan{});
+    rows = {};
+    for (int64_t b = 0; b < bins; ++b) {
+      if (begin(b) == end(b)) continue;
+      RowSpan span{begin(b)->y, begin(b)->y};
+      for (const Tap<G>* tap = begin(b); tap != end(b); ++tap) {
+        span.lo = std::min(span.lo, tap->y);
+        span.hi = std::max(span.hi, tap->y);
+      }
+      span.hi += 1;
+      bin_rows[b] = span;
+      rows = rows.lo == rows.hi ? span
+                                : RowSpan{std::min(rows.lo, span.lo), std::max(rows.hi, span.hi)};
+    }
+    rows_found = true;
+  }
+
+  // Whether rows [y0, y1) may hold a tap (of bin b): unknown rows may.
+  bool may_meet(int64_t y0, int64_t y1) const { return !rows_found || rows.meets(y0, y1); }
+  bool bin_may_meet(int64_t b, int64_t y0, int64_t y1) const {
+    return !rows_found || bin_rows[b].meets(y0, y1);
   }
 
   // Adds a weight to the current bin's tap of (y, x). A tap is kept even
@@ -194,6 +233,7 @@ struct TapList {
     BinTaps<G> scratch;
     for (int64_t j = j0; j < j1 && total.load() <= kSharedTaps; ++j) {
       Tabulate::build(p, ids[j], scratch);
+      scratch.find_rows();
       rois[j] = scratch;
       total += static_cast<int64_t>(scratch.taps.size());
     }
@@ -290,6 +330,8 @@ JAX_ROI_ALWAYS_INLINE void tap_forward_lanes(const Shape& s, const BinTaps<G>& t
 // ----------------------------------------------------------------- backward
 
 // NHWC (not position-sensitive): ROI t's gradient into channels [c0, c1).
+// (Row bands did not pay here: a tap's channels are one contiguous run,
+// which the prefetchers fetch whole; rot-p2 was no faster.)
 template <typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void tap_backward_nhwc(const Shape& s, const BinTaps<G>& t, int64_t c0,
                                              int64_t c1, const T* grad_out, G* grad,
@@ -354,6 +396,7 @@ struct TapKernel : CallTapTables<Tabulate> {
   static constexpr bool kNchwSplitsRois = false;
   static constexpr bool kNchwFromChannelsLast = false;
   static constexpr bool backward_writes_block(bool channels_last) { return !channels_last; }
+  static constexpr bool kNhwcBackwardRowBands = false;
 
   // Output channels [c0, c1) of the listed ROIs, channels outermost so
   // that a plane (or a tile of them) stays in cache while every ROI reads it.
@@ -404,10 +447,11 @@ struct TapKernel : CallTapTables<Tabulate> {
 
   // The listed ROIs (all of one image) into input channels [c0, c1).
   template <typename T, typename G>
-  static JAX_ROI_CPU_CLONES void backward(const Problem<G>& p, const RoiList& list,
-                                          const Tables<G>& tables, int64_t c0, int64_t c1,
-                                          const T* grad_out, const int32_t*, G* grad,
-                                          Scratch<G>& scratch) {
+  static JAX_ROI_CPU_CLONES void backward(const Problem<G>& p, const GradientBlock& block,
+                                          const Tables<G>& tables, const T* grad_out,
+                                          const int32_t*, G* grad, Scratch<G>& scratch) {
+    const RoiList& list = block.rois;
+    const int64_t c0 = block.c0, c1 = block.c1;
     const Shape& s = p.shape;
     if (s.channels_last) {
       for (int64_t j = 0; j < list.size; ++j) {

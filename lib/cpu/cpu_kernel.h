@@ -13,17 +13,20 @@
 //   backward_writes_block(channels_last): backward writes every element
 //     of its block in that layout (else the block is zeroed before it adds
 //     to it);
+//   kNhwcBackwardRowBands: NHWC backward blocks are row bands of an image
+//     (gradient_blocks.h), not channel ranges;
 //   forward_nchw(p, list, tables, c0, c1, features, out, argmax, scratch):
 //     output channels [c0, c1) of the listed ROIs;
 //   forward_nhwc(p, list, tables, features, out, argmax, scratch): every
 //     channel of the listed ROIs (a part of the tabulated list);
-//   backward(p, list, tables, c0, c1, grad_out, argmax, grad, scratch): the
-//     listed ROIs' (all of one image, all valid) contributions to input
-//     channels [c0, c1) of a zeroed gradient, in list order.
+//   backward(p, block, tables, grad_out, argmax, grad, scratch): the
+//     block's ROIs' (all of one image, all valid) contributions to its
+//     input channels and rows of a zeroed gradient, in list order.
 // argmax is null for the linear ops.
 #pragma once
 
 #include "../problem.h"
+#include "gradient_blocks.h"
 
 namespace jax_roi {
 

@@ -12,6 +12,12 @@
 // NCHW a ROI's channels are long contiguous runs whichever way it is split,
 // and every image's channels are split among the threads, which balances
 // them best.
+//
+// A kernel whose NHWC updates scatter across a pixel's channels (the
+// position-sensitive ones: a bin's channels are `bins` apart) asks for row
+// bands instead: blocks of an image's rows, every channel, each small
+// enough to stay in cache while every ROI of the image adds to it, so its
+// scattered updates hit the cache and it is written to memory once.
 #pragma once
 
 #include <algorithm>
@@ -26,13 +32,31 @@ namespace jax_roi {
 
 struct GradientBlock {
   RoiList rois;
-  int64_t batch, c0, c1;
+  int64_t batch, c0, c1;  // input channels [c0, c1)
+  int64_t y0, y1;         // rows [y0, y1)
+
+  bool whole_image(const Shape& s) const {
+    return c0 == 0 && c1 == s.channels && y0 == 0 && y1 == s.height;
+  }
 };
 
+// Every channel and row of image `batch`.
+inline GradientBlock image_block(const Shape& s, const RoiList& rois, int64_t batch) {
+  return {rois, batch, 0, s.channels, 0, s.height};
+}
+
+// How many NHWC rows a row band holds: about kBandBytes of gradient.
+constexpr int64_t kBandBytes = int64_t(512) << 10;
+inline int64_t band_rows(const Shape& s, int64_t element_bytes) {
+  const int64_t row_bytes = std::max<int64_t>(1, s.width * s.channels * element_bytes);
+  return std::clamp<int64_t>(kBandBytes / row_bytes, 1, std::max<int64_t>(1, s.height));
+}
+
 // `list` is in spatial order (grouped by image, ROIs that read nothing first).
+// `row_bands`: split NHWC images into row bands (above), not channels.
 template <typename G>
 std::vector<GradientBlock> gradient_blocks(const Problem<G>& p, const RoiList& list,
-                                           int64_t threads) {
+                                           int64_t threads, bool row_bands) {
   const int64_t C = p.shape.channels;
   const bool nhwc = p.shape.channels_last;
   const int64_t channel_multiple = nhwc ? 16 : 1;
@@ -44,28 +68,41 @@ std::vector<GradientBlock> gradient_blocks(const Problem<G>& p, const RoiList& l
     const int64_t batch = load_roi(p.rois, list.ids[begin]).batch;
     int64_t end = begin + 1;
     while (end < list.size && load_roi(p.rois, list.ids[end]).batch == batch) ++end;
+    const RoiList rois{list.ids + begin, end - begin};
+    if (nhwc && row_bands) {
+      const int64_t H = p.shape.height, rows = band_rows(p.shape, sizeof(G));
+      for (int64_t y0 = 0; y0 < H; y0 += rows)
+        blocks.push_back({rois, batch, 0, C, y0, std::min(H, y0 + rows)});
+      begin = end;
+      continue;
+    }
     const int64_t share = std::llround(double(threads) * double(end - begin) / double(active));
     const int64_t max_splits = std::max<int64_t>(1, C / channel_multiple);
     const int64_t splits = std::clamp<int64_t>(nhwc ? share : threads, 1, max_splits);
     const int64_t width = (C / splits + channel_multiple - 1) / channel_multiple * channel_multiple;
     for (int64_t c0 = 0; c0 < C; c0 += width)
-      blocks.push_back({{list.ids + begin, end - begin}, batch, c0, std::min(C, c0 + width)});
+      blocks.push_back({rois, batch, c0, std::min(C, c0 + width), 0, p.shape.height});
     begin = end;
   }
   return blocks;
 }
 
-// Zeroes the part of the gradient `block` owns: its image's channels [c0, c1).
+// Zeroes the part of the gradient `block` owns: its image's channels
+// [c0, c1) of rows [y0, y1).
 template <typename G>
 void zero_gradient_block(const Shape& s, const GradientBlock& block, G* grad) {
-  const int64_t pixels = s.height * s.width;
+  const int64_t pixels = s.height * s.width, q0 = block.y0 * s.width, q1 = block.y1 * s.width;
   G* image = grad + block.batch * s.channels * pixels;
   if (!s.channels_last) {
-    std::fill(image + block.c0 * pixels, image + block.c1 * pixels, G(0));
+    if (q0 == 0 && q1 == pixels)
+      std::fill(image + block.c0 * pixels, image + block.c1 * pixels, G(0));
+    else
+      for (int64_t c = block.c0; c < block.c1; ++c)
+        std::fill(image + c * pixels + q0, image + c * pixels + q1, G(0));
   } else if (block.c0 == 0 && block.c1 == s.channels) {
-    std::fill(image, image + pixels * s.channels, G(0));
+    std::fill(image + q0 * s.channels, image + q1 * s.channels, G(0));
   } else {
-    for (int64_t q = 0; q < pixels; ++q)
+    for (int64_t q = q0; q < q1; ++q)
       std::fill(image + q * s.channels + block.c0, image + q * s.channels + block.c1, G(0));
   }
 }

@@ -212,6 +212,7 @@ struct CpuKernel<Op::kPool> : NoCallTables {
   static constexpr bool kNchwSplitsRois = false;
   static constexpr bool kNchwFromChannelsLast = false;
   static constexpr bool backward_writes_block(bool) { return false; }
+  static constexpr bool kNhwcBackwardRowBands = false;
 
   template <typename T, typename G>
   static void forward_nchw(const Problem<G>& p, const RoiList& list, const Tables<G>&,
@@ -228,11 +229,10 @@ struct CpuKernel<Op::kPool> : NoCallTables {
       pool_forward_nhwc(p, list.ids[j], features, out, argmax, scratch.best, scratch.arg);
   }
   template <typename T, typename G>
-  static void backward(const Problem<G>& p, const RoiList& list, const Tables<G>&, int64_t c0,
-                       int64_t c1,
+  static void backward(const Problem<G>& p, const GradientBlock& block, const Tables<G>&,
                        const T* grad_out, const int32_t* argmax, G* grad, Scratch<G>&) {
-    for (int64_t j = 0; j < list.size; ++j)
-      pool_backward_roi(p, list.ids[j], c0, c1, grad_out, argmax, grad);
+    for (int64_t j = 0; j < block.rois.size; ++j)
+      pool_backward_roi(p, block.rois.ids[j], block.c0, block.c1, grad_out, argmax, grad);
   }
 };
 

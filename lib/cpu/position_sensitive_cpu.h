@@ -59,13 +59,13 @@ JAX_ROI_ALWAYS_INLINE void mapped_forward_bin(const Shape& s, const BinTaps<G>& 
         from_acc<T>(sum[c] / t.divisor[b]);
 }
 
-// Bin b of ROI t's gradient into its input channels in [c0, c1), `acc`
-// holding the output channels' gradients.
+// Bin b of ROI t's gradient into the block's input channels and rows,
+// `acc` holding the output channels' gradients.
 template <typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void mapped_backward_bin(const Shape& s, const BinTaps<G>& t, int64_t b,
-                                               int64_t c0, int64_t c1, const T* grad_out,
+                                               const GradientBlock& block, const T* grad_out,
                                                G* grad, std::vector<G>& acc) {
-  const auto [first, last] = mapped_channels(s, b, c0, c1);
+  const auto [first, last] = mapped_channels(s, b, block.c0, block.c1);
   if (last == first) return;
   const int64_t n = last - first, step = mapped_channel_step(s), bins = s.pooled_h * s.pooled_w;
   const int64_t stride = s.channels_last ? s.channels : 1, row = stride * s.width;
@@ -76,6 +76,7 @@ JAX_ROI_ALWAYS_INLINE void mapped_backward_bin(const Shape& s, const BinTaps<G>&
            t.divisor[b];
   G* const base = gradient_at(s, grad, t.batch, 0, 0, first * bins + b);
   for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap) {
+    if (tap->y < block.y0 || tap->y >= block.y1) continue;
     G* __restrict__ v = base + tap->y * row + tap->x * stride;
     const G w = tap->weight;
     for (int64_t c = 0; c < n; ++c) v[c * step] += w * g[c];
@@ -108,6 +109,7 @@ struct MappedTapKernel : CallTapTables<Tabulate> {
   static constexpr bool kNchwSplitsRois = true;  // a bin's channels side by side
   static constexpr bool kNchwFromChannelsLast = false;
   static constexpr bool backward_writes_block(bool channels_last) { return !channels_last; }
+  static constexpr bool kNhwcBackwardRowBands = true;
 
   // Every output channel of the listed ROIs (c0, c1 are all of them: the
   // ROIs are split, kNchwSplitsRois).
@@ -126,37 +128,39 @@ struct MappedTapKernel : CallTapTables<Tabulate> {
     forward_part(p, list, features, out, scratch);
   }
 
-  // The listed ROIs (all of one image, all valid) into input channels
-  // [c0, c1): NHWC a ROI at a time, into a zeroed block; NCHW a bin at a
-  // time, zeroing the bin's planes first (backward_writes_block).
+  // The block's ROIs (all of one image, all valid): NCHW a bin at a time,
+  // zeroing the bin's planes first (backward_writes_block); NHWC a ROI at a
+  // time into a zeroed row band (kNhwcBackwardRowBands), skipping the bins
+  // whose rows it does not meet.
   template <typename T, typename G>
-  static JAX_ROI_CPU_CLONES void backward(const Problem<G>& p, const RoiList& list,
-                                          const Tables<G>& tables, int64_t c0, int64_t c1,
-                                          const T* grad_out, const int32_t*, G* grad,
-                                          Scratch<G>& scratch) {
+  static JAX_ROI_CPU_CLONES void backward(const Problem<G>& p, const GradientBlock& block,
+                                          const Tables<G>& tables, const T* grad_out,
+                                          const int32_t*, G* grad, Scratch<G>& scratch) {
     const Shape& s = p.shape;
+    const RoiList& list = block.rois;
     const int64_t bins = s.pooled_h * s.pooled_w;
     if (list.size == 0) return;
     const Tables<G>& taps =
         tables.shared || s.channels_last ? tables : scratch.part.build_serial(p, list);
-    const int64_t image = load_roi(p.rois, list.ids[0]).batch;
     if (!s.channels_last && taps.shared) {
       for (int64_t b = 0; b < bins; ++b) {
-        zero_mapped_planes(s, image, b, c0, c1, grad);
+        zero_mapped_planes(s, block.batch, b, block.c0, block.c1, grad);
         for (int64_t j = 0; j < list.size; ++j) {
           const BinTaps<G>& t = taps.of(list.ids + j, p, scratch.taps);
-          if (t.batch >= 0) mapped_backward_bin(s, t, b, c0, c1, grad_out, grad, scratch.acc);
+          if (t.batch >= 0) mapped_backward_bin(s, t, b, block, grad_out, grad, scratch.acc);
         }
       }
       return;
     }
-    // NHWC, or taps too many to keep (tabulated at each visit, so once).
-    if (!s.channels_last) zero_gradient_block(s, GradientBlock{{}, image, c0, c1}, grad);
+    // NHWC, or NCHW with taps too many to keep (tabulated at each visit,
+    // so once).
+    if (!s.channels_last) zero_gradient_block(s, block, grad);
     for (int64_t j = 0; j < list.size; ++j) {
       const BinTaps<G>& t = taps.of(list.ids + j, p, scratch.taps);
-      if (t.batch < 0) continue;
+      if (t.batch < 0 || !t.may_meet(block.y0, block.y1)) continue;
       for (int64_t b = 0; b < bins; ++b)
-        mapped_backward_bin(s, t, b, c0, c1, grad_out, grad, scratch.acc);
+        if (t.bin_may_meet(b, block.y0, block.y1))
+          mapped_backward_bin(s, t, b, block, grad_out, grad, scratch.acc);
     }
   }
 

@@ -182,32 +182,37 @@ struct CpuBackend {
   template <Op op, typename T, typename G>
   static void backward_listed(Context& pool, const Problem<G>& p, const RoiList& list,
                               const T* grad_out, const int32_t* argmax, G* grad) {
+    using Kernel = CpuKernel<op>;
     const Shape& s = p.shape;
     const int64_t n = s.feature_count();
     advise_huge_pages(grad, sizeof(G) * n);
     const bool any_bins = s.pooled_h * s.pooled_w > 0;
-    const std::vector<GradientBlock> blocks =
-        any_bins ? gradient_blocks(p, list, pool.num_threads()) : std::vector<GradientBlock>{};
+    const int64_t threads = pool.num_threads();
+    const bool row_bands = Kernel::kNhwcBackwardRowBands && s.channels_last;
+    std::vector<GradientBlock> blocks =
+        any_bins ? gradient_blocks(p, list, threads, row_bands) : std::vector<GradientBlock>{};
     std::vector<bool> read(s.num_images, false);
     for (const GradientBlock& block : blocks) read[block.batch] = true;
     parallel_for(pool, s.num_images, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
-        if (!read[b]) zero_gradient_block(s, GradientBlock{{}, b, 0, s.channels}, grad);
+        if (!read[b]) zero_gradient_block(s, image_block(s, {}, b), grad);
     });
-    // Tabulated once when blocks share ROIs (an image split by channels);
-    // else each block tabulates its own as it visits them.
+    // Tabulated once when blocks share ROIs (an image split by channels or
+    // rows); else each block tabulates its own as it visits them. Row bands
+    // revisit every ROI, so without shared taps the images split by
+    // channels instead.
     const bool blocks_share_rois = std::any_of(
-        blocks.begin(), blocks.end(),
-        [&](const GradientBlock& b) { return b.c1 - b.c0 < s.channels; });
-    typename CpuKernel<op>::template Tables<G> tables;
-    if (blocks_share_rois) CpuKernel<op>::tabulate(pool, p, list, tables);
+        blocks.begin(), blocks.end(), [&](const GradientBlock& b) { return !b.whole_image(s); });
+    typename Kernel::template Tables<G> tables;
+    if (blocks_share_rois) Kernel::tabulate(pool, p, list, tables);
+    if constexpr (Kernel::kNhwcBackwardRowBands)
+      if (row_bands && !tables.shared) blocks = gradient_blocks(p, list, threads, false);
     parallel_for(pool, static_cast<int64_t>(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
-      typename CpuKernel<op>::template Scratch<G> scratch;
+      typename Kernel::template Scratch<G> scratch;
       for (int64_t b = b0; b < b1; ++b) {
-        if (!CpuKernel<op>::backward_writes_block(s.channels_last))
+        if (!Kernel::backward_writes_block(s.channels_last))
           zero_gradient_block(s, blocks[b], grad);
-        const auto& [rois, batch, c0, c1] = blocks[b];
-        CpuKernel<op>::backward(p, rois, tables, c0, c1, grad_out, argmax, grad, scratch);
+        Kernel::backward(p, blocks[b], tables, grad_out, argmax, grad, scratch);
       }
     });
   }

@@ -69,14 +69,16 @@ std::vector<GradientBlock> gradient_blocks(const Problem<G>& p, const RoiList& l
     int64_t end = begin + 1;
     while (end < list.size && load_roi(p.rois, list.ids[end]).batch == batch) ++end;
     const RoiList rois{list.ids + begin, end - begin};
+    const int64_t share = std::llround(double(threads) * double(end - begin) / double(active));
     if (nhwc && row_bands) {
-      const int64_t H = p.shape.height, rows = band_rows(p.shape, sizeof(G));
+      // At least `share` bands where the rows allow, for the threads.
+      const int64_t H = p.shape.height, most = std::max<int64_t>(1, share);
+      const int64_t rows = std::min(band_rows(p.shape, sizeof(G)), std::max<int64_t>(1, H / most));
       for (int64_t y0 = 0; y0 < H; y0 += rows)
         blocks.push_back({rois, batch, 0, C, y0, std::min(H, y0 + rows)});
       begin = end;
       continue;
     }
-    const int64_t share = std::llround(double(threads) * double(end - begin) / double(active));
     const int64_t max_splits = std::max<int64_t>(1, C / channel_multiple);
     const int64_t splits = std::clamp<int64_t>(nhwc ? share : threads, 1, max_splits);
     const int64_t width = (C / splits + channel_multiple - 1) / channel_multiple * channel_multiple;

@@ -49,7 +49,8 @@ struct BinTaps {
   std::vector<G> divisor;        // per bin
   int64_t roi = -1, batch = -1;  // batch -1: the ROI reads nothing
   // The rows the taps read, per bin and in all, once find_rows() has run
-  // (a call's shared list runs it: row bands skip what they do not meet).
+  // (a shared list built for row bands runs it: they skip what they do
+  // not meet).
   std::vector<RowSpan> bin_rows;
   RowSpan rows;
   bool rows_found = false;
@@ -197,11 +198,12 @@ struct TapList {
   const int64_t* ids = nullptr;
   bool shared = false;
 
-  void build(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list) {
+  // `find_rows`: each entry's rows are found too (BinTaps::find_rows).
+  void build(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list, bool find_rows) {
     start(list);
     std::atomic<int64_t> total{0};
     parallel_for(pool, list.size, balanced_grain(pool, list.size, 1, 8),
-                 [&](int64_t j0, int64_t j1) { tabulate_range(p, j0, j1, total); });
+                 [&](int64_t j0, int64_t j1) { tabulate_range(p, j0, j1, find_rows, total); });
     finish(total.load());
   }
 
@@ -210,7 +212,7 @@ struct TapList {
   const TapList& build_serial(const Problem<G>& p, const RoiList& list) {
     start(list);
     std::atomic<int64_t> total{0};
-    tabulate_range(p, 0, list.size, total);
+    tabulate_range(p, 0, list.size, /*find_rows=*/false, total);
     finish(total.load());
     return *this;
   }
@@ -229,11 +231,12 @@ struct TapList {
 
   // Entries [j0, j1), tabulated into one growing scratch, then copied at
   // its size: a ROI's vectors are allocated once, not grown.
-  void tabulate_range(const Problem<G>& p, int64_t j0, int64_t j1, std::atomic<int64_t>& total) {
+  void tabulate_range(const Problem<G>& p, int64_t j0, int64_t j1, bool find_rows,
+                      std::atomic<int64_t>& total) {
     BinTaps<G> scratch;
     for (int64_t j = j0; j < j1 && total.load() <= kSharedTaps; ++j) {
       Tabulate::build(p, ids[j], scratch);
-      scratch.find_rows();
+      if (find_rows) scratch.find_rows();
       rois[j] = scratch;
       total += static_cast<int64_t>(scratch.taps.size());
     }
@@ -366,13 +369,15 @@ JAX_ROI_ALWAYS_INLINE void tap_backward_lanes(const Shape& s, const BinTaps<G>& 
 
 // --------------------------------------------------------------- the kernels
 
-// The call-level tables of the tap kernels (cpu_kernel.h): a TapList.
-template <typename Tabulate>
+// The call-level tables of the tap kernels (cpu_kernel.h): a TapList, with
+// its ROIs' rows found when NHWC backward blocks are row bands.
+template <typename Tabulate, bool kRowBands>
 struct CallTapTables {
+  static constexpr bool kNhwcBackwardRowBands = kRowBands;
   template <typename G>
   static void tabulate(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list,
                        TapList<G, Tabulate>& tables) {
-    tables.build(pool, p, list);
+    tables.build(pool, p, list, /*find_rows=*/kRowBands && p.shape.channels_last);
   }
 };
 
@@ -387,7 +392,7 @@ struct TapScratch {
 // The kernels of the ops whose bins read every channel (roi_align_rotated,
 // prroi_pool; the position-sensitive ones are in position_sensitive_cpu.h).
 template <typename Tabulate>
-struct TapKernel : CallTapTables<Tabulate> {
+struct TapKernel : CallTapTables<Tabulate, /*kRowBands=*/false> {
   template <typename G>
   using Tables = TapList<G, Tabulate>;
   template <typename G>
@@ -396,7 +401,6 @@ struct TapKernel : CallTapTables<Tabulate> {
   static constexpr bool kNchwSplitsRois = false;
   static constexpr bool kNchwFromChannelsLast = false;
   static constexpr bool backward_writes_block(bool channels_last) { return !channels_last; }
-  static constexpr bool kNhwcBackwardRowBands = false;
 
   // Output channels [c0, c1) of the listed ROIs, channels outermost so
   // that a plane (or a tile of them) stays in cache while every ROI reads it.

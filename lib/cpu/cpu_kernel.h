@@ -14,7 +14,8 @@
 //     of its block in that layout (else the block is zeroed before it adds
 //     to it);
 //   kNhwcBackwardRowBands: NHWC backward blocks are row bands of an image
-//     (gradient_blocks.h), not channel ranges;
+//     (gradient_blocks.h), not channel ranges (the tap kernels' from
+//     CallTapTables, which then finds their taps' rows);
 //   forward_nchw(p, list, tables, c0, c1, features, out, argmax, scratch):
 //     output channels [c0, c1) of the listed ROIs;
 //   forward_nhwc(p, list, tables, features, out, argmax, scratch): every

@@ -96,11 +96,8 @@ void zero_gradient_block(const Shape& s, const GradientBlock& block, G* grad) {
   const int64_t pixels = s.height * s.width, q0 = block.y0 * s.width, q1 = block.y1 * s.width;
   G* image = grad + block.batch * s.channels * pixels;
   if (!s.channels_last) {
-    if (q0 == 0 && q1 == pixels)
-      std::fill(image + block.c0 * pixels, image + block.c1 * pixels, G(0));
-    else
-      for (int64_t c = block.c0; c < block.c1; ++c)
-        std::fill(image + c * pixels + q0, image + c * pixels + q1, G(0));
+    for (int64_t c = block.c0; c < block.c1; ++c)
+      std::fill(image + c * pixels + q0, image + c * pixels + q1, G(0));
   } else if (block.c0 == 0 && block.c1 == s.channels) {
     std::fill(image + q0 * s.channels, image + q1 * s.channels, G(0));
   } else {

@@ -96,7 +96,7 @@ void zero_mapped_planes(const Shape& s, int64_t batch, int64_t b, int64_t c0, in
 }
 
 template <typename Tabulate>
-struct MappedTapKernel : CallTapTables<Tabulate> {
+struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
   template <typename G>
   using Tables = TapList<G, Tabulate>;
   template <typename G>
@@ -109,7 +109,6 @@ struct MappedTapKernel : CallTapTables<Tabulate> {
   static constexpr bool kNchwSplitsRois = true;  // a bin's channels side by side
   static constexpr bool kNchwFromChannelsLast = false;
   static constexpr bool backward_writes_block(bool channels_last) { return !channels_last; }
-  static constexpr bool kNhwcBackwardRowBands = true;
 
   // Every output channel of the listed ROIs (c0, c1 are all of them: the
   // ROIs are split, kNchwSplitsRois).

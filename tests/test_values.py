@@ -198,15 +198,17 @@ def test_nhwc_avg_channel_blocks(c, dtype):
 
 @pytest.mark.parametrize("dtype", [F32, BF16, F64], ids=str)
 @pytest.mark.parametrize("c", [3, 17, 300])
-def test_nchw_avg_channels_last_copy(c, dtype):
+@pytest.mark.parametrize("hw", [(6, 5), (24, 23)], ids=["30px", "552px"])
+def test_nchw_avg_channels_last_copy(c, dtype, hw):
     # NCHW "avg" copies a small map channels-last when a call writes at
     # least as many outputs as the map has elements, as these calls do.
-    # Channel counts leave remainders of every vector and lane tile; one
-    # ROI reads nothing and must still get its zeros.
-    n, h, w, scale, out_size = 2, 6, 5, 0.5, (5, 4)
+    # Channel and pixel counts leave remainders of every vector, lane tile
+    # and 16 x 16 transpose tile, and 552 pixels are three of the copy's
+    # blocks of 256; one ROI reads nothing and must still get its zeros.
+    n, (h, w), scale, out_size = 2, hw, 0.5, (5, 4)
     rng = np.random.default_rng(c)
     x = rng.standard_normal((n, c, h, w))
-    rois = _rois(rng, "K5", n, h, w, scale, per_image=8)
+    rois = _rois(rng, "K5", n, h, w, scale, per_image=max(8, -(-h * w // 20)))
     rois[3, 0] = n + 1
     assert rois.shape[0] * c * out_size[0] * out_size[1] >= x.size
     _check("align", x, rois, out_size, dtype, "NCHW", scale=scale, mode="avg", sr=2,

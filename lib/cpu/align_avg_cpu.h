@@ -147,13 +147,7 @@ JAX_ROI_CPU_CLONES void align_avg_forward_from_channels_last(const Problem<G>& q
       for (int64_t c0 = 0; c0 < C;)
         c0 = align_avg_forward_nhwc_blocks<decltype(bytes)::value>(q, run, c0, copy, out_of);
     });
-    T* dst = out + run.roi[0] * C * bins;  // [C, PH, PW]
-    for (int64_t c = 0; c < C; c += kLanes) {
-      const int lanes = static_cast<int>(std::min<int64_t>(kLanes, C - c));
-      for (int64_t b = 0; b < bins; ++b)
-        std::copy(roi_out + b * C + c, roi_out + b * C + c + lanes, block.at(b));
-      block.write(dst + c * bins, lanes, s);
-    }
+    block.write_channels_last(roi_out, C, out + run.roi[0] * C * bins, s);
   }
 }
 

@@ -15,6 +15,7 @@
 #include "../problem.h"
 #include "huge_pages.h"
 #include "parallel_for.h"
+#include "transpose.h"
 
 namespace jax_roi {
 
@@ -37,31 +38,26 @@ Problem<G> channels_last_problem(const Problem<G>& p) {
 }
 
 // Pixels [q0, q1) of one NCHW image (C planes of `plane` pixels) to rows
-// of C channels at dst[q * C], 16 channels (a cache line of float32 rows)
-// at a time.
+// of C channels at dst[q * C].
 template <typename T, typename G>
-void copy_pixels_channels_last(const T* image, int64_t C, int64_t plane, int64_t q0,
-                               int64_t q1, G* __restrict__ dst) {
-  for (int64_t c0 = 0; c0 < C; c0 += 16) {
-    const int64_t c1 = std::min(C, c0 + 16);
-    for (int64_t q = q0; q < q1; ++q)
-      for (int64_t c = c0; c < c1; ++c) dst[q * C + c] = to_acc(image[c * plane + q]);
-  }
+JAX_ROI_CPU_CLONES void copy_pixels_channels_last(const T* image, int64_t C, int64_t plane,
+                                                  int64_t q0, int64_t q1, G* dst) {
+  transpose_tiled(image + q0, plane, C, q1 - q0, dst + q0 * C, C,
+                  [](T v) JAX_ROI_INLINE_LAMBDA { return to_acc(v); });
 }
 
-// features [N, C, H, W] to [N, H, W, C], kBlock pixels to a task so that
-// both sides stream through the cache. (Left uninitialised before it is
-// filled: no pass that zeroes it.)
+// features [N, C, H, W] to [N, H, W, C], kBlock pixels to a task. (Left
+// uninitialised before it is filled: no pass that zeroes it.)
 template <typename T, typename G>
 std::unique_ptr<G[]> channels_last_copy(xla::ffi::ThreadPool& pool, const Shape& s,
                                         const T* features) {
-  constexpr int64_t kBlock = 16;
+  constexpr int64_t kBlock = 256;
   const int64_t C = s.channels, pixels = s.height * s.width;
   std::unique_ptr<G[]> copy(new G[s.feature_count()]);
   advise_huge_pages(copy.get(), sizeof(G) * s.feature_count());
   const int64_t row_blocks = (pixels + kBlock - 1) / kBlock;
   const int64_t tasks = s.num_images * row_blocks;
-  parallel_for(pool, tasks, balanced_grain(pool, tasks, 16, 4), [&](int64_t t0, int64_t t1) {
+  parallel_for(pool, tasks, balanced_grain(pool, tasks, 1, 4), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / row_blocks, q0 = (t % row_blocks) * kBlock;
       const int64_t q1 = std::min(pixels, q0 + kBlock);

@@ -15,6 +15,7 @@
 #include "isa_clones.h"
 #include "native_vector.h"
 #include "stream_store.h"
+#include "transpose.h"
 
 namespace jax_roi {
 
@@ -128,8 +129,8 @@ struct OutputBlock {
   int64_t bins = 0;
 
   template <typename T>
-  T* staging() {
-    staged.resize((bins * kLanes * sizeof(T) + sizeof(double) - 1) / sizeof(double));
+  T* staging(int64_t n) {
+    staged.resize((n * sizeof(T) + sizeof(double) - 1) / sizeof(double));
     return reinterpret_cast<T*>(staged.data());
   }
 
@@ -152,13 +153,25 @@ struct OutputBlock {
   // the whole result of `s` is large, since it is not read again.
   template <typename T>
   JAX_ROI_ALWAYS_INLINE void write(T* dst, int lanes, const Shape& s) {
-    T* __restrict__ staged = staging<T>();
+    T* __restrict__ staged = staging<T>(bins * kLanes);
     const G* __restrict__ src = data.data();
     for (int j = 0; j < lanes; ++j)
       for (int64_t b = 0; b < bins; ++b) staged[j * bins + b] = from_acc<T>(src[b * kLanes + j]);
     copy_result(dst, staged, lanes * bins, streamed_result<T>(s.output_count()));
   }
   ~OutputBlock() { stream_fence(); }
+
+  // A ROI's result computed channels-last, roi_out[b * C + c], to its NCHW
+  // output dst[c * bins + b]: transposed in cache, then copied out as write
+  // does.
+  template <typename T>
+  JAX_ROI_ALWAYS_INLINE void write_channels_last(const G* roi_out, int64_t C, T* dst,
+                                                 const Shape& s) {
+    T* staged = staging<T>(C * bins);
+    transpose_tiled(roi_out, C, bins, C, staged, bins,
+                    [](G v) JAX_ROI_INLINE_LAMBDA { return from_acc<T>(v); });
+    copy_result(dst, staged, C * bins, streamed_result<T>(s.output_count()));
+  }
 
   // The inverse of write; lanes past `lanes` read 0.
   template <typename T>

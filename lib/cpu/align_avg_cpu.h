@@ -126,8 +126,8 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nhwc(const Problem<G>& p, const RoiLis
 
 // NCHW through a channels-last copy of the map (channels_last_copy.h): `q`
 // is the problem on the copy. Each ROI is computed as NHWC computes it,
-// into a [PH, PW, C] block, and written out transposed, kLanes channels
-// at a time through the output block.
+// into a [PH, PW, C] block, and written out transposed through the output
+// block (OutputBlock::write_channels_last).
 template <typename T, typename G>
 JAX_ROI_CPU_CLONES void align_avg_forward_from_channels_last(const Problem<G>& q,
                                                              const RoiList& list,

@@ -125,7 +125,7 @@ struct LaneTile {
 template <typename G>
 struct OutputBlock {
   std::vector<G> data;
-  std::vector<double> staged;  // write()'s, for any result type
+  std::vector<double> staged;  // the writes' staging, for any result type
   int64_t bins = 0;
 
   template <typename T>

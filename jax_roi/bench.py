@@ -156,6 +156,22 @@ def processor_model():
     return platform.processor() or platform.machine()
 
 
+def allocator_setting():
+    """This process's malloc settings: they move every large row, since each call's result
+    is fresh memory that the system zeroes page by page unless the allocator keeps it."""
+    settings = [f"{k}={v}" for k, v in sorted(os.environ.items())
+                if k.startswith(("MALLOC_", "TCMALLOC_"))]
+    tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":")
+                if t.startswith("glibc.malloc.")]
+    if tunables:
+        settings.append("GLIBC_TUNABLES=" + ":".join(tunables))
+    preloads = [p for p in os.environ.get("LD_PRELOAD", "").replace(" ", ":").split(":")
+                if "malloc" in os.path.basename(p)]
+    if preloads:
+        settings.append("LD_PRELOAD=" + ":".join(preloads))
+    return ", ".join(settings) or "default"
+
+
 def vector_bytes():
     from jax_roi import _jax_roi_cpu
     return _jax_roi_cpu.vector_bytes()
@@ -469,7 +485,8 @@ def main(argv=None):
     with_onnxruntime = not args.no_onnxruntime and onnxruntime_available()
     print(f"jax {jax.__version__}, jax_roi {jax_roi.__version__} on {processor_model()} "
           f"({platform.machine()}, {os.cpu_count()} cores); CPU kernels use "
-          f"{vector_bytes()}-byte vectors; devices {jax.devices()}")
+          f"{vector_bytes()}-byte vectors; devices {jax.devices()}; "
+          f"malloc settings: {allocator_setting()}")
     if not with_torch:
         print("torchvision baseline: not run (torch and torchvision are not installed"
               + (", or --no-torch)" if args.no_torch else ")"))
@@ -486,7 +503,7 @@ def main(argv=None):
     report = {"quick": args.quick, "repeats": args.repeats, "jax": jax.__version__,
               "jax_roi": jax_roi.__version__, "machine": platform.machine(),
               "processor": processor_model(), "vector_bytes": vector_bytes(),
-              "cores": os.cpu_count(), "results": results}
+              "allocator": allocator_setting(), "cores": os.cpu_count(), "results": results}
     json_path = os.path.join(args.out, "bench.json")
     with open(json_path, "w") as f:
         json.dump(report, f, indent=1)

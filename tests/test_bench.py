@@ -5,12 +5,20 @@ import os
 import subprocess
 import sys
 
+KEEP_FREED_PAGES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295"
+
+
+def without_malloc_settings():
+    return {k: v for k, v in os.environ.items()
+            if k != "GLIBC_TUNABLES" and not k.startswith(("MALLOC_", "TCMALLOC_"))
+            and not (k == "LD_PRELOAD" and "malloc" in v)}
+
 
 def test_quick_benchmark_writes_its_report(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "jax_roi.bench", "--quick", "--repeats", "1", "--no-torch",
          "--vector-bytes", "16", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=without_malloc_settings())
     assert result.returncode == 0, result.stderr
     assert "box-p2" in result.stdout and "pool-vgg" in result.stdout
     with open(os.path.join(tmp_path, "bench.json")) as f:
@@ -18,6 +26,7 @@ def test_quick_benchmark_writes_its_report(tmp_path):
     # the processor and the vector width in use (16 bytes: asked for)
     assert report["processor"] and report["vector_bytes"] == 16
     assert "CPU kernels use 16-byte vectors" in result.stdout
+    assert report["allocator"] == "default" and "malloc settings: default" in result.stdout
     rows = report["results"]
     assert {r["workload"] for r in rows} == {"box-p2", "mask-c4", "pool-vgg", "rot-p2",
                                              "psroi-rfcn", "prroi-atom", "fpn"}
@@ -43,10 +52,14 @@ def test_workloads_flag_runs_only_those(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "jax_roi.bench", "--quick", "--repeats", "1", "--no-torch",
          "--workloads", "psroi-rfcn", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={**without_malloc_settings(), "GLIBC_TUNABLES": KEEP_FREED_PAGES})
     assert result.returncode == 0, result.stderr
     with open(os.path.join(tmp_path, "bench.json")) as f:
-        rows = json.load(f)["results"]
+        report = json.load(f)
+    rows = report["results"]
+    # the README's malloc setting is named in the report, as it moves the large rows
+    assert report["allocator"] == f"GLIBC_TUNABLES={KEEP_FREED_PAGES}"
     assert {r["workload"] for r in rows} == {"psroi-rfcn"}
     assert {r["op"] for r in rows} == {"ps_roi_align", "ps_roi_pool"}
     bad = subprocess.run([sys.executable, "-m", "jax_roi.bench", "--workloads", "nope"],

@@ -137,7 +137,7 @@ JAX_ROI_CPU_CLONES void align_avg_forward_from_channels_last(const Problem<G>& q
   const int64_t C = s.channels, bins = s.pooled_h * s.pooled_w;
   RoiRun<G>& run = scratch.run;
   OutputBlock<G>& block = scratch.block;
-  block.resize(bins);
+  block.bins = bins;  // write_channels_last stages through the block, not its lanes
   scratch.acc.resize(bins * C);
   G* roi_out = scratch.acc.data();
   auto out_of = [&](int64_t) JAX_ROI_INLINE_LAMBDA { return roi_out; };

@@ -64,15 +64,24 @@ struct LaneTile {
   }
   G* at(int64_t width, int64_t y, int64_t x) { return data.data() + (y * width + x) * kLanes; }
 
-  // Channels [c0, c0 + lanes) of image `b`; lanes past them read 0.
+  // Channels [c0, c0 + lanes) of image `b`; lanes past them read 0. A
+  // whole tile goes through 16 x 16 blocks in L1 (transpose.h), reading
+  // whole lines of each plane.
   template <typename T>
-  void load(const Shape& s, const T* features, int64_t b, int64_t c0, int lanes) {
+  JAX_ROI_ALWAYS_INLINE void load(const Shape& s, const T* features, int64_t b, int64_t c0,
+                                  int lanes) {
     const int64_t plane = s.height * s.width;
     data.resize(plane * kLanes);
     const T* src = features + (b * s.channels + c0) * plane;
     G* __restrict__ dst = data.data();
-    for (int64_t i = 0; i < plane; ++i)
-      for (int j = 0; j < kLanes; ++j) dst[i * kLanes + j] = j < lanes ? to_acc(src[j * plane + i]) : G(0);
+    if (lanes == kLanes) {
+      transpose_tiled(src, plane, kLanes, plane, dst, kLanes,
+                      [](T v) JAX_ROI_INLINE_LAMBDA { return to_acc(v); });
+    } else {
+      for (int64_t i = 0; i < plane; ++i)
+        for (int j = 0; j < kLanes; ++j)
+          dst[i * kLanes + j] = j < lanes ? to_acc(src[j * plane + i]) : G(0);
+    }
     batch = b;
     channel = c0;
   }

@@ -13,13 +13,16 @@
 namespace jax_roi {
 
 // dst[j * dst_stride + i] = convert(src[i * src_stride + j]) for i < rows,
-// j < cols.
+// j < cols. A tile's rows are copied in whole, then read down its columns
+// at the tile's fixed stride, which the vectoriser turns into permutes (a
+// runtime stride on either side leaves one scalar load and store per
+// element).
 template <typename S, typename D, typename Convert>
 JAX_ROI_ALWAYS_INLINE void transpose_tiled(const S* src, int64_t src_stride, int64_t rows,
                                            int64_t cols, D* dst, int64_t dst_stride,
                                            Convert convert) {
   constexpr int64_t kTile = 16;
-  D tile[kTile][kTile];
+  S tile[kTile][kTile];
   for (int64_t i0 = 0; i0 < rows; i0 += kTile) {
     const int64_t ni = std::min(kTile, rows - i0);
     for (int64_t j0 = 0; j0 < cols; j0 += kTile) {
@@ -28,15 +31,15 @@ JAX_ROI_ALWAYS_INLINE void transpose_tiled(const S* src, int64_t src_stride, int
       D* to = dst + j0 * dst_stride + i0;
       if (ni == kTile && nj == kTile) {  // fixed trip counts, for the vectoriser
         for (int64_t i = 0; i < kTile; ++i)
-          for (int64_t j = 0; j < kTile; ++j) tile[j][i] = convert(from[i * src_stride + j]);
+          for (int64_t j = 0; j < kTile; ++j) tile[i][j] = from[i * src_stride + j];
         for (int64_t j = 0; j < kTile; ++j)
-          for (int64_t i = 0; i < kTile; ++i) to[j * dst_stride + i] = tile[j][i];
+          for (int64_t i = 0; i < kTile; ++i) to[j * dst_stride + i] = convert(tile[i][j]);
         continue;
       }
       for (int64_t i = 0; i < ni; ++i)
-        for (int64_t j = 0; j < nj; ++j) tile[j][i] = convert(from[i * src_stride + j]);
+        for (int64_t j = 0; j < nj; ++j) tile[i][j] = from[i * src_stride + j];
       for (int64_t j = 0; j < nj; ++j)
-        for (int64_t i = 0; i < ni; ++i) to[j * dst_stride + i] = tile[j][i];
+        for (int64_t i = 0; i < ni; ++i) to[j * dst_stride + i] = convert(tile[i][j]);
     }
   }
 }

@@ -157,8 +157,9 @@ def processor_model():
 
 
 def allocator_setting():
-    """This process's malloc settings: they move every large row, since each call's result
-    is fresh memory that the system zeroes page by page unless the allocator keeps it."""
+    """The malloc settings in this process's environment: they move every large row, since
+    each call's result is fresh memory that the system zeroes page by page unless the
+    allocator keeps it."""
     settings = [f"{k}={v}" for k, v in sorted(os.environ.items())
                 if k.startswith(("MALLOC_", "TCMALLOC_"))]
     tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":")

@@ -76,3 +76,19 @@ def test_rounds_call_every_implementation_once_each_in_rotating_order():
     assert set(medians) == {"a", "b", "c"} and all(ms >= 0 for ms in medians.values())
     # One warm-up call each, then rounds that start one name later each time.
     assert order == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+
+
+def test_allocator_setting_names_only_malloc_settings(monkeypatch):
+    from jax_roi.bench import allocator_setting
+
+    for name in list(os.environ):
+        if name in ("GLIBC_TUNABLES", "LD_PRELOAD") or name.startswith(("MALLOC_", "TCMALLOC_")):
+            monkeypatch.delenv(name)
+    assert allocator_setting() == "default"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.cpu.hwcaps=-AVX512F:glibc.malloc.mmap_max=0")
+    monkeypatch.setenv("LD_PRELOAD", "/a/libfoo.so /b/libjemalloc.so.2")
+    monkeypatch.setenv("MALLOC_CONF", "dirty_decay_ms:-1")
+    monkeypatch.setenv("TCMALLOC_RELEASE_RATE", "0")
+    assert allocator_setting() == ("MALLOC_CONF=dirty_decay_ms:-1, TCMALLOC_RELEASE_RATE=0, "
+                                   "GLIBC_TUNABLES=glibc.malloc.mmap_max=0, "
+                                   "LD_PRELOAD=/b/libjemalloc.so.2")

@@ -482,12 +482,13 @@ def main(argv=None):
     # change. Read when torch loads OpenMP, so set before it is imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+    allocator = allocator_setting()
     with_torch = not args.no_torch and torchvision_available()
     with_onnxruntime = not args.no_onnxruntime and onnxruntime_available()
     print(f"jax {jax.__version__}, jax_roi {jax_roi.__version__} on {processor_model()} "
           f"({platform.machine()}, {os.cpu_count()} cores); CPU kernels use "
           f"{vector_bytes()}-byte vectors; devices {jax.devices()}; "
-          f"malloc settings: {allocator_setting()}")
+          f"malloc settings: {allocator}")
     if not with_torch:
         print("torchvision baseline: not run (torch and torchvision are not installed"
               + (", or --no-torch)" if args.no_torch else ")"))
@@ -504,7 +505,7 @@ def main(argv=None):
     report = {"quick": args.quick, "repeats": args.repeats, "jax": jax.__version__,
               "jax_roi": jax_roi.__version__, "machine": platform.machine(),
               "processor": processor_model(), "vector_bytes": vector_bytes(),
-              "allocator": allocator_setting(), "cores": os.cpu_count(), "results": results}
+              "allocator": allocator, "cores": os.cpu_count(), "results": results}
     json_path = os.path.join(args.out, "bench.json")
     with open(json_path, "w") as f:
         json.dump(report, f, indent=1)

@@ -81,9 +81,8 @@ def test_rounds_call_every_implementation_once_each_in_rotating_order():
 def test_allocator_setting_names_only_malloc_settings(monkeypatch):
     from jax_roi.bench import allocator_setting
 
-    for name in list(os.environ):
-        if name in ("GLIBC_TUNABLES", "LD_PRELOAD") or name.startswith(("MALLOC_", "TCMALLOC_")):
-            monkeypatch.delenv(name)
+    for name in set(os.environ) - set(without_malloc_settings()):
+        monkeypatch.delenv(name)
     assert allocator_setting() == "default"
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.cpu.hwcaps=-AVX512F:glibc.malloc.mmap_max=0")
     monkeypatch.setenv("LD_PRELOAD", "/a/libfoo.so /b/libjemalloc.so.2")

@@ -305,15 +305,20 @@ DEFAULT_REPEATS = 9
 
 
 def median_ms_in_rounds(calls, repeats):
-    """Median ms of each named call, timed in rounds that call each once (in
-    an order that rotates), so a slow spell of a shared machine weighs on
-    every implementation alike and the ratios stay fair."""
+    """Median ms of each named call, timed in rounds that call each twice in a
+    row and time the second (in an order that rotates). The rounds make a
+    slow spell of a shared machine weigh on every implementation alike; the
+    untimed call before each timed one leaves caches, pages and cores as a
+    run of the same call does (a training step's steady state), where after
+    another implementation's call the time also paid for waking idle cores
+    and refetching what that call evicted, and depended on which one it was."""
     for call in calls.values():
         call()  # compiles
     names = list(calls)
     times = {name: [] for name in names}
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
+            calls[name]()
             start = time.perf_counter()
             calls[name]()
             times[name].append(time.perf_counter() - start)

@@ -67,15 +67,31 @@ def test_workloads_flag_runs_only_those(tmp_path):
     assert bad.returncode != 0 and "--workloads" in bad.stderr
 
 
-def test_rounds_call_every_implementation_once_each_in_rotating_order():
+def test_rounds_call_every_implementation_twice_in_a_row_in_rotating_order():
     from jax_roi.bench import median_ms_in_rounds
 
     order = []
     calls = {name: (lambda name=name: order.append(name)) for name in ("a", "b", "c")}
     medians = median_ms_in_rounds(calls, repeats=3)
     assert set(medians) == {"a", "b", "c"} and all(ms >= 0 for ms in medians.values())
-    # One warm-up call each, then rounds that start one name later each time.
-    assert order == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    # One compiling call each, then rounds that start one name later each time,
+    # each name called twice in a row (the second timed).
+    assert order == ["a", "b", "c"] + [n for n in "abcbcacab" for _ in range(2)]
+
+
+def test_rounds_time_the_second_of_each_pair_of_calls(monkeypatch):
+    from jax_roi import bench
+
+    # a fake clock that the calls advance: a first call of a pair takes 5 s,
+    # the second 1 s, so the medians show which one was timed
+    now, calls_made = [0.0], []
+
+    def call():
+        calls_made.append(1)
+        now[0] += 5.0 if len(calls_made) % 2 == 0 else 1.0
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    assert bench.median_ms_in_rounds({"a": call}, repeats=3) == {"a": 1000.0}
 
 
 def test_allocator_setting_names_only_malloc_settings(monkeypatch):

@@ -302,26 +302,35 @@ def onnxruntime_forward(w, features_nchw, rois):
 
 
 DEFAULT_REPEATS = 9
+# Rounds go on past the repeats until they have taken this long, so the
+# medians of millisecond calls rest on more than 9 samples each.
+DEFAULT_MIN_SECONDS = 2.0
+MAX_ROUNDS = 200
 
 
-def median_ms_in_rounds(calls, repeats):
+def median_ms_in_rounds(calls, repeats, min_seconds=0.0):
     """Median ms of each named call, timed in rounds that call each twice in a
-    row and time the second (in an order that rotates). The rounds make a
-    slow spell of a shared machine weigh on every implementation alike; the
-    untimed call before each timed one leaves caches, pages and cores as a
-    run of the same call does (a training step's steady state), where after
-    another implementation's call the time also paid for waking idle cores
-    and refetching what that call evicted, and depended on which one it was."""
+    row and time the second (in an order that rotates): `repeats` rounds, and
+    more (up to MAX_ROUNDS) until the rounds have taken `min_seconds`. The
+    rounds make a slow spell of a shared machine weigh on every
+    implementation alike; the untimed call before each timed one leaves
+    caches, pages and cores as a run of the same call does (a training
+    step's steady state), where after another implementation's call the time
+    also paid for waking idle cores and refetching what that call evicted,
+    and depended on which one it was."""
     for call in calls.values():
         call()  # compiles
     names = list(calls)
     times = {name: [] for name in names}
-    for r in range(repeats):
+    began = time.perf_counter()
+    r = 0
+    while r < repeats or (time.perf_counter() - began < min_seconds and r < MAX_ROUNDS):
         for name in names[r % len(names):] + names[:r % len(names)]:
             calls[name]()
             start = time.perf_counter()
             calls[name]()
             times[name].append(time.perf_counter() - start)
+        r += 1
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
@@ -356,7 +365,7 @@ def fresh_result(features):
 
 
 def run(quick_run=False, repeats=DEFAULT_REPEATS, with_torch=True, log=print, names=None,
-        with_onnxruntime=True):
+        with_onnxruntime=True, min_seconds=0.0):
     results = []
     for w, mode, layout, dtype in cases(quick_run, names):
         features, rois = make_inputs(w, layout, jnp.dtype(dtype))
@@ -395,7 +404,7 @@ def run(quick_run=False, repeats=DEFAULT_REPEATS, with_torch=True, log=print, na
             timed = {name: c[direction] for name, c in calls.items()}
             if direction == "forward":
                 timed.update(forward_only)
-            for name, ms in median_ms_in_rounds(timed, repeats).items():
+            for name, ms in median_ms_in_rounds(timed, repeats, min_seconds).items():
                 row[name][f"{direction}_ms"] = ms
         results.append(row)
         log(format_row(row))
@@ -461,7 +470,12 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced sizes: runs in seconds")
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
-                        help="timed rounds per case: each calls every implementation once")
+                        help="timed rounds per case, at least: each calls every "
+                             "implementation twice and times the second call")
+    parser.add_argument("--min-seconds", type=float,
+                        help="go on with more rounds (up to %d) until a case's rounds have "
+                             "taken this long (default: %g, or 0 with --quick)"
+                             % (MAX_ROUNDS, DEFAULT_MIN_SECONDS))
     parser.add_argument("--out", default="bench-results",
                         help="directory for bench.json and bench.png")
     parser.add_argument("--no-torch", action="store_true",
@@ -503,11 +517,14 @@ def main(argv=None):
     print("ratios are baseline time / jax_roi time: higher is better; '/ floor' is jax_roi's "
           "time over writing a fresh output of the same size\n")
     print(HEADER)
+    min_seconds = args.min_seconds if args.min_seconds is not None else (
+        0.0 if args.quick else DEFAULT_MIN_SECONDS)
     results = run(args.quick, args.repeats, with_torch, names=args.workloads,
-                  with_onnxruntime=with_onnxruntime)
+                  with_onnxruntime=with_onnxruntime, min_seconds=min_seconds)
 
     os.makedirs(args.out, exist_ok=True)
-    report = {"quick": args.quick, "repeats": args.repeats, "jax": jax.__version__,
+    report = {"quick": args.quick, "repeats": args.repeats, "min_seconds": min_seconds,
+              "jax": jax.__version__,
               "jax_roi": jax_roi.__version__, "machine": platform.machine(),
               "processor": processor_model(), "vector_bytes": vector_bytes(),
               "allocator": allocator, "cores": os.cpu_count(), "results": results}

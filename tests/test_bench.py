@@ -27,6 +27,7 @@ def test_quick_benchmark_writes_its_report(tmp_path):
     assert report["processor"] and report["vector_bytes"] == 16
     assert "CPU kernels use 16-byte vectors" in result.stdout
     assert report["allocator"] == "default" and "malloc settings: default" in result.stdout
+    assert report["min_seconds"] == 0  # --quick: no rounds past --repeats
     rows = report["results"]
     assert {r["workload"] for r in rows} == {"box-p2", "mask-c4", "pool-vgg", "rot-p2",
                                              "psroi-rfcn", "prroi-atom", "fpn"}
@@ -107,3 +108,21 @@ def test_allocator_setting_names_only_malloc_settings(monkeypatch):
     assert allocator_setting() == ("MALLOC_CONF=dirty_decay_ms:-1, TCMALLOC_RELEASE_RATE=0, "
                                    "GLIBC_TUNABLES=glibc.malloc.mmap_max=0, "
                                    "LD_PRELOAD=/b/libjemalloc.so.2")
+
+
+def test_rounds_go_on_until_they_have_taken_min_seconds(monkeypatch):
+    from jax_roi import bench
+
+    # each call takes 1 s of a fake clock: a round of one name is 2 s
+    now, made = [0.0], []
+
+    def call():
+        made.append(1)
+        now[0] += 1.0
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    bench.median_ms_in_rounds({"a": call}, repeats=3, min_seconds=9.0)
+    assert len(made) == 1 + 2 * 5  # the compiling call, then 5 rounds (10 s >= 9 s)
+    made.clear()
+    bench.median_ms_in_rounds({"a": call}, repeats=3, min_seconds=1e9)
+    assert len(made) == 1 + 2 * bench.MAX_ROUNDS

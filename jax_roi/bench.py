@@ -10,9 +10,10 @@ and for prroi-atom with respect to the features and the boxes.
     python -m jax_roi.bench --vector-bytes 32   # the AVX2 kernels on an AVX-512 machine
     python -m jax_roi.bench --workloads rot-p2,psroi-rfcn   # some workloads only
 
-Prints one table (median time per call after a compiling warm-up, and the
-ratio baseline time / jax_roi time, so higher is better), writes the results
-as JSON and, when matplotlib is installed, a bar chart PNG.
+Prints one table (the median time of a call made right after a call of the
+same implementation, and the ratio baseline time / jax_roi time, so higher is
+better), writes the results as JSON and, when matplotlib is installed, a bar
+chart PNG.
 """
 
 import argparse
@@ -290,7 +291,7 @@ def onnxruntime_forward(w, features_nchw, rois):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
     # Its threads would otherwise spin for work after each run and take the
-    # cores from whichever call is timed next.
+    # cores from whichever call runs next.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(model.SerializeToString(), options,
                                            providers=["CPUExecutionProvider"])
@@ -308,16 +309,17 @@ DEFAULT_MIN_SECONDS = 2.0
 MAX_ROUNDS = 200
 
 
-def median_ms_in_rounds(calls, repeats, min_seconds=0.0):
+def median_ms_in_rounds(calls, repeats, min_seconds=0.0, cold=False):
     """Median ms of each named call, timed in rounds that call each twice in a
     row and time the second (in an order that rotates): `repeats` rounds, and
     more (up to MAX_ROUNDS) until the rounds have taken `min_seconds`. The
     rounds make a slow spell of a shared machine weigh on every
-    implementation alike; the untimed call before each timed one leaves
-    caches, pages and cores as a run of the same call does (a training
-    step's steady state), where after another implementation's call the time
+    implementation alike. The untimed call before each timed one leaves
+    caches, pages and cores as repeated calls of the same op leave them (hot,
+    a best case for every implementation alike); timed right after another
+    implementation's call (`cold`: one call each, as before 0.4.8), a call
     also paid for waking idle cores and refetching what that call evicted,
-    and depended on which one it was."""
+    and how much depended on which call it followed."""
     for call in calls.values():
         call()  # compiles
     names = list(calls)
@@ -326,7 +328,8 @@ def median_ms_in_rounds(calls, repeats, min_seconds=0.0):
     r = 0
     while r < repeats or (time.perf_counter() - began < min_seconds and r < MAX_ROUNDS):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            calls[name]()
+            if not cold:
+                calls[name]()
             start = time.perf_counter()
             calls[name]()
             times[name].append(time.perf_counter() - start)
@@ -365,7 +368,10 @@ def fresh_result(features):
 
 
 def run(quick_run=False, repeats=DEFAULT_REPEATS, with_torch=True, log=print, names=None,
-        with_onnxruntime=True, min_seconds=0.0):
+        with_onnxruntime=True, min_seconds=None, cold=False):
+    """The table's rows; `min_seconds` None: DEFAULT_MIN_SECONDS, 0 for a quick run."""
+    if min_seconds is None:
+        min_seconds = 0.0 if quick_run else DEFAULT_MIN_SECONDS
     results = []
     for w, mode, layout, dtype in cases(quick_run, names):
         features, rois = make_inputs(w, layout, jnp.dtype(dtype))
@@ -404,7 +410,7 @@ def run(quick_run=False, repeats=DEFAULT_REPEATS, with_torch=True, log=print, na
             timed = {name: c[direction] for name, c in calls.items()}
             if direction == "forward":
                 timed.update(forward_only)
-            for name, ms in median_ms_in_rounds(timed, repeats, min_seconds).items():
+            for name, ms in median_ms_in_rounds(timed, repeats, min_seconds, cold).items():
                 row[name][f"{direction}_ms"] = ms
         results.append(row)
         log(format_row(row))
@@ -465,17 +471,28 @@ def plot(results, path):
     return True
 
 
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced sizes: runs in seconds")
-    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+    parser.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS,
                         help="timed rounds per case, at least: each calls every "
                              "implementation twice and times the second call")
     parser.add_argument("--min-seconds", type=float,
-                        help="go on with more rounds (up to %d) until a case's rounds have "
-                             "taken this long (default: %g, or 0 with --quick)"
+                        help="go on with more rounds (up to %d) until the rounds of each "
+                             "pass (forward, backward) of a case have taken this long "
+                             "(default: %g, or 0 with --quick)"
                              % (MAX_ROUNDS, DEFAULT_MIN_SECONDS))
+    parser.add_argument("--cold", action="store_true",
+                        help="time one call of each implementation per round, right after "
+                             "another implementation's (the timing before 0.4.8)")
     parser.add_argument("--out", default="bench-results",
                         help="directory for bench.json and bench.png")
     parser.add_argument("--no-torch", action="store_true",
@@ -496,9 +513,10 @@ def main(argv=None):
     if args.vector_bytes:  # read by the kernels at their first call
         os.environ["JAX_ROI_CPU_VECTOR_BYTES"] = str(args.vector_bytes)
     # torch's OpenMP threads would otherwise spin for work after each call
-    # and take a core from whichever call is timed next (psroi-rfcn's
-    # ps_roi_pool forward read 1.4 ms for 0.7); torch's own times do not
-    # change. Read when torch loads OpenMP, so set before it is imported.
+    # and take a core from whichever call runs next (psroi-rfcn's
+    # ps_roi_pool forward read 1.4 ms for 0.7 with cold timing); torch's own
+    # times do not change. Read when torch loads OpenMP, so set before it is
+    # imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     allocator = allocator_setting()
@@ -514,16 +532,20 @@ def main(argv=None):
     if not with_onnxruntime:
         print("ONNX Runtime baseline: not run (onnx and onnxruntime are not installed"
               + (", or --no-onnxruntime)" if args.no_onnxruntime else ")"))
-    print("ratios are baseline time / jax_roi time: higher is better; '/ floor' is jax_roi's "
-          "time over writing a fresh output of the same size\n")
-    print(HEADER)
     min_seconds = args.min_seconds if args.min_seconds is not None else (
         0.0 if args.quick else DEFAULT_MIN_SECONDS)
+    print(f"timing: at least {args.repeats} rounds and {min_seconds:g} s per pass; "
+          + ("cold, each call right after another implementation's" if args.cold else
+             "hot, each call right after an untimed call of its own"))
+    print("ratios are baseline time / jax_roi time: higher is better; '/ floor' is jax_roi's "
+          "time over filling an array of the result's size\n")
+    print(HEADER)
     results = run(args.quick, args.repeats, with_torch, names=args.workloads,
-                  with_onnxruntime=with_onnxruntime, min_seconds=min_seconds)
+                  with_onnxruntime=with_onnxruntime, min_seconds=min_seconds, cold=args.cold)
 
     os.makedirs(args.out, exist_ok=True)
     report = {"quick": args.quick, "repeats": args.repeats, "min_seconds": min_seconds,
+              "cold": args.cold,
               "jax": jax.__version__,
               "jax_roi": jax_roi.__version__, "machine": platform.machine(),
               "processor": processor_model(), "vector_bytes": vector_bytes(),

@@ -80,18 +80,27 @@ def test_rounds_call_every_implementation_twice_in_a_row_in_rotating_order():
     assert order == ["a", "b", "c"] + [n for n in "abcbcacab" for _ in range(2)]
 
 
+def clocked_call(monkeypatch, seconds):
+    """A call that advances a fake bench clock by seconds(n) on its n-th call
+    (from 1), and the list of calls made."""
+    from jax_roi import bench
+
+    now, made = [0.0], []
+
+    def call():
+        made.append(1)
+        now[0] += seconds(len(made))
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    return call, made
+
+
 def test_rounds_time_the_second_of_each_pair_of_calls(monkeypatch):
     from jax_roi import bench
 
-    # a fake clock that the calls advance: a first call of a pair takes 5 s,
-    # the second 1 s, so the medians show which one was timed
-    now, calls_made = [0.0], []
-
-    def call():
-        calls_made.append(1)
-        now[0] += 5.0 if len(calls_made) % 2 == 0 else 1.0
-
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    # after the compiling call, a pair's first call takes 5 s and its second
+    # 1 s, so the median shows which one was timed
+    call, _ = clocked_call(monkeypatch, lambda n: 5.0 if n % 2 == 0 else 1.0)
     assert bench.median_ms_in_rounds({"a": call}, repeats=3) == {"a": 1000.0}
 
 
@@ -113,16 +122,53 @@ def test_allocator_setting_names_only_malloc_settings(monkeypatch):
 def test_rounds_go_on_until_they_have_taken_min_seconds(monkeypatch):
     from jax_roi import bench
 
-    # each call takes 1 s of a fake clock: a round of one name is 2 s
-    now, made = [0.0], []
-
-    def call():
-        made.append(1)
-        now[0] += 1.0
-
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    call, made = clocked_call(monkeypatch, lambda n: 1.0)  # a round of one name: 2 s
     bench.median_ms_in_rounds({"a": call}, repeats=3, min_seconds=9.0)
     assert len(made) == 1 + 2 * 5  # the compiling call, then 5 rounds (10 s >= 9 s)
     made.clear()
     bench.median_ms_in_rounds({"a": call}, repeats=3, min_seconds=1e9)
     assert len(made) == 1 + 2 * bench.MAX_ROUNDS
+
+
+def test_repeats_are_a_floor_even_past_min_seconds(monkeypatch):
+    from jax_roi import bench
+
+    call, made = clocked_call(monkeypatch, lambda n: 1.0)
+    bench.median_ms_in_rounds({"a": call}, repeats=3, min_seconds=1.0)
+    assert len(made) == 1 + 2 * 3
+
+
+def test_cold_rounds_call_each_implementation_once():
+    from jax_roi.bench import median_ms_in_rounds
+
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in ("a", "b")}
+    median_ms_in_rounds(calls, repeats=2, cold=True)
+    assert order == ["a", "b", "a", "b", "b", "a"]
+
+
+def test_main_passes_the_timing_options_on_and_reports_them(monkeypatch, tmp_path, capsys):
+    from jax_roi import bench
+
+    seen = []
+    monkeypatch.setattr(bench, "run", lambda quick, repeats, with_torch, **kw:
+                        seen.append((quick, repeats, kw["min_seconds"], kw["cold"])) or [])
+    monkeypatch.setattr(bench, "plot", lambda results, path: False)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # main sets it when unset
+    common = ["--no-torch", "--no-onnxruntime", "--out", str(tmp_path)]
+    bench.main(common + ["--repeats", "4"])
+    assert seen[-1] == (False, 4, bench.DEFAULT_MIN_SECONDS, False)
+    assert "hot, each call right after an untimed call of its own" in capsys.readouterr().out
+    bench.main(common + ["--quick", "--min-seconds", "3", "--cold"])
+    assert seen[-1] == (True, bench.DEFAULT_REPEATS, 3.0, True)
+    with open(os.path.join(tmp_path, "bench.json")) as f:
+        report = json.load(f)
+    assert report["cold"] is True and report["min_seconds"] == 3.0
+    assert "cold, each call right after another implementation's" in capsys.readouterr().out
+    try:
+        bench.main(common + ["--repeats", "0"])
+    except SystemExit as exit:
+        assert exit.code != 0
+    else:
+        raise AssertionError("--repeats 0 was accepted")
+    assert "--repeats" in capsys.readouterr().err

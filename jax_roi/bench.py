@@ -309,6 +309,13 @@ DEFAULT_MIN_SECONDS = 2.0
 MAX_ROUNDS = 200
 
 
+def min_seconds_or_default(min_seconds, quick_run):
+    """`min_seconds`, or when None DEFAULT_MIN_SECONDS (0 for a quick run)."""
+    if min_seconds is not None:
+        return min_seconds
+    return 0.0 if quick_run else DEFAULT_MIN_SECONDS
+
+
 def median_ms_in_rounds(calls, repeats, min_seconds=0.0, cold=False):
     """Median ms of each named call, timed in rounds that call each twice in a
     row and time the second (in an order that rotates): `repeats` rounds, and
@@ -369,9 +376,8 @@ def fresh_result(features):
 
 def run(quick_run=False, repeats=DEFAULT_REPEATS, with_torch=True, log=print, names=None,
         with_onnxruntime=True, min_seconds=None, cold=False):
-    """The table's rows; `min_seconds` None: DEFAULT_MIN_SECONDS, 0 for a quick run."""
-    if min_seconds is None:
-        min_seconds = 0.0 if quick_run else DEFAULT_MIN_SECONDS
+    """The table's rows (`min_seconds`: see min_seconds_or_default)."""
+    min_seconds = min_seconds_or_default(min_seconds, quick_run)
     results = []
     for w, mode, layout, dtype in cases(quick_run, names):
         features, rois = make_inputs(w, layout, jnp.dtype(dtype))
@@ -532,8 +538,7 @@ def main(argv=None):
     if not with_onnxruntime:
         print("ONNX Runtime baseline: not run (onnx and onnxruntime are not installed"
               + (", or --no-onnxruntime)" if args.no_onnxruntime else ")"))
-    min_seconds = args.min_seconds if args.min_seconds is not None else (
-        0.0 if args.quick else DEFAULT_MIN_SECONDS)
+    min_seconds = min_seconds_or_default(args.min_seconds, args.quick)
     print(f"timing: at least {args.repeats} rounds and {min_seconds:g} s per pass; "
           + ("cold, each call right after another implementation's" if args.cold else
              "hot, each call right after an untimed call of its own"))
@@ -545,8 +550,7 @@ def main(argv=None):
 
     os.makedirs(args.out, exist_ok=True)
     report = {"quick": args.quick, "repeats": args.repeats, "min_seconds": min_seconds,
-              "cold": args.cold,
-              "jax": jax.__version__,
+              "cold": args.cold, "jax": jax.__version__,
               "jax_roi": jax_roi.__version__, "machine": platform.machine(),
               "processor": processor_model(), "vector_bytes": vector_bytes(),
               "allocator": allocator, "cores": os.cpu_count(), "results": results}

@@ -4,8 +4,9 @@
 //     once for all its threads (NoCallTables: nothing);
 //   Scratch<G>: the buffers one thread reuses;
 //   kNhwcChunksPerThread: how finely NHWC forward splits the ROIs;
-//   kNchwSplitsRois: NCHW forward splits the ROIs too, calling forward_nchw
-//     with every channel (else it splits the channels);
+//   kNchwSplit: what NCHW forward splits among threads, calling forward_nchw
+//     with output channels [i0, i1) (kChannels), with bins [i0, i1) (kBins)
+//     or with a part of the ROIs and every channel (kRois);
 //   kNchwFromChannelsLast: NCHW forward on a small map copies it
 //     channels-last (channels_last_copy.h) and calls
 //     forward_from_channels_last(q, list, copy, out, scratch) with the ROIs
@@ -16,8 +17,9 @@
 //   kNhwcBackwardRowBands: NHWC backward blocks are row bands of an image
 //     (gradient_blocks.h), not channel ranges (the tap kernels' from
 //     CallTapTables, which then finds their taps' rows);
-//   forward_nchw(p, list, tables, c0, c1, features, out, argmax, scratch):
-//     output channels [c0, c1) of the listed ROIs;
+//   forward_nchw(p, list, tables, i0, i1, features, out, argmax, scratch):
+//     the listed ROIs' outputs as kNchwSplit says, the call's tables
+//     tabulated for kChannels only;
 //   forward_nhwc(p, list, tables, features, out, argmax, scratch): every
 //     channel of the listed ROIs (a part of the tabulated list);
 //   backward(p, block, tables, grad_out, argmax, grad, scratch): the
@@ -33,6 +35,8 @@ namespace jax_roi {
 
 template <Op op>
 struct CpuKernel;
+
+enum class NchwSplit { kChannels, kBins, kRois };
 
 // For kernels that tabulate per thread, as they go.
 struct NoCallTables {

@@ -1,7 +1,7 @@
 // The CPU backend: ROI-at-a-time kernels over XLA's thread pool. NCHW
-// forward splits the channels among threads (unless the kernel asks for
-// kNchwSplitsRois, or works on a channels-last copy of a small map) and
-// NHWC forward the ROIs;
+// forward splits the channels among threads (or what the kernel's
+// kNchwSplit says, unless it works on a channels-last copy of a small map)
+// and NHWC forward the ROIs;
 // backward splits into blocks of (image, channels) that each own the
 // gradient elements they write (gradient_blocks.h). A pyramid is its levels
 // one after another, each visiting only its own ROIs. The derivatives with
@@ -152,14 +152,17 @@ struct CpuBackend {
       }
     }
     typename Kernel::template Tables<G> tables;
-    if (!s.channels_last && !Kernel::kNchwSplitsRois) {
-      // Channels outermost, so each plane is read from memory once per run
-      // of ROIs; every thread visits every ROI, so they are tabulated once.
-      Kernel::tabulate(pool, p, list, tables);
-      const int64_t C = s.out_channels;
-      parallel_for(pool, C, balanced_grain(pool, C, 1, 4), [&](int64_t c0, int64_t c1) {
+    constexpr NchwSplit split = Kernel::kNchwSplit;
+    if (!s.channels_last && split != NchwSplit::kRois) {
+      // Threads split the channels, so each plane is read from memory once
+      // per run of ROIs; every thread visits every ROI, so they are
+      // tabulated once. Or they split the bins, and tabulate a ROI's bin as
+      // they visit it.
+      if (split == NchwSplit::kChannels) Kernel::tabulate(pool, p, list, tables);
+      const int64_t n = split == NchwSplit::kBins ? s.pooled_h * s.pooled_w : s.out_channels;
+      parallel_for(pool, n, balanced_grain(pool, n, 1, 4), [&](int64_t i0, int64_t i1) {
         Scratch scratch;
-        Kernel::forward_nchw(p, list, tables, c0, c1, features, out, argmax, scratch);
+        Kernel::forward_nchw(p, list, tables, i0, i1, features, out, argmax, scratch);
       });
       return;
     }

@@ -36,6 +36,13 @@ JAX_ROI_ALWAYS_INLINE void transpose_tiled(const S* src, int64_t src_stride, int
           for (int64_t i = 0; i < kTile; ++i) to[j * dst_stride + i] = convert(tile[i][j]);
         continue;
       }
+      if (nj == kTile) {  // a few rows (as few channels): whole-row copies still
+        for (int64_t i = 0; i < ni; ++i)
+          for (int64_t j = 0; j < kTile; ++j) tile[i][j] = from[i * src_stride + j];
+        for (int64_t j = 0; j < kTile; ++j)
+          for (int64_t i = 0; i < ni; ++i) to[j * dst_stride + i] = convert(tile[i][j]);
+        continue;
+      }
       for (int64_t i = 0; i < ni; ++i)
         for (int64_t j = 0; j < nj; ++j) tile[i][j] = from[i * src_stride + j];
       for (int64_t j = 0; j < nj; ++j)

@@ -1,0 +1,52 @@
+// The NCHW position-sensitive forward's view of one bin: the planes of its
+// output channels (input channels c*bins + b, `bins` planes apart)
+// interleaved, pixel (y, x) of channel j at ((y*W + x)*lanes + j), lanes
+// being the channels rounded up to kLanes (at most kMaxLanes a tile). A
+// tap then reads a pixel's channels as vectors, where reading the planes
+// themselves costs a scattered load per channel. A bin's planes are read
+// once, through transpose_tiled, while every ROI's bin uses the tile in
+// cache.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "../dtypes.h"
+#include "../problem.h"
+#include "lane_tile.h"
+#include "transpose.h"
+
+namespace jax_roi {
+
+template <typename G>
+struct BinPlanes {
+  static constexpr int64_t kMaxLanes = 16 * kLanes;
+  std::vector<G> data;
+  int64_t lanes = kLanes;    // per pixel: n channels rounded up to kLanes
+  int64_t batch = -1;        // the image it holds, -1 for none
+
+  const G* at(int64_t width, int64_t y, int64_t x) const {
+    return data.data() + (y * width + x) * lanes;
+  }
+  G* at(int64_t width, int64_t y, int64_t x) { return data.data() + (y * width + x) * lanes; }
+
+  // Input channels first + j*step (j < n) of image b. The lanes past n
+  // hold zeros or stale values: their sums are never written out.
+  template <typename T>
+  JAX_ROI_ALWAYS_INLINE void load(const Shape& s, const T* features, int64_t b, int64_t first,
+                                  int64_t step, int64_t n) {
+    const int64_t plane = s.height * s.width;
+    const int64_t rounded = (n + kLanes - 1) / kLanes * kLanes;
+    if (rounded != lanes || static_cast<int64_t>(data.size()) != plane * rounded) {
+      lanes = rounded;
+      data.assign(plane * lanes, G(0));
+    }
+    const T* src = features + (b * s.channels + first) * plane;
+    transpose_tiled(src, step * plane, n, plane, data.data(), lanes,
+                    [](T v) JAX_ROI_INLINE_LAMBDA { return to_acc(v); });
+    batch = b;
+  }
+
+};
+
+}  // namespace jax_roi

@@ -136,6 +136,17 @@ def test_many_rois_float32(op, c_out, layout):
     _check(op, x, rois, F32, layout, out_size=(2, 3), scale=scale, sr=2)
 
 
+@pytest.mark.parametrize("h,w,c_out", [(200, 200, 40), (260, 260, 3)])
+def test_ps_roi_align_nchw_forward_on_large_maps(h, w, c_out):
+    # The NCHW forward's tile (bin_planes.h) holds at most 4 MiB: 16
+    # channels of a 200 x 200 map at a time (40 channels: three tiles a
+    # bin), none of a 260 x 260 one (the planes are read directly).
+    rng = _rng("large", h, c_out)
+    x = _features(rng, "NCHW", (2, c_out * 4, h, w)).astype(np.float32)
+    rois = _rois(rng, "K5", 2, h, w, 0.5, per_image=4)
+    _check("align", x, rois, F32, "NCHW", out_size=(2, 2), scale=0.5, sr=2)
+
+
 # (b, x1, y1, x2, y2) on the N x C x 7 x 6 map, scale 1
 BOXES = {
     "inside": [0, 1.3, 0.7, 4.6, 5.2],

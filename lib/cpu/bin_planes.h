@@ -1,13 +1,14 @@
 // The NCHW position-sensitive forward's view of one bin: the planes of its
 // output channels (input channels c*bins + b, `bins` planes apart)
 // interleaved, pixel (y, x) of channel j at ((y*W + x)*lanes + j), lanes
-// being the channels rounded up to kLanes (at most kMaxLanes a tile). A
+// being the channels rounded up to kLanes (at most max_lanes(s) a tile). A
 // tap then reads a pixel's channels as vectors, where reading the planes
 // themselves costs a scattered load per channel. A bin's planes are read
 // once, through transpose_tiled, while every ROI's bin uses the tile in
 // cache.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -20,7 +21,17 @@ namespace jax_roi {
 
 template <typename G>
 struct BinPlanes {
+  // A tile stays within kMaxBytes (memory per thread stays bounded, and a
+  // tile far past the L2 would not pay) and kMaxLanes channels.
+  static constexpr int64_t kMaxBytes = int64_t(4) << 20;
   static constexpr int64_t kMaxLanes = 16 * kLanes;
+
+  // The channels a tile of a map of `s` may hold: a multiple of kLanes, 0
+  // when not even kLanes fit.
+  static int64_t max_lanes(const Shape& s) {
+    const int64_t group_bytes = std::max<int64_t>(1, s.height * s.width) * kLanes * sizeof(G);
+    return std::min(kMaxLanes, kMaxBytes / group_bytes * kLanes);
+  }
   std::vector<G> data;
   int64_t lanes = kLanes;    // per pixel: n channels rounded up to kLanes
   int64_t batch = -1;        // the image it holds, -1 for none

@@ -43,22 +43,24 @@ inline int64_t mapped_channel_step(const Shape& s) {
   return s.pooled_h * s.pooled_w * (s.channels_last ? 1 : s.height * s.width);
 }
 
-// Bin b of ROI t, every output channel, `acc` holding their sums.
+// Output bin b of ROI t, whose taps are its bin tb (b, or 0 when t holds
+// that bin alone), every output channel, `acc` holding their sums.
 template <typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void mapped_forward_bin(const Shape& s, const BinTaps<G>& t, int64_t b,
-                                              const T* features, T* out, std::vector<G>& acc) {
+                                              int64_t tb, const T* features, T* out,
+                                              std::vector<G>& acc) {
   const int64_t n = s.out_channels, step = mapped_channel_step(s);
   const Pixels<T> px = image_pixels(s, features, t.batch, b);  // output channel 0's
   acc.assign(n, G(0));
   G* __restrict__ sum = acc.data();
-  for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap) {
+  for (const Tap<G>* tap = t.begin(tb); tap != t.end(tb); ++tap) {
     const T* __restrict__ v = px.at(tap->y, tap->x);
     const G w = tap->weight;
     for (int64_t c = 0; c < n; ++c) sum[c] += w * to_acc(v[c * step]);
   }
   for (int64_t c = 0; c < n; ++c)
     out[output_index(s, t.roi, c, b / s.pooled_w, b % s.pooled_w)] =
-        from_acc<T>(sum[c] / t.divisor[b]);
+        from_acc<T>(sum[c] / t.divisor[tb]);
 }
 
 // Bin b of ROI t's gradient into the block's input channels and rows,
@@ -154,7 +156,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
   // With Tabulate::kBinPlanes, bins [i0, i1) of every output channel of
   // the listed ROIs (NchwSplit::kBins: the call's taps are not tabulated;
   // a ROI's bin is tabulated when it is visited), a bin's planes in a tile
-  // at a time. Else every bin and output channel of the listed ROIs (a
+  // at a time (unless the map is too large for one). Else every bin and output channel of the listed ROIs (a
   // part of them, NchwSplit::kRois), a ROI at a time.
   template <typename T, typename G>
   static JAX_ROI_CPU_CLONES void forward_nchw(const Problem<G>& p, const RoiList& list,
@@ -164,10 +166,23 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
     if constexpr (!Tabulate::kBinPlanes) return forward_part(p, list, features, out, scratch);
     const Shape& s = p.shape;
     const int64_t bins = s.pooled_h * s.pooled_w, C = s.out_channels;
+    const int64_t most = BinPlanes<G>::max_lanes(s);
+    if (most == 0) {  // a map too large for a tile: its planes themselves
+      for (int64_t j = 0; j < list.size; ++j) {
+        for (int64_t b = i0; b < i1; ++b) {
+          const BinTaps<G>& t = bin_taps(p, list.ids[j], b, scratch.taps);
+          if (t.batch < 0)
+            zero_roi_bin(s, t.roi, b, 0, C, out);
+          else
+            mapped_forward_bin(s, t, b, 0, features, out, scratch.acc);
+        }
+      }
+      return;
+    }
     BinPlanes<G>& tile = scratch.tile;
     for (int64_t b = i0; b < i1; ++b) {
-      for (int64_t c = 0; c < C; c += BinPlanes<G>::kMaxLanes) {
-        const int64_t n = std::min(BinPlanes<G>::kMaxLanes, C - c);
+      for (int64_t c = 0; c < C; c += most) {
+        const int64_t n = std::min(most, C - c);
         tile.batch = -1;
         for (int64_t j = 0; j < list.size; ++j) {
           const BinTaps<G>& t = bin_taps(p, list.ids[j], b, scratch.taps);
@@ -251,7 +266,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
         continue;
       }
       for (int64_t b = 0; b < bins; ++b)
-        mapped_forward_bin(s, t, b, features, out, scratch.acc);
+        mapped_forward_bin(s, t, b, b, features, out, scratch.acc);
     }
   }
 };

@@ -136,15 +136,32 @@ def test_many_rois_float32(op, c_out, layout):
     _check(op, x, rois, F32, layout, out_size=(2, 3), scale=scale, sr=2)
 
 
-@pytest.mark.parametrize("h,w,c_out", [(200, 200, 40), (260, 260, 3)])
+@pytest.mark.parametrize("h,w,c_out", [(100, 100, 40), (140, 140, 3)])
 def test_ps_roi_align_nchw_forward_on_large_maps(h, w, c_out):
-    # The NCHW forward's tile (bin_planes.h) holds at most 4 MiB: 16
-    # channels of a 200 x 200 map at a time (40 channels: three tiles a
-    # bin), none of a 260 x 260 one (the planes are read directly).
+    # The NCHW forward's tile (bin_planes.h) holds at most 1 MiB: 16
+    # channels of a 100 x 100 map at a time (40 channels: three tiles a
+    # bin), none of a 140 x 140 one (the planes are read directly).
     rng = _rng("large", h, c_out)
     x = _features(rng, "NCHW", (2, c_out * 4, h, w)).astype(np.float32)
     rois = _rois(rng, "K5", 2, h, w, 0.5, per_image=4)
     _check("align", x, rois, F32, "NCHW", out_size=(2, 2), scale=0.5, sr=2)
+
+
+@pytest.mark.parametrize("out_size", [(7, 7), (1, 2), (1, 1)])
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_ps_roi_align_nchw_forward_equals_nhwc_bitwise(out_size, dtype):
+    # NCHW reads a bin's planes through a tile, split among threads by bins
+    # (and by ROIs too when the bins are fewer than the threads); NHWC reads
+    # the pixels. The same taps summed in the same order give the same bits.
+    bins = out_size[0] * out_size[1]
+    rng = _rng("bitwise", out_size, str(dtype))
+    x = _features(rng, "NCHW", (2, 21 * bins, 12, 15))
+    rois = jnp.asarray(_rois(rng, "K5", 2, 12, 15, 0.5, per_image=20))
+    nchw = ps("align", jnp.asarray(x, dtype), rois, out_size, 0.5, 2, layout="NCHW")
+    nhwc = ps("align", jnp.asarray(x.transpose(0, 2, 3, 1), dtype), rois, out_size, 0.5, 2,
+              layout="NHWC")
+    assert np.any(np.asarray(nchw) != 0)
+    np.testing.assert_array_equal(np.asarray(nchw), np.asarray(nhwc).transpose(0, 3, 1, 2))
 
 
 # (b, x1, y1, x2, y2) on the N x C x 7 x 6 map, scale 1

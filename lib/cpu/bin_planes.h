@@ -4,8 +4,9 @@
 // being the channels rounded up to kLanes (at most max_lanes(s) a tile). A
 // tap then reads a pixel's channels as vectors, where reading the planes
 // themselves costs a scattered load per channel. A bin's planes are read
-// once, through transpose_tiled, while every ROI's bin uses the tile in
-// cache.
+// once per image (and part of its channels, and part of its ROIs when the
+// bins are fewer than the threads), through transpose_tiled, while every
+// ROI's bin uses the tile in cache.
 #pragma once
 
 #include <algorithm>
@@ -21,9 +22,10 @@ namespace jax_roi {
 
 template <typename G>
 struct BinPlanes {
-  // A tile stays within kMaxBytes (memory per thread stays bounded, and a
-  // tile far past the L2 would not pay) and kMaxLanes channels.
-  static constexpr int64_t kMaxBytes = int64_t(4) << 20;
+  // A tile stays within kMaxBytes, about an L2 (psroi-rfcn's is 306 KB; a
+  // tile past the L2 would miss the cache as the planes do, at the cost of
+  // a transposition: larger ones were not measured), and kMaxLanes channels.
+  static constexpr int64_t kMaxBytes = int64_t(1) << 20;
   static constexpr int64_t kMaxLanes = 16 * kLanes;
 
   // The channels a tile of a map of `s` may hold: a multiple of kLanes, 0

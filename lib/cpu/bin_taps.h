@@ -10,7 +10,8 @@
 // Where threads split the channels (NCHW forward, the backward of an image
 // split among threads) the call's taps are tabulated once, by all threads,
 // for all to read (TapList); where they split the ROIs, each thread
-// tabulates its own as it visits them.
+// tabulates its own as it visits them, and where they split the bins
+// (ps_roi_align's NCHW forward), each ROI's bin as it visits it.
 #pragma once
 
 #include <algorithm>
@@ -189,7 +190,8 @@ void add_sample_taps(const Bin& bin, const Shape& s, BinTaps<G>& t) {
 // that threads splitting the channels do not each tabulate every ROI.
 // Past kSharedTaps taps in all (huge boxes with dense grids) it holds none,
 // and each thread tabulates a ROI when it visits it: memory stays bounded.
-// A list never built (for threads that split the ROIs) holds none either.
+// A list never built (for threads that split the ROIs or the bins) holds
+// none either.
 // of(id, p, scratch) gives the taps of an entry of the list (or of a part of it).
 template <typename G, typename Tabulate>
 struct TapList {

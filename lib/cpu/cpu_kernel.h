@@ -5,8 +5,9 @@
 //   Scratch<G>: the buffers one thread reuses;
 //   kNhwcChunksPerThread: how finely NHWC forward splits the ROIs;
 //   kNchwSplit: what NCHW forward splits among threads, calling forward_nchw
-//     with output channels [i0, i1) (kChannels), with bins [i0, i1) (kBins)
-//     or with a part of the ROIs and every channel (kRois);
+//     with output channels [i0, i1) (kChannels), with bins [i0, i1) of a
+//     part of the ROIs (kBins) or with a part of the ROIs and every channel
+//     (kRois);
 //   kNchwFromChannelsLast: NCHW forward on a small map copies it
 //     channels-last (channels_last_copy.h) and calls
 //     forward_from_channels_last(q, list, copy, out, scratch) with the ROIs

@@ -156,8 +156,9 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
   // With Tabulate::kBinPlanes, bins [i0, i1) of every output channel of
   // the listed ROIs (NchwSplit::kBins: the call's taps are not tabulated;
   // a ROI's bin is tabulated when it is visited), a bin's planes in a tile
-  // at a time (unless the map is too large for one). Else every bin and output channel of the listed ROIs (a
-  // part of them, NchwSplit::kRois), a ROI at a time.
+  // at a time (unless the map is too large for one). Else every bin and
+  // output channel of the listed ROIs (a part of them, NchwSplit::kRois), a
+  // ROI at a time.
   template <typename T, typename G>
   static JAX_ROI_CPU_CLONES void forward_nchw(const Problem<G>& p, const RoiList& list,
                                               const Tables<G>&, int64_t i0, int64_t i1,
@@ -248,7 +249,8 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
   static JAX_ROI_ALWAYS_INLINE const BinTaps<G>& bin_taps(const Problem<G>& p, int64_t k,
                                                           int64_t b, BinTaps<G>& t) {
     Roi<G> r;
-    if (start_taps(p, k, t, &r)) Tabulate::add_bin(p, r, b / p.shape.pooled_w, b % p.shape.pooled_w, t);
+    const int64_t pw = p.shape.pooled_w;
+    if (start_taps(p, k, t, &r)) Tabulate::add_bin(p, r, b / pw, b % pw, t);
     return t;
   }
 
@@ -300,16 +302,26 @@ struct PsPoolTaps {
   static void build(const Problem<G>& p, int64_t k, BinTaps<G>& t) {
     Roi<G> r;
     if (!start_taps(p, k, t, &r)) return;
+    const PoolRoi<G> roi = pool_roi_of(p, r);
     for (int64_t ph = 0; ph < p.shape.pooled_h; ++ph)
-      for (int64_t pw = 0; pw < p.shape.pooled_w; ++pw) add_bin(p, r, ph, pw, t);
+      for (int64_t pw = 0; pw < p.shape.pooled_w; ++pw) add_window(p, roi, ph, pw, t);
   }
   template <typename G>
   static void add_bin(const Problem<G>& p, const Roi<G>& r, int64_t ph, int64_t pw,
                       BinTaps<G>& t) {
-    const Shape& s = p.shape;
-    const PoolRoi<G> roi =
-        pool_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, /*inclusive_end=*/false);
-    const PixelWindow win = pool_bin(roi, ph, pw, s.height, s.width);
+    add_window(p, pool_roi_of(p, r), ph, pw, t);
+  }
+
+ private:
+  template <typename G>
+  static PoolRoi<G> pool_roi_of(const Problem<G>& p, const Roi<G>& r) {
+    return pool_roi(r, p.spatial_scale, p.shape.pooled_h, p.shape.pooled_w,
+                    /*inclusive_end=*/false);
+  }
+  template <typename G>
+  static void add_window(const Problem<G>& p, const PoolRoi<G>& roi, int64_t ph, int64_t pw,
+                         BinTaps<G>& t) {
+    const PixelWindow win = pool_bin(roi, ph, pw, p.shape.height, p.shape.width);
     for (int64_t h = win.h0; h < win.h1; ++h)
       for (int64_t w = win.w0; w < win.w1; ++w) t.add_new(h, w, G(1));
     // An empty bin has no taps: it sums to 0, whatever its divisor.

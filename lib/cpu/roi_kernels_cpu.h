@@ -153,16 +153,32 @@ struct CpuBackend {
     }
     typename Kernel::template Tables<G> tables;
     constexpr NchwSplit split = Kernel::kNchwSplit;
-    if (!s.channels_last && split != NchwSplit::kRois) {
-      // Threads split the channels, so each plane is read from memory once
-      // per run of ROIs; every thread visits every ROI, so they are
-      // tabulated once. Or they split the bins, and tabulate a ROI's bin as
+    if (!s.channels_last && split == NchwSplit::kBins) {
+      // Threads split the bins (and, when the bins are fewer than the
+      // threads, the ROIs into as many parts), tabulating a ROI's bin as
       // they visit it.
-      if (split == NchwSplit::kChannels) Kernel::tabulate(pool, p, list, tables);
-      const int64_t n = split == NchwSplit::kBins ? s.pooled_h * s.pooled_w : s.out_channels;
-      parallel_for(pool, n, balanced_grain(pool, n, 1, 4), [&](int64_t i0, int64_t i1) {
+      const int64_t bins = s.pooled_h * s.pooled_w;
+      const int64_t parts =
+          std::min(list.size, std::max<int64_t>(1, (pool.num_threads() + bins - 1) / bins));
+      const int64_t per_part = (list.size + parts - 1) / parts, items = bins * parts;
+      parallel_for(pool, items, balanced_grain(pool, items, 1, 4), [&](int64_t i0, int64_t i1) {
         Scratch scratch;
-        Kernel::forward_nchw(p, list, tables, i0, i1, features, out, argmax, scratch);
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t b = i / parts, first = (i % parts) * per_part;
+          const RoiList part{list.ids + first, std::min(per_part, list.size - first)};
+          Kernel::forward_nchw(p, part, tables, b, b + 1, features, out, argmax, scratch);
+        }
+      });
+      return;
+    }
+    if (!s.channels_last && split == NchwSplit::kChannels) {
+      // Channels outermost, so each plane is read from memory once per run
+      // of ROIs; every thread visits every ROI, so they are tabulated once.
+      Kernel::tabulate(pool, p, list, tables);
+      const int64_t C = s.out_channels;
+      parallel_for(pool, C, balanced_grain(pool, C, 1, 4), [&](int64_t c0, int64_t c1) {
+        Scratch scratch;
+        Kernel::forward_nchw(p, list, tables, c0, c1, features, out, argmax, scratch);
       });
       return;
     }

@@ -158,9 +158,11 @@ struct CpuBackend {
       // threads, the ROIs into as many parts), tabulating a ROI's bin as
       // they visit it.
       const int64_t bins = s.pooled_h * s.pooled_w;
-      const int64_t parts =
+      const int64_t wanted =
           std::min(list.size, std::max<int64_t>(1, (pool.num_threads() + bins - 1) / bins));
-      const int64_t per_part = (list.size + parts - 1) / parts, items = bins * parts;
+      const int64_t per_part = (list.size + wanted - 1) / wanted;
+      const int64_t parts = (list.size + per_part - 1) / per_part;  // none of them empty
+      const int64_t items = bins * parts;
       parallel_for(pool, items, balanced_grain(pool, items, 1, 4), [&](int64_t i0, int64_t i1) {
         Scratch scratch;
         for (int64_t i = i0; i < i1; ++i) {

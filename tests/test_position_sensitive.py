@@ -164,6 +164,42 @@ def test_ps_roi_align_nchw_forward_equals_nhwc_bitwise(out_size, dtype):
     np.testing.assert_array_equal(np.asarray(nchw), np.asarray(nhwc).transpose(0, 3, 1, 2))
 
 
+@pytest.mark.parametrize("width", [3, 8, 13, 45])
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_ps_roi_pool_nchw_backward_equals_nhwc_bitwise(width, dtype):
+    # NCHW adds a bin's gradient to each row of its window as vectors of 8
+    # float32 or 4 float64 (shifted left to stay in the row at its right
+    # edge; windows wider than a vector take several; a map narrower than a
+    # vector pixel by pixel); NHWC adds it pixel by pixel from the taps. The
+    # same sums in the same order give the same bits.
+    out_size = (2, 3)
+    rng = _rng("pool-bitwise", width, str(dtype))
+    x = _features(rng, "NCHW", (2, 5 * 6, 9, width))
+    rois = jnp.asarray(_rois(rng, "K5", 2, 9, width, 1.0, per_image=12))
+    dy = rng.standard_normal((24, 5) + out_size)
+
+    def grad(layout, features):
+        f = jnp.asarray(features, dtype)
+        _, vjp = jax.vjp(lambda f: ps("pool", f, rois, out_size, layout=layout), f)
+        cotangent = dy if layout == "NCHW" else dy.transpose(0, 2, 3, 1)
+        return np.asarray(vjp(jnp.asarray(cotangent, dtype))[0])
+
+    nchw = grad("NCHW", x)
+    nhwc = grad("NHWC", x.transpose(0, 2, 3, 1))
+    assert np.any(nchw != 0)
+    np.testing.assert_array_equal(nchw, nhwc.transpose(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_ps_roi_pool_on_a_wide_map(dtype):
+    # Windows of up to 36 pixels (several vectors a row) and windows against
+    # the right edge, against the reference.
+    rng = _rng("pool-wide", str(dtype))
+    x = _features(rng, "NCHW", (1, 3 * 2, 6, 90))
+    rois = _rois(rng, "K5", 1, 6, 90, 1.0, per_image=10)
+    _check("pool", x, rois, dtype, "NCHW", out_size=(1, 2))
+
+
 # (b, x1, y1, x2, y2) on the N x C x 7 x 6 map, scale 1
 BOXES = {
     "inside": [0, 1.3, 0.7, 4.6, 5.2],

@@ -126,8 +126,8 @@ def test_dtypes(op, sr, dtype, layout, fmt, implementation):
 @pytest.mark.parametrize("op", OPS)
 def test_many_rois_float32(op, c_out, layout):
     # 17 output channels (102 input channels): a 16-lane tile and a
-    # remainder whichever of them a kernel vectorises; 40: two 16-lane
-    # groups side by side, then one; 300: more than the 256 channels of one
+    # remainder whichever of them a kernel vectorises; 40: two full 16-lane
+    # groups and a part of one; 300: more than the 256 channels of one
     # NCHW ps_roi_align forward tile (bin_planes.h). Many ROIs for threads.
     n, h, w, scale = 3, 13, 11, 0.3
     rng = _rng("many", op, c_out, layout)

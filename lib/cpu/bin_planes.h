@@ -36,28 +36,30 @@ struct BinPlanes {
   }
   std::vector<G> data;
   int64_t lanes = kLanes;    // per pixel: n channels rounded up to kLanes
-  int64_t batch = -1;        // the image it holds, -1 for none
+  int64_t batch = -1, first = -1, count = 0;  // what it holds: image, channels; -1 for none
 
   const G* at(int64_t width, int64_t y, int64_t x) const {
     return data.data() + (y * width + x) * lanes;
   }
   G* at(int64_t width, int64_t y, int64_t x) { return data.data() + (y * width + x) * lanes; }
 
-  // Input channels first + j*step (j < n) of image b. The lanes past n
+  // Input channels c0 + j*step (j < n) of image b, unless it holds them
+  // already (step is the map's, the same for every load). The lanes past n
   // hold zeros or stale values: their sums are never written out.
   template <typename T>
-  JAX_ROI_ALWAYS_INLINE void load(const Shape& s, const T* features, int64_t b, int64_t first,
+  JAX_ROI_ALWAYS_INLINE void load(const Shape& s, const T* features, int64_t b, int64_t c0,
                                   int64_t step, int64_t n) {
+    if (b == batch && c0 == first && n == count) return;
     const int64_t plane = s.height * s.width;
     const int64_t rounded = (n + kLanes - 1) / kLanes * kLanes;
     if (rounded != lanes || static_cast<int64_t>(data.size()) != plane * rounded) {
       lanes = rounded;
       data.assign(plane * lanes, G(0));
     }
-    const T* src = features + (b * s.channels + first) * plane;
+    const T* src = features + (b * s.channels + c0) * plane;
     transpose_tiled(src, step * plane, n, plane, data.data(), lanes,
                     [](T v) JAX_ROI_INLINE_LAMBDA { return to_acc(v); });
-    batch = b;
+    batch = b, first = c0, count = n;
   }
 
 };

@@ -310,12 +310,15 @@ JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_bin(const Shape& s, const BinTaps<G>
   }
 }
 
-// Zeros for a ROI that reads nothing: output channels [c0, c1).
+// Zeros for a ROI that reads nothing: output channels [c0, c1) of bins
+// [b0, b1) (every bin by default).
 template <typename T>
-void zero_roi_output(const Shape& s, int64_t k, int64_t c0, int64_t c1, T* out) {
-  for (int64_t ph = 0; ph < s.pooled_h; ++ph)
-    for (int64_t pw = 0; pw < s.pooled_w; ++pw)
-      for (int64_t c = c0; c < c1; ++c) out[output_index(s, k, c, ph, pw)] = from_acc<T>(acc_t<T>(0));
+void zero_roi_output(const Shape& s, int64_t k, int64_t c0, int64_t c1, T* out, int64_t b0 = 0,
+                     int64_t b1 = -1) {
+  if (b1 < 0) b1 = s.pooled_h * s.pooled_w;
+  for (int64_t b = b0; b < b1; ++b)
+    for (int64_t c = c0; c < c1; ++c)
+      out[output_index(s, k, c, b / s.pooled_w, b % s.pooled_w)] = from_acc<T>(acc_t<T>(0));
 }
 
 // NCHW (not position-sensitive): a tile's channels of one ROI, into `block`.

@@ -88,41 +88,24 @@ JAX_ROI_ALWAYS_INLINE void mapped_backward_bin(const Shape& s, const BinTaps<G>&
   }
 }
 
-// Zeros for bin b of a ROI that reads nothing: output channels [c, c + lanes).
-template <typename T>
-void zero_roi_bin(const Shape& s, int64_t k, int64_t b, int64_t c, int64_t lanes, T* out) {
-  for (int64_t j = 0; j < lanes; ++j)
-    out[output_index(s, k, c + j, b / s.pooled_w, b % s.pooled_w)] = from_acc<T>(acc_t<T>(0));
-}
-
 // NCHW: output bin b of a ROI whose taps are `t`'s bin 0, output channels
-// [c, c + n), from the bin's planes in `tile`: kLanes channels at a time,
-// two such groups side by side where there are two (their sums' chains
-// of adds then overlap).
+// [c, c + n), from the bin's planes in `tile`, kLanes channels at a time.
 template <int bytes, typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void tile_forward_bin(const Shape& s, const BinTaps<G>& t, int64_t b,
                                             int64_t c, int64_t n, const BinPlanes<G>& tile,
                                             T* out) {
   const int64_t step = s.pooled_h * s.pooled_w;  // between output channels
   T* dst = out + output_index(s, t.roi, c, b / s.pooled_w, b % s.pooled_w);
-  auto groups = [&](int64_t lane0, auto count) JAX_ROI_INLINE_LAMBDA {
-    constexpr int kGroups = decltype(count)::value;
-    LaneVectors<G, bytes> sum[kGroups];
-    for (const Tap<G>* tap = t.begin(0); tap != t.end(0); ++tap) {
-      const G* v = tile.at(s.width, tap->y, tap->x) + lane0;
-      for (int i = 0; i < kGroups; ++i) sum[i].add_scaled(tap->weight, v + i * kLanes);
-    }
-    G lane[kGroups * kLanes];
-    for (int i = 0; i < kGroups; ++i) {
-      sum[i].divide(t.divisor[0]);
-      sum[i].store(lane + i * kLanes);
-    }
-    const int64_t lanes = std::min<int64_t>(kGroups * kLanes, n - lane0);
+  for (int64_t lane0 = 0; lane0 < n; lane0 += kLanes) {
+    LaneVectors<G, bytes> sum;
+    for (const Tap<G>* tap = t.begin(0); tap != t.end(0); ++tap)
+      sum.add_scaled(tap->weight, tile.at(s.width, tap->y, tap->x) + lane0);
+    G lane[kLanes];
+    sum.divide(t.divisor[0]);
+    sum.store(lane);
+    const int64_t lanes = std::min<int64_t>(kLanes, n - lane0);
     for (int64_t j = 0; j < lanes; ++j) dst[(lane0 + j) * step] = from_acc<T>(lane[j]);
-  };
-  int64_t lane0 = 0;
-  for (; lane0 + kLanes < n; lane0 += 2 * kLanes) groups(lane0, std::integral_constant<int, 2>{});
-  if (lane0 < n) groups(lane0, std::integral_constant<int, 1>{});
+  }
 }
 
 // NCHW: zeroes bin b's planes of image `batch` in [c0, c1).
@@ -183,7 +166,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
         for (int64_t b = i0; b < i1; ++b) {
           const BinTaps<G>& t = bin_taps(p, list.ids[j], b, scratch.taps);
           if (t.batch < 0)
-            zero_roi_bin(s, t.roi, b, 0, C, out);
+            zero_roi_output(s, t.roi, 0, C, out, b, b + 1);
           else
             mapped_forward_bin(s, t, b, 0, features, out, scratch.acc);
         }
@@ -194,14 +177,13 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
     for (int64_t b = i0; b < i1; ++b) {
       for (int64_t c = 0; c < C; c += most) {
         const int64_t n = std::min(most, C - c);
-        tile.batch = -1;
         for (int64_t j = 0; j < list.size; ++j) {
           const BinTaps<G>& t = bin_taps(p, list.ids[j], b, scratch.taps);
           if (t.batch < 0) {
-            zero_roi_bin(s, t.roi, b, c, n, out);
+            zero_roi_output(s, t.roi, c, c + n, out, b, b + 1);
             continue;
           }
-          if (tile.batch != t.batch) tile.load(s, features, t.batch, c * bins + b, bins, n);
+          tile.load(s, features, t.batch, c * bins + b, bins, n);  // unless it holds them
           with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
             tile_forward_bin<decltype(bytes)::value>(s, t, b, c, n, tile, out);
           });

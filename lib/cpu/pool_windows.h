@@ -22,10 +22,11 @@
 
 namespace jax_roi {
 
-// A bin's window, narrowed to 32 bits (a map's sides fit), and its area
-// (the divisor: 1 for an empty window, which adds nothing).
+// A bin's window clipped to a block's rows, narrowed to 32 bits (a map's
+// sides fit), and the area of the whole window (its divisor).
 struct BinWindow {
   int32_t h0 = 0, h1 = 0, w0 = 0, w1 = 0;
+  int64_t area = 1;
   bool empty() const { return h1 <= h0 || w1 <= w0; }
 };
 
@@ -56,7 +57,8 @@ struct PoolWindows {
         const PixelWindow& c = columns[b % s.pooled_w];
         const BinWindow w{static_cast<int32_t>(std::max(r.h0, block.y0)),
                           static_cast<int32_t>(std::min(r.h1, block.y1)),
-                          static_cast<int32_t>(c.w0), static_cast<int32_t>(c.w1)};
+                          static_cast<int32_t>(c.w0), static_cast<int32_t>(c.w1),
+                          (r.h1 - r.h0) * (c.w1 - c.w0)};
         if (!w.empty()) windows[b * n + j] = w;
       }
     }
@@ -85,7 +87,7 @@ JAX_ROI_ALWAYS_INLINE void window_backward_bin(const Shape& s, const GradientBlo
   G* __restrict__ g = pw.gradient.data();
   for (int64_t j = 0; j < rois; ++j) {
     if (win[j].empty()) continue;
-    const G area = static_cast<G>((win[j].h1 - win[j].h0) * (win[j].w1 - win[j].w0));
+    const G area = static_cast<G>(win[j].area);
     const T* src = grad_out + output_index(s, block.rois.ids[j], first, b / s.pooled_w,
                                            b % s.pooled_w);
     for (int64_t c = 0; c < n; ++c) g[j * n + c] = to_acc(src[c * bins]) / area;

@@ -167,16 +167,22 @@ def test_ps_roi_align_nchw_forward_equals_nhwc_bitwise(out_size, dtype):
 @pytest.mark.parametrize("width", [3, 8, 13, 45])
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_ps_roi_pool_nchw_backward_equals_nhwc_bitwise(width, dtype):
-    # NCHW adds a bin's gradient to each row of its window as vectors of 8
-    # float32 or 4 float64 (shifted left to stay in the row at its right
-    # edge; windows wider than a vector take several; a map narrower than a
-    # vector pixel by pixel); NHWC adds it pixel by pixel from the taps. The
-    # same sums in the same order give the same bits.
+    # NCHW adds a bin's gradient to each row of its window as vectors (8
+    # float32 or 4 float64 with AVX2 or wider; shifted left to stay in the
+    # row at its right edge; windows wider than a vector take several; a map
+    # narrower than a vector pixel by pixel); NHWC adds it pixel by pixel
+    # from the taps. The same sums in the same order give the same bits. The
+    # lanes outside a window add +0, so the output gradient holds NaN, inf
+    # and -0 too (one NaN payload and one sign of inf: NaN + NaN of two
+    # payloads keeps either, by operand order). With two threads, the two
+    # channel blocks split bins' channels mid-way.
     out_size = (2, 3)
     rng = _rng("pool-bitwise", width, str(dtype))
     x = _features(rng, "NCHW", (2, 5 * 6, 9, width))
-    rois = jnp.asarray(_rois(rng, "K5", 2, 9, width, 1.0, per_image=12))
-    dy = rng.standard_normal((24, 5) + out_size)
+    whole_map = [[0, 0.0, 0.0, width, 9.0]]  # every bin reads: the special values land
+    rois = jnp.asarray(np.concatenate([whole_map, _rois(rng, "K5", 2, 9, width, 1.0, 12)]))
+    dy = rng.standard_normal((25, 5) + out_size)
+    dy[0].flat[rng.choice(dy[0].size, 9, replace=False)] = [np.nan] * 3 + [np.inf] * 3 + [-0.0] * 3
 
     def grad(layout, features):
         f = jnp.asarray(features, dtype)
@@ -185,9 +191,10 @@ def test_ps_roi_pool_nchw_backward_equals_nhwc_bitwise(width, dtype):
         return np.asarray(vjp(jnp.asarray(cotangent, dtype))[0])
 
     nchw = grad("NCHW", x)
-    nhwc = grad("NHWC", x.transpose(0, 2, 3, 1))
-    assert np.any(nchw != 0)
-    np.testing.assert_array_equal(nchw, nhwc.transpose(0, 3, 1, 2))
+    nhwc = np.ascontiguousarray(grad("NHWC", x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))
+    assert np.any(np.isfinite(nchw) & (nchw != 0)) and np.any(np.isnan(nchw))
+    bits = f"u{nchw.itemsize}"
+    np.testing.assert_array_equal(nchw.view(bits), nhwc.view(bits))
 
 
 @pytest.mark.parametrize("dtype", [F32, F64])

@@ -33,3 +33,15 @@ def test_value_tests_pass_at_narrower_widths(width):
                    SUBSET], width)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
+
+
+# The position-sensitive kernels' own vector paths (tiles, windows).
+PS_SUBSET = "bitwise or wide_map or many_rois"
+
+
+@pytest.mark.parametrize("width", [16, 32])
+def test_position_sensitive_tests_pass_at_narrower_widths(width):
+    result = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "test_position_sensitive.py",
+                   "-k", PS_SUBSET], width)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout

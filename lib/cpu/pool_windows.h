@@ -17,13 +17,15 @@
 #include <vector>
 
 #include "../roi_geometry.h"
+#include "cpu_common.h"
 #include "gradient_blocks.h"
 #include "native_vector.h"
 
 namespace jax_roi {
 
-// A bin's window clipped to a block's rows, narrowed to 32 bits (a map's
-// sides fit), and the area of the whole window (its divisor).
+// A bin's window clipped to a block's rows (NCHW blocks hold every row
+// today; the clip keeps a block of rows correct), narrowed to 32 bits (a
+// map's sides fit), and the area of the whole window (its divisor).
 struct BinWindow {
   int32_t h0 = 0, h1 = 0, w0 = 0, w1 = 0;
   int64_t area = 1;
@@ -109,8 +111,10 @@ JAX_ROI_ALWAYS_INLINE void window_backward_bin(const Shape& s, const GradientBlo
     for (int64_t x = w.w0; x < w.w1; x += L) {
       const int64_t start = std::min(x, W - L);
       Mask in_run = (lane >= G(x - start)) & (lane < G(w.w1 - start));
-      // Opaque from here: knowing it a comparison, GCC turns the AND below
-      // into a select, lane by lane in scalar registers.
+      // Hide that in_run is a comparison: GCC would turn the AND below into
+      // a select and lower it lane by lane in scalar registers. ("+m": a
+      // register constraint fails where the baseline clone has no register
+      // this wide.)
       __asm__("" : "+m"(in_run));
       G* plane = base + w.h0 * W + start;
       for (int64_t c = 0; c < n; ++c, plane += step) {

@@ -9,7 +9,9 @@
 // them: they are written to memory once, and their updates hit the cache
 // (where zeroing the whole block first left them to be fetched again).
 // The NCHW forward of ps_roi_align reads a bin's planes interleaved in a
-// tile instead (bin_planes.h), so that a tap's channels are vector loads.
+// tile instead (bin_planes.h), so that a tap's channels are vector loads;
+// the NCHW backward of ps_roi_pool adds its bins' windows row by row as
+// vectors, with no taps (pool_windows.h).
 #pragma once
 
 #include <algorithm>
@@ -248,8 +250,9 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
     const int64_t bins = s.pooled_h * s.pooled_w, step = mapped_channel_step(s);
     windows.build(p, block);
     // Vectors of 32 bytes at most: a window is a few pixels wide, and a
-    // wider vector mostly splits across cache lines (psroi-rfcn, taps
-    // still tabulated: 64 bytes about 40% slower than 32).
+    // wider vector mostly splits across cache lines (psroi-rfcn, measured
+    // on a first version that added windows from the taps: 64 bytes about
+    // 40% slower than 32).
     with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
       constexpr int kBytes = std::min(decltype(bytes)::value, 32);
       for (int64_t b = 0; b < bins; ++b) {
@@ -297,7 +300,9 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
 // whole map's transposition where a bin's taps are many (an aligned bin's
 // 2 x 2 samples: psroi-rfcn's forward 1.75-2.2 -> 1.65-1.75 ms, either
 // vector width), not where they are few (a pooled bin of a few pixels:
-// about 10% slower with AVX-512).
+// about 10% slower with AVX-512). kWindows: a bin is a rectangle of weight
+// 1, which the NCHW backward adds as windows (pool_windows.h), tabulating
+// no taps.
 struct PsAlignTaps {
   static constexpr bool kBinPlanes = true;
   static constexpr bool kWindows = false;

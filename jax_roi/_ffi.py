@@ -72,6 +72,11 @@ else:
 #: Platforms with a lowering to the compiled kernels.
 KERNEL_PLATFORMS = ("cpu",) + (("cuda",) if _jax_roi_cuda is not None else ())
 
+#: Platforms whose kernels return a 16-bit feature gradient in its own dtype
+#: (summed in float32 and narrowed by the kernel); elsewhere it comes back in
+#: float32 and the lowering converts it.
+NARROWING_PLATFORMS = ("cpu",)
+
 # Lets XLA split a call that carries num_batch_dims along its leading
 # dimension, on every platform at once (see _sharding.py for which calls do).
 for _kernel in KERNELS:

@@ -13,9 +13,11 @@ import functools
 import jax
 import numpy as np
 from jax.extend.core import Primitive
+from jax.extend.mlir.dialects import stablehlo
 from jax.interpreters import mlir, xla
 
 from . import _ffi
+from ._checks import geometry_dtype
 
 # ------------------------------------------- varying manual axes (shard_map)
 #
@@ -96,10 +98,40 @@ def _local(aval):
     return jax.core.ShapedArray(aval.shape, aval.dtype, weak_type=aval.weak_type)
 
 
-def register_lowerings(primitive, xla_impl, kernel_rule=None):
+def _in_dtype_of_first_operand(impl):
+    """impl, its results cast to its first operand's dtype (a feature gradient
+    summed in the geometry dtype, returned in the features' dtype)."""
+    def cast(*args, **params):
+        results = impl(*args, **params)
+        dtype = args[0].dtype
+        if isinstance(results, (list, tuple)):
+            return type(results)(r.astype(dtype) for r in results)
+        return results.astype(dtype)
+    return cast
+
+
+def _widened(kernel_rule):
+    """kernel_rule run with results in the geometry dtype, then converted to the
+    declared dtype: the gradients of a platform whose kernels return 16-bit
+    gradients in float32 (_ffi.NARROWING_PLATFORMS lists those that do not)."""
+    def rule(ctx, *args, **params):
+        wide = [a.update(dtype=geometry_dtype(a.dtype)) for a in ctx.avals_out]
+        results = kernel_rule(ctx.replace(avals_out=wide), *args, **params)
+        return [r if a.dtype == w.dtype else stablehlo.convert(mlir.aval_to_ir_type(ctx.module_context, a), r)
+                for a, w, r in zip(ctx.avals_out, wide, results)]
+    return rule
+
+
+def register_lowerings(primitive, xla_impl, kernel_rule=None, gradients=False):
     """Lowers `primitive` to `kernel_rule` on the platforms with compiled
     kernels and to `xla_impl`, a jnp function of the primitive's operands and
-    parameters, everywhere else and whenever implementation="xla"."""
+    parameters, everywhere else and whenever implementation="xla".
+
+    `gradients`: the results are feature gradients in the dtype of the first
+    operand (the output's gradient), which xla_impl and some platforms'
+    kernels sum in the geometry dtype."""
+    if gradients:
+        xla_impl = _in_dtype_of_first_operand(xla_impl)
     traced = mlir.lower_fun(xla_impl, multiple_results=primitive.multiple_results)
 
     def xla_rule(ctx, *args, **params):
@@ -119,12 +151,16 @@ def register_lowerings(primitive, xla_impl, kernel_rule=None):
     if kernel_rule is None:
         return
 
-    def kernel_platform_rule(ctx, *args, implementation, **params):
-        if implementation == "xla":
-            return xla_rule(ctx, *args, implementation=implementation, **params)
-        return kernel_rule(ctx, *args, **params)
-
     for platform in _ffi.KERNEL_PLATFORMS:
+        narrows = not gradients or platform in _ffi.NARROWING_PLATFORMS
+        platform_kernel_rule = kernel_rule if narrows else _widened(kernel_rule)
+
+        def kernel_platform_rule(ctx, *args, implementation, _kernel_rule=platform_kernel_rule,
+                                 **params):
+            if implementation == "xla":
+                return xla_rule(ctx, *args, implementation=implementation, **params)
+            return _kernel_rule(ctx, *args, **params)
+
         mlir.register_lowering(primitive, kernel_platform_rule, platform=platform)
 
 

@@ -71,8 +71,7 @@ def _winner_abstract(boxes, levels, *maps_and_argmax, **params):
 def _backward_abstract(grad_out, boxes, levels, *argmax, map_shapes, layout, **_):
     shardings = _sharding.levels_backward_result_shardings(grad_out, boxes, map_shapes, layout)
     vma = common_vma((grad_out, boxes, levels, *argmax))
-    dtype = _checks.geometry_dtype(grad_out.dtype)
-    return [with_vma(grad_out.update(shape=tuple(shape), dtype=dtype, sharding=sharding), vma)
+    return [with_vma(grad_out.update(shape=tuple(shape), sharding=sharding), vma)
             for shape, sharding in zip(map_shapes, shardings)]
 
 
@@ -140,7 +139,7 @@ def _box_kernel(kind):
 
 register_lowerings(levels_forward_p, reference.levels_forward, _forward_kernel)
 register_lowerings(levels_winner_p, reference.levels_winner)
-register_lowerings(levels_backward_p, reference.levels_backward, _backward_kernel)
+register_lowerings(levels_backward_p, reference.levels_backward, _backward_kernel, gradients=True)
 register_lowerings(levels_box_jvp_p, reference.levels_box_jvp, _box_kernel("box_jvp"))
 register_lowerings(levels_box_vjp_p, reference.levels_box_vjp, _box_kernel("box_vjp"))
 

@@ -12,8 +12,9 @@ position-sensitive ops have their own modules and bind the same primitives).
                                                (the derivative with respect to
                                                 the ROIs, reference.BOX_OPS)
 
-grad_features is float32 for 16-bit features (the kernels accumulate in
-float32) and float64 for float64 features; the transposes cast it.
+grad_features has the features' dtype. 16-bit gradients are summed in
+float32 and rounded once: by the CPU kernels themselves, by a conversion
+after the CUDA kernels and the pure-JAX implementation.
 """
 
 import functools
@@ -63,7 +64,7 @@ def _winner_abstract(features, rois, argmax, **params):
 
 def _backward_abstract(grad_out, rois, *argmax, features_shape, layout, **_):
     grad = grad_out.update(
-        shape=tuple(features_shape), dtype=_checks.geometry_dtype(grad_out.dtype),
+        shape=tuple(features_shape), dtype=grad_out.dtype,
         sharding=_sharding.backward_result_sharding(grad_out, rois, argmax, layout))
     return with_vma(grad, common_vma((grad_out, rois, *argmax)))
 
@@ -135,7 +136,7 @@ def _box_kernel(kind):
 
 register_lowerings(roi_forward_p, reference.roi_forward, _forward_kernel)
 register_lowerings(roi_winner_p, reference.roi_winner)
-register_lowerings(roi_backward_p, reference.roi_backward, _backward_kernel)
+register_lowerings(roi_backward_p, reference.roi_backward, _backward_kernel, gradients=True)
 register_lowerings(roi_box_jvp_p, reference.roi_box_jvp, _box_kernel("box_jvp"))
 register_lowerings(roi_box_vjp_p, reference.roi_box_vjp, _box_kernel("box_vjp"))
 

@@ -79,7 +79,14 @@ ffi::Error backward(typename Backend::Context& ctx, const ffi::AnyBuffer& grad_o
                           grad_out.dimensions(), g, [&](auto tag, const auto& p) -> ffi::Error {
     using T = decltype(tag);
     using G = acc_t<T>;
-    if (auto e = check_gradient_type<G>(grad_features); e.failure()) return e;
+    bool narrow;
+    if (auto e = check_gradient_type<T, G>(grad_features, Backend::kNarrowsGradient, &narrow);
+        e.failure())
+      return e;
+    if constexpr (Backend::kNarrowsGradient && !std::is_same_v<T, G>)
+      if (narrow)
+        return Backend::template backward<op, T, G>(ctx, p, data_of<T>(grad_out),
+                                                    argmax_data(argmax), data_of<T>(grad_features));
     return Backend::template backward<op, T, G>(ctx, p, data_of<T>(grad_out), argmax_data(argmax),
                                              data_of<G>(grad_features));
   });
@@ -269,20 +276,35 @@ ffi::Error backward_levels(typename Backend::Context& ctx, const ffi::AnyBuffer&
     using T = decltype(tag);
     using G = acc_t<T>;
     LevelProblems<G> lp{};
-    PerLevel<G> grad_maps{};
+    void* grad_maps[kMaxLevels] = {};
+    bool narrow = false;
     if (auto e = start_levels<G>(rois, levels, grads.size(), g, &lp); e.failure()) return e;
     for (int l = 0; l < lp.count; ++l) {
       auto grad = grads.get<ffi::AnyBuffer>(l);
       if (grad.has_error()) return grad.error();
-      if (auto e = check_gradient_type<G>(**grad); e.failure()) return e;
+      bool narrow_level;
+      if (auto e = check_gradient_type<T, G>(**grad, Backend::kNarrowsGradient, &narrow_level);
+          e.failure())
+        return e;
+      if (l > 0 && narrow_level != narrow)
+        return ffi::Error::InvalidArgument("jax_roi: the levels' gradients must share one dtype");
+      narrow = narrow_level;
       if (auto e = make_level_problem<G>(op, l, (*grad)->dimensions(), rois, grad_out.dimensions(),
                                          g, &lp);
           e.failure())
         return e;
-      grad_maps.data[l] = data_of<G>(**grad);
+      grad_maps[l] = (*grad)->untyped_data();
     }
-    return Backend::template backward_levels<op, T, G>(
-        ctx, lp, data_of<T>(grad_out), argmax_data(argmax), grad_maps);
+    auto run = [&](auto result_tag) {
+      using R = decltype(result_tag);
+      PerLevel<R> typed{};
+      for (int l = 0; l < lp.count; ++l) typed.data[l] = static_cast<R*>(grad_maps[l]);
+      return Backend::template backward_levels<op, T, G>(ctx, lp, data_of<T>(grad_out),
+                                                         argmax_data(argmax), typed);
+    };
+    if constexpr (Backend::kNarrowsGradient && !std::is_same_v<T, G>)
+      if (narrow) return run(T{});
+    return run(G{});
   });
 }
 

@@ -6,6 +6,7 @@
 #include <climits>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "elements/pyramid.h"
 #include "problem.h"
@@ -148,15 +149,26 @@ inline ffi::Error check_same_dims(ffi::Span<const int64_t> a, ffi::Span<const in
                                      " must match " + dims_text(b));
 }
 
-// The gradient with respect to features is accumulated, and returned, in
-// the geometry type: float32 for 16-bit features.
-template <typename G>
-ffi::Error check_gradient_type(const ffi::AnyBuffer& grad) {
-  if (grad.element_type() != geometry_type<G>())
-    return ffi::Error::InvalidArgument(
-        "jax_roi: the feature gradient must be float64 for float64 features, float32 "
-        "otherwise");
-  return ffi::Error::Success();
+template <typename T>
+constexpr ffi::DataType feature_type() {
+  if constexpr (std::is_same_v<T, bfloat16_t>) return ffi::DataType::BF16;
+  else if constexpr (std::is_same_v<T, float16_t>) return ffi::DataType::F16;
+  else return geometry_type<T>();
+}
+
+// The gradient with respect to features is accumulated in the geometry type
+// (float32 for 16-bit features) and returned in it, or, by a backend that
+// narrows it itself (`may_narrow`), in the features' 16-bit type: then
+// *narrow is set.
+template <typename T, typename G>
+ffi::Error check_gradient_type(const ffi::AnyBuffer& grad, bool may_narrow, bool* narrow) {
+  *narrow = !std::is_same_v<T, G> && may_narrow && grad.element_type() == feature_type<T>();
+  if (*narrow || grad.element_type() == geometry_type<G>()) return ffi::Error::Success();
+  return ffi::Error::InvalidArgument(
+      may_narrow ? "jax_roi: the feature gradient must have the features' dtype, or float32 for "
+                   "16-bit features"
+                 : "jax_roi: the feature gradient must be float64 for float64 features, float32 "
+                   "otherwise");
 }
 
 }  // namespace jax_roi

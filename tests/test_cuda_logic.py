@@ -14,6 +14,7 @@ import pytest
 from jax_roi import _ffi, _jax_roi_cuda_logic
 from jax_roi._pyramid import level_kernel_attributes, levels_backward_p as roi_levels_backward_p, levels_forward_p as roi_levels_forward_p
 from jax_roi._pyramid import levels_box_jvp_p, levels_box_vjp_p
+from jax_roi._checks import geometry_dtype
 from jax_roi._primitive import kernel_attributes
 from jax_roi._roi import roi_backward_p, roi_box_jvp_p, roi_box_vjp_p, roi_forward_p
 
@@ -42,11 +43,11 @@ def problem(layout, dtype, roi_format, seed=0):
     return jnp.asarray(x, dtype), jnp.asarray(rois, geometry)
 
 
-def serial_call(direction, static, reference, *args):
+def serial_call(direction, static, reference, *args, prefix=PREFIX):
     attrs = kernel_attributes(static["op"], static["spatial_scale"],
                               static["sampling_ratio"], static["aligned"], static["layout"],
                               clockwise=static.get("clockwise", False))
-    return jax.ffi.ffi_call(PREFIX + static["op"] + "_" + direction, reference)(*args, **attrs)
+    return jax.ffi.ffi_call(prefix + static["op"] + "_" + direction, reference)(*args, **attrs)
 
 
 def serial_forward(features, rois, static):
@@ -54,10 +55,17 @@ def serial_forward(features, rois, static):
     return serial_call("forward", static, reference, features, rois)
 
 
-def serial_backward(grad_out, rois, argmax, features_shape, static):
+def wide(avals):
+    """The gradients' avals in the geometry dtype: the CUDA kernels (and so the
+    serial ones) return 16-bit gradients in float32, unrounded."""
+    return jax.tree.map(lambda a: a.update(dtype=geometry_dtype(a.dtype)), avals)
+
+
+def serial_backward(grad_out, rois, argmax, features_shape, static, prefix=PREFIX):
     reference = jax.eval_shape(lambda: roi_backward_p.bind(
         grad_out, rois, *argmax, features_shape=features_shape, **static))
-    return serial_call("backward", static, reference, grad_out, rois, *argmax)
+    return serial_call("backward", static, wide(reference), grad_out, rois, *argmax,
+                       prefix=prefix)
 
 
 @pytest.mark.parametrize("roi_format", ["k5", "nl4"])
@@ -90,8 +98,9 @@ def assert_kernels_agree(features, rois, static):
 
     grad_out = jnp.asarray(np.random.default_rng(1).standard_normal(cpu[0].shape), features.dtype)
     argmax = cpu[1:]
-    cpu_grad = roi_backward_p.bind(grad_out, rois, *argmax, features_shape=features.shape,
-                                   **static)
+    # the CPU kernels' float32 sums, before they round 16-bit gradients
+    cpu_grad = serial_backward(grad_out, rois, argmax, features.shape, static,
+                               prefix=_ffi.TARGET_PREFIX)
     serial_grad = serial_backward(grad_out, rois, argmax, features.shape, static)
     grad_tol = 1e-12 if features.dtype == jnp.float64 else 1e-5
     np.testing.assert_allclose(serial_grad, cpu_grad, rtol=grad_tol, atol=grad_tol)
@@ -297,12 +306,11 @@ def test_cuda_pyramid_element_functions_match_cpu_kernels(op, sampling_ratio, al
 
     grad_out = jnp.asarray(np.random.default_rng(4).standard_normal(cpu[0].shape), dtype)
     map_shapes = tuple(m.shape for m in maps)
-    cpu_grads = roi_levels_backward_p.bind(grad_out, boxes, levels, *cpu[1:],
-                                           map_shapes=map_shapes, **static)
-    reference = jax.eval_shape(lambda: roi_levels_backward_p.bind(
-        grad_out, boxes, levels, *cpu[1:], map_shapes=map_shapes, **static))
-    serial_grads = jax.ffi.ffi_call(PREFIX + op + "_levels_backward", reference)(
+    reference = wide(jax.eval_shape(lambda: roi_levels_backward_p.bind(
+        grad_out, boxes, levels, *cpu[1:], map_shapes=map_shapes, **static)))
+    cpu_grads, serial_grads = (jax.ffi.ffi_call(prefix + op + "_levels_backward", reference)(
         grad_out, boxes, levels, *cpu[1:], **attrs["backward"])
+        for prefix in (_ffi.TARGET_PREFIX, PREFIX))
     grad_tol = 1e-12 if dtype == jnp.float64 else 1e-5
     for a, b in zip(serial_grads, cpu_grads):
         np.testing.assert_allclose(a, b, rtol=grad_tol, atol=grad_tol)

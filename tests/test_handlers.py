@@ -44,7 +44,11 @@ BAD_CALLS = {
                      kernel_attributes("align_max", 0.5, 2, True, "NHWC"), "argmax"),
     "gradient dtype": ("pool_backward", (jnp.ones(OUT.shape, jnp.float32), ROIS,
                                          jnp.zeros(OUT.shape, jnp.int32)),
-                       S(X.shape, jnp.float64), POOL, "the feature gradient must be"),
+                       S(X.shape, jnp.float64), POOL, "the feature gradient must"),
+    "16-bit gradient dtype": ("pool_backward", (jnp.ones(OUT.shape, jnp.bfloat16), ROIS,
+                                                jnp.zeros(OUT.shape, jnp.int32)),
+                              S(X.shape, jnp.float16), POOL,
+                              "the feature gradient must have the features' dtype"),
     "box tangents shape": ("align_avg_box_jvp", (X, ROIS, ROIS[:3]), OUT, ALIGN,
                            "roi tangents"),
     "box cotangents dtype": ("prroi_box_vjp", (X, ROIS, jnp.ones(OUT.shape, jnp.float32)),
@@ -59,6 +63,13 @@ BAD_CALLS = {
                        dict(ALIGN, spatial_scales=np.array([0.5, 0.25])) | {"spatial_scale": None,
                                                                          "clockwise": None},
                        "one spatial scale per map"),
+    "pyramid gradient dtypes": ("align_avg_levels_backward",
+                                (jnp.ones((2, 3, 2, 2, 3), jnp.bfloat16),
+                                 jnp.zeros((2, 3, 4), jnp.float32), jnp.zeros((2, 3), jnp.int32)),
+                                (S(X.shape, jnp.bfloat16), S((2, 4, 4, 3), jnp.float32)),
+                                dict(ALIGN, spatial_scales=np.array([0.5, 0.25]))
+                                | {"spatial_scale": None, "clockwise": None},
+                                "the levels' gradients must share one dtype"),
 }
 
 

@@ -89,21 +89,25 @@ std::vector<GradientBlock> gradient_blocks(const Problem<G>& p, const RoiList& l
   return blocks;
 }
 
-// Zeroes the part of the gradient `block` owns: its image's channels
-// [c0, c1) of rows [y0, y1).
-template <typename G>
-void zero_gradient_block(const Shape& s, const GradientBlock& block, G* grad) {
+// Calls run(offset, length) for each contiguous run of the gradient elements
+// `block` owns: its image's channels [c0, c1) of rows [y0, y1).
+template <typename Run>
+void for_each_block_run(const Shape& s, const GradientBlock& block, const Run& run) {
   const int64_t pixels = s.height * s.width, q0 = block.y0 * s.width, q1 = block.y1 * s.width;
-  G* image = grad + block.batch * s.channels * pixels;
+  const int64_t image = block.batch * s.channels * pixels;
   if (!s.channels_last) {
-    for (int64_t c = block.c0; c < block.c1; ++c)
-      std::fill(image + c * pixels + q0, image + c * pixels + q1, G(0));
+    for (int64_t c = block.c0; c < block.c1; ++c) run(image + c * pixels + q0, q1 - q0);
   } else if (block.c0 == 0 && block.c1 == s.channels) {
-    std::fill(image + q0 * s.channels, image + q1 * s.channels, G(0));
+    run(image + q0 * s.channels, (q1 - q0) * s.channels);
   } else {
-    for (int64_t q = q0; q < q1; ++q)
-      std::fill(image + q * s.channels + block.c0, image + q * s.channels + block.c1, G(0));
+    for (int64_t q = q0; q < q1; ++q) run(image + q * s.channels + block.c0, block.c1 - block.c0);
   }
+}
+
+// Zeroes the part of the gradient `block` owns.
+template <typename R>
+void zero_gradient_block(const Shape& s, const GradientBlock& block, R* grad) {
+  for_each_block_run(s, block, [&](int64_t at, int64_t n) { std::fill(grad + at, grad + at + n, R{}); });
 }
 
 }  // namespace jax_roi

@@ -17,6 +17,7 @@
 #include "box_derivative_cpu.h"
 #include "channels_last_copy.h"
 #include "gradient_blocks.h"
+#include "gradient_target.h"
 #include "huge_pages.h"
 #include "parallel_for.h"
 #include "pool_cpu.h"
@@ -31,6 +32,8 @@ struct CpuBackend {
   using Binding = ffi::ThreadPool;
   using Context = ffi::ThreadPool;
   static constexpr bool kCommandBufferCompatible = false;
+  // 16-bit gradients summed in float32 and narrowed here (gradient_target.h)
+  static constexpr bool kNarrowsGradient = true;
 
   template <Op op, typename T, typename G>
   static ffi::Error forward(Context& pool, const Problem<G>& p, const T* features, T* out,
@@ -41,11 +44,13 @@ struct CpuBackend {
     return ffi::Error::Success();
   }
 
-  template <Op op, typename T, typename G>
+  // R: the gradient's type, G or (narrowed from G) the features' 16-bit T.
+  template <Op op, typename T, typename G, typename R>
   static ffi::Error backward(Context& pool, const Problem<G>& p, const T* grad_out,
-                             const int32_t* argmax, G* grad) {
+                             const int32_t* argmax, R* grad) {
     const std::vector<int64_t> order = spatial_order(p);
-    backward_listed<op>(pool, p, {order.data(), p.shape.num_rois}, grad_out, argmax, grad);
+    backward_listed<op>(pool, p, {order.data(), p.shape.num_rois}, grad_out, argmax,
+                        GradientTarget<G, R>(p.shape, grad));
     return ffi::Error::Success();
   }
 
@@ -60,12 +65,13 @@ struct CpuBackend {
     return ffi::Error::Success();
   }
 
-  template <Op op, typename T, typename G>
+  template <Op op, typename T, typename G, typename R>
   static ffi::Error backward_levels(Context& pool, const LevelProblems<G>& lp, const T* grad_out,
-                                    const int32_t* argmax, const PerLevel<G>& grads) {
+                                    const int32_t* argmax, const PerLevel<R>& grads) {
     const LevelOrder order = level_order(lp);
     for (int l = 0; l < lp.count; ++l)
-      backward_listed<op>(pool, lp.level[l], order.list(l), grad_out, argmax, grads.data[l]);
+      backward_listed<op>(pool, lp.level[l], order.list(l), grad_out, argmax,
+                          GradientTarget<G, R>(lp.level[l].shape, grads.data[l]));
     return ffi::Error::Success();
   }
 
@@ -198,15 +204,15 @@ struct CpuBackend {
 
   // Adds the listed ROIs' contributions to a zeroed gradient. Each block
   // zeroes its own part just before adding to it, so that part is still in
-  // cache (unless the kernel writes all of it anyway); images no ROI reads
-  // are zeroed first.
-  template <Op op, typename T, typename G>
+  // cache (unless the kernel writes all of it anyway), and hands it to the
+  // target when done; images no ROI reads are zeroed first.
+  template <Op op, typename T, typename G, typename R>
   static void backward_listed(Context& pool, const Problem<G>& p, const RoiList& list,
-                              const T* grad_out, const int32_t* argmax, G* grad) {
+                              const T* grad_out, const int32_t* argmax,
+                              const GradientTarget<G, R>& target) {
     using Kernel = CpuKernel<op>;
     const Shape& s = p.shape;
-    const int64_t n = s.feature_count();
-    advise_huge_pages(grad, sizeof(G) * n);
+    G* grad = target.sums();
     const bool any_bins = s.pooled_h * s.pooled_w > 0;
     const int64_t threads = pool.num_threads();
     const bool row_bands = Kernel::kNhwcBackwardRowBands && s.channels_last;
@@ -216,7 +222,7 @@ struct CpuBackend {
     for (const GradientBlock& block : blocks) read[block.batch] = true;
     parallel_for(pool, s.num_images, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
-        if (!read[b]) zero_gradient_block(s, image_block(s, {}, b), grad);
+        if (!read[b]) target.zero(image_block(s, {}, b));
     });
     // Tabulated once when blocks share ROIs (an image split by channels or
     // rows); else each block tabulates its own as it visits them. Row bands
@@ -234,6 +240,7 @@ struct CpuBackend {
         if (!Kernel::backward_writes_block(s.channels_last))
           zero_gradient_block(s, blocks[b], grad);
         Kernel::backward(p, blocks[b], tables, grad_out, argmax, grad, scratch);
+        target.finish(blocks[b]);
       }
     });
   }

@@ -132,6 +132,8 @@ struct CudaBackend {
   using Binding = ffi::PlatformStream<cudaStream_t>;
   using Context = cudaStream_t;
   static constexpr bool kCommandBufferCompatible = true;
+  // 16-bit gradients returned in float32: XLA converts them
+  static constexpr bool kNarrowsGradient = false;
 
   template <Op op, typename T, typename G>
   static ffi::Error forward(Context& stream, const Problem<G>& p, const T* features, T* out,

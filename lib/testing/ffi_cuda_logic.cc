@@ -19,6 +19,7 @@ struct SerialBackend {
   using Binding = ffi::ThreadPool;  // bound but unused: one thread, in index order
   using Context = ffi::ThreadPool;
   static constexpr bool kCommandBufferCompatible = false;
+  static constexpr bool kNarrowsGradient = false;
 
   template <Op op, typename T, typename G>
   static ffi::Error forward(Context&, const Problem<G>& p, const T* features, T* out,

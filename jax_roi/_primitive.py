@@ -117,7 +117,8 @@ def _widened(kernel_rule):
     def rule(ctx, *args, **params):
         wide = [a.update(dtype=geometry_dtype(a.dtype)) for a in ctx.avals_out]
         results = kernel_rule(ctx.replace(avals_out=wide), *args, **params)
-        return [r if a.dtype == w.dtype else stablehlo.convert(mlir.aval_to_ir_type(ctx.module_context, a), r)
+        return [r if a.dtype == w.dtype
+                else stablehlo.convert(mlir.aval_to_ir_type(ctx.module_context, a), r)
                 for a, w, r in zip(ctx.avals_out, wide, results)]
     return rule
 

@@ -70,6 +70,16 @@ ffi::Error forward(typename Backend::Context& ctx, const ffi::AnyBuffer& feature
   });
 }
 
+// run(R{}) with the type the feature gradient is stored in: the features'
+// 16-bit T where check_gradient_type found it narrowed, the geometry type G
+// otherwise (the only one a backend that does not narrow is compiled for).
+template <typename Backend, typename T, typename G, typename Run>
+ffi::Error with_gradient_storage(bool narrow, const Run& run) {
+  if constexpr (Backend::kNarrowsGradient && !std::is_same_v<T, G>)
+    if (narrow) return run(T{});
+  return run(G{});
+}
+
 template <typename Backend, Op op>
 ffi::Error backward(typename Backend::Context& ctx, const ffi::AnyBuffer& grad_out,
                     const ffi::AnyBuffer& rois, const ffi::Buffer<ffi::S32>* argmax,
@@ -83,12 +93,11 @@ ffi::Error backward(typename Backend::Context& ctx, const ffi::AnyBuffer& grad_o
     if (auto e = check_gradient_type<T, G>(grad_features, Backend::kNarrowsGradient, &narrow);
         e.failure())
       return e;
-    if constexpr (Backend::kNarrowsGradient && !std::is_same_v<T, G>)
-      if (narrow)
-        return Backend::template backward<op, T, G>(ctx, p, data_of<T>(grad_out),
-                                                    argmax_data(argmax), data_of<T>(grad_features));
-    return Backend::template backward<op, T, G>(ctx, p, data_of<T>(grad_out), argmax_data(argmax),
-                                             data_of<G>(grad_features));
+    return with_gradient_storage<Backend, T, G>(narrow, [&](auto result_tag) {
+      using R = decltype(result_tag);
+      return Backend::template backward<op, T, G>(ctx, p, data_of<T>(grad_out),
+                                                  argmax_data(argmax), data_of<R>(grad_features));
+    });
   });
 }
 
@@ -295,16 +304,13 @@ ffi::Error backward_levels(typename Backend::Context& ctx, const ffi::AnyBuffer&
         return e;
       grad_maps[l] = (*grad)->untyped_data();
     }
-    auto run = [&](auto result_tag) {
+    return with_gradient_storage<Backend, T, G>(narrow, [&](auto result_tag) {
       using R = decltype(result_tag);
       PerLevel<R> typed{};
       for (int l = 0; l < lp.count; ++l) typed.data[l] = static_cast<R*>(grad_maps[l]);
       return Backend::template backward_levels<op, T, G>(ctx, lp, data_of<T>(grad_out),
                                                          argmax_data(argmax), typed);
-    };
-    if constexpr (Backend::kNarrowsGradient && !std::is_same_v<T, G>)
-      if (narrow) return run(T{});
-    return run(G{});
+    });
   });
 }
 

@@ -9,13 +9,13 @@
 #pragma once
 
 #include <cstdint>
-#include <memory>
 #include <type_traits>
 
 #include "../dtypes.h"
 #include "gradient_blocks.h"
 #include "huge_pages.h"
 #include "isa_clones.h"
+#include "kept_scratch.h"
 
 namespace jax_roi {
 
@@ -31,13 +31,11 @@ class GradientTarget {
  public:
   static constexpr bool kNarrows = !std::is_same_v<G, R>;
 
-  GradientTarget(const Shape& s, R* result) : shape_(s), result_(result) {
+  // The scratch is uninitialised (kept_scratch.h): every block zeroes (or
+  // writes) its part before summing.
+  GradientTarget(const Shape& s, R* result)
+      : shape_(s), result_(result), scratch_(kNarrows ? s.feature_count() : 0) {
     advise_huge_pages(result, sizeof(R) * s.feature_count());
-    if constexpr (kNarrows) {
-      // Uninitialised: every block zeroes (or writes) its part before summing.
-      scratch_.reset(new G[static_cast<size_t>(s.feature_count())]);
-      advise_huge_pages(scratch_.get(), sizeof(G) * s.feature_count());
-    }
   }
 
   // Where the kernels sum.
@@ -60,7 +58,7 @@ class GradientTarget {
  private:
   const Shape& shape_;
   R* result_;
-  std::unique_ptr<G[]> scratch_;
+  ScratchLease<G> scratch_;
 };
 
 }  // namespace jax_roi

@@ -1,0 +1,123 @@
+"""The 16-bit backward's float32 scratch is kept between calls
+(lib/cpu/kept_scratch.h). Whatever an earlier call left in it (here NaN
+everywhere), and whether a call takes the kept buffer, grows it, or
+allocates its own (past the cap set by JAX_ROI_CPU_KEPT_SCRATCH_MB, or
+while another call holds it), the gradient is the same bits."""
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jax_roi
+
+# NHWC roi_align sums in row bands; NCHW ps_roi_pool in channel blocks.
+OPS = {
+    "roi_align": partial(jax_roi.roi_align, output_size=4, spatial_scale=0.5, sampling_ratio=2,
+                         aligned=True, layout="NHWC"),
+    "ps_roi_pool": partial(jax_roi.ps_roi_pool, output_size=3, spatial_scale=0.5,
+                           layout="NCHW"),
+}
+CHANNELS = {"roi_align": 24, "ps_roi_pool": 36}
+SMALL, LARGE = 40, 100  # spatial sides; LARGE's scratch is past a 1 MB cap
+
+
+def gradient_call(op, side, seed, cotangent_fill=None, k=30):
+    """A compiled call giving the bfloat16 feature gradient of `op` on a
+    side x side map, as bits."""
+    rng = np.random.default_rng(seed)
+    c = CHANNELS[op]
+    shape = (2, side, side, c) if op == "roi_align" else (2, c, side, side)
+    features = jnp.asarray(rng.standard_normal(shape), jnp.bfloat16)
+    x0, y0 = rng.uniform(-4, 2 * side, k), rng.uniform(-4, 2 * side, k)
+    wh = rng.uniform(4, 2 * side, (2, k))
+    rois = jnp.asarray(np.stack([rng.integers(0, 2, k), x0, y0, x0 + wh[0], y0 + wh[1]], 1),
+                       jnp.float32)
+    out_shape = jax.eval_shape(OPS[op], features, rois).shape
+    cotangent = jnp.asarray(rng.standard_normal(out_shape) if cotangent_fill is None
+                            else np.full(out_shape, cotangent_fill), jnp.bfloat16)
+    gradient = jax.jit(lambda: jax.vjp(lambda f: OPS[op](f, rois), features)[1](cotangent)[0])
+
+    def bits():
+        grad = gradient()
+        assert grad.dtype == jnp.bfloat16
+        return np.asarray(grad).view(np.uint16)
+
+    return bits
+
+
+def gradient_bits(op, side, seed, **kwargs):
+    return gradient_call(op, side, seed, **kwargs)()
+
+
+def sequence():
+    """Small, poisoned large, small, large, small: the kept buffer is taken
+    fresh, grown, filled with NaN, reused and grown again."""
+    results = {}
+    for op in OPS:
+        results[f"{op}_small_first"] = gradient_bits(op, SMALL, 1)
+        poisoned = gradient_bits(op, LARGE - 10, 2, cotangent_fill=np.nan, k=400)
+        results[f"{op}_poisoned_nan"] = np.isnan(poisoned.view(jnp.bfloat16).astype(np.float32))
+        results[f"{op}_small_after_nan"] = gradient_bits(op, SMALL, 1)
+        results[f"{op}_large"] = gradient_bits(op, LARGE, 3)
+        results[f"{op}_small_last"] = gradient_bits(op, SMALL, 1)
+    return results
+
+
+def run_sequence(cap_mb):
+    env = dict(os.environ)
+    env.pop("JAX_ROI_CPU_KEPT_SCRATCH_MB", None)
+    if cap_mb is not None:
+        env["JAX_ROI_CPU_KEPT_SCRATCH_MB"] = str(cap_mb)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "gradients.npz")
+        child = subprocess.run([sys.executable, os.path.abspath(__file__), path], env=env,
+                               capture_output=True, text=True, timeout=600)
+        assert child.returncode == 0, child.stderr[-3000:]
+        with np.load(path) as saved:
+            return dict(saved)
+
+
+def test_gradients_do_not_depend_on_the_kept_scratch():
+    runs = {cap: run_sequence(cap) for cap in (None, 0, 1)}  # default, none kept, 1 MB
+    for cap, results in runs.items():
+        for op in OPS:
+            # The poison reached the kept buffer: most of that gradient is NaN.
+            assert results[f"{op}_poisoned_nan"].mean() > 0.5, (cap, op)
+            first = results[f"{op}_small_first"]
+            assert np.any(first != 0)
+            for later in ("small_after_nan", "small_last"):
+                np.testing.assert_array_equal(results[f"{op}_{later}"], first, err_msg=str(cap))
+    for key, value in runs[None].items():
+        np.testing.assert_array_equal(runs[0][key], value, err_msg=key)
+        np.testing.assert_array_equal(runs[1][key], value, err_msg=key)
+
+
+def test_calls_at_once_each_get_their_own_sums():
+    """Python threads run compiled calls at once; without the lock two of
+    them would sum into one buffer."""
+    jobs = [(op, side, seed) for op in OPS for side in (SMALL, 3 * LARGE) for seed in (4, 5)]
+    calls = [gradient_call(*job) for job in jobs]
+    expected = [call() for call in calls]
+    mismatches = []
+
+    def work(i):
+        for _ in range(10):
+            if not np.array_equal(calls[i](), expected[i]):
+                mismatches.append(jobs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not mismatches
+
+if __name__ == "__main__":
+    np.savez(sys.argv[1], **sequence())

@@ -119,5 +119,6 @@ def test_calls_at_once_each_get_their_own_sums():
         t.join()
     assert not mismatches
 
+
 if __name__ == "__main__":
     np.savez(sys.argv[1], **sequence())

@@ -15,10 +15,15 @@
 
 namespace jax_roi {
 
+constexpr size_t kHugePageBytes = size_t(2) << 20;
+
+// Whether huge pages are worth asking for on a buffer of `bytes`.
+inline bool worth_huge_pages(size_t bytes) { return bytes >= 2 * kHugePageBytes; }
+
 inline void advise_huge_pages(const void* data, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
-  if (bytes < 2 * kHugePage) return;  // small results: not worth a system call
+  constexpr uintptr_t kHugePage = kHugePageBytes;
+  if (!worth_huge_pages(bytes)) return;  // small results: not worth a system call
   const uintptr_t start = reinterpret_cast<uintptr_t>(data);
   const uintptr_t begin = (start + kHugePage - 1) & ~(kHugePage - 1);
   const uintptr_t end = (start + bytes) & ~(kHugePage - 1);

@@ -43,8 +43,8 @@ class KeptScratch {
   }
   ~KeptScratch() { std::free(data_); }
 
-  // Scratch of at least `bytes`, uninitialised, 2 MiB aligned when large.
-  // Whoever is given the kept buffer returns it with give_back().
+  // Scratch of at least `bytes`, uninitialised, page aligned (2 MiB when
+  // large). Whoever is given the kept buffer returns it with give_back().
   void* take(size_t bytes, bool& kept) {
     kept = false;
     if (bytes == 0) return nullptr;
@@ -52,31 +52,33 @@ class KeptScratch {
     if (!kept) return allocate(bytes);
     if (bytes > capacity_) {
       std::free(data_);
+      capacity_ = 0;
       data_ = allocate(bytes);
-      capacity_ = data_ ? bytes : 0;
       if (!data_) {
         mutex_.unlock();
         kept = false;
         return nullptr;
       }
+      capacity_ = bytes;
     }
     return data_;
   }
 
   void give_back() {
 #if defined(__linux__) && defined(MADV_FREE)
-    constexpr uintptr_t kPage = 4096;
-    const uintptr_t begin = reinterpret_cast<uintptr_t>(data_);
-    const uintptr_t end = (begin + capacity_) & ~(kPage - 1);
-    if (end > begin) madvise(data_, end - begin, MADV_FREE);
+    // data_ is page aligned (madvise refuses anything else); the partial
+    // page at the end stays.
+    const size_t whole_pages = capacity_ / kPageBytes * kPageBytes;
+    if (whole_pages > 0) madvise(data_, whole_pages, MADV_FREE);
 #endif
     mutex_.unlock();
   }
 
  private:
+  static constexpr size_t kPageBytes = 4096;
+
   static void* allocate(size_t bytes) {
-    constexpr size_t kHugePage = size_t(2) << 20;
-    const size_t align = bytes >= 2 * kHugePage ? kHugePage : 64;
+    const size_t align = worth_huge_pages(bytes) ? kHugePageBytes : kPageBytes;
     void* p = std::aligned_alloc(align, (bytes + align - 1) / align * align);
     if (p) advise_huge_pages(p, bytes);
     return p;
@@ -106,7 +108,7 @@ class ScratchLease {
   G* get() const { return data_; }
 
  private:
-  bool kept_ = false;
+  bool kept_ = false;  // declared first: data_'s initialiser sets it
   G* data_;
 };
 

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -172,6 +173,24 @@ def allocator_setting():
     if preloads:
         settings.append("LD_PRELOAD=" + ":".join(preloads))
     return ", ".join(settings) or "default"
+
+
+def huge_page_setting(root="/sys/kernel/mm/transparent_hugepage"):
+    """The system's transparent huge page modes. They set what a fresh result costs: XLA's
+    own results (the xla and floor columns) get huge pages only where they are `always`
+    on, one fault per 2 MiB instead of per 4 KiB (rot-p2's 50 MB floor took 5-6 ms with
+    them always on and 17-21 ms without, on the README's AMD EPYC machine); the kernels ask
+    for them on their own results either way."""
+    modes = []
+    for name in ("enabled", "defrag"):
+        try:
+            with open(os.path.join(root, name)) as f:
+                chosen = re.search(r"\[([^\]]+)\]", f.read())
+        except OSError:
+            continue
+        if chosen:
+            modes.append(f"{name}={chosen.group(1)}")
+    return ", ".join(modes) or "unknown"
 
 
 def vector_bytes():
@@ -526,12 +545,13 @@ def main(argv=None):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     allocator = allocator_setting()
+    huge_pages = huge_page_setting()
     with_torch = not args.no_torch and torchvision_available()
     with_onnxruntime = not args.no_onnxruntime and onnxruntime_available()
     print(f"jax {jax.__version__}, jax_roi {jax_roi.__version__} on {processor_model()} "
           f"({platform.machine()}, {os.cpu_count()} cores); CPU kernels use "
           f"{vector_bytes()}-byte vectors; devices {jax.devices()}; "
-          f"malloc settings: {allocator}")
+          f"malloc settings: {allocator}; transparent huge pages: {huge_pages}")
     if not with_torch:
         print("torchvision baseline: not run (torch and torchvision are not installed"
               + (", or --no-torch)" if args.no_torch else ")"))
@@ -553,7 +573,8 @@ def main(argv=None):
               "cold": args.cold, "jax": jax.__version__,
               "jax_roi": jax_roi.__version__, "machine": platform.machine(),
               "processor": processor_model(), "vector_bytes": vector_bytes(),
-              "allocator": allocator, "cores": os.cpu_count(), "results": results}
+              "allocator": allocator, "huge_pages": huge_pages, "cores": os.cpu_count(),
+              "results": results}
     json_path = os.path.join(args.out, "bench.json")
     with open(json_path, "w") as f:
         json.dump(report, f, indent=1)

@@ -29,6 +29,10 @@ def test_quick_benchmark_writes_its_report(tmp_path):
     assert report["processor"] and report["vector_bytes"] == 16
     assert "CPU kernels use 16-byte vectors" in result.stdout
     assert report["allocator"] == "default" and "malloc settings: default" in result.stdout
+    # the system's huge page modes, which set what a fresh result costs
+    from jax_roi.bench import huge_page_setting
+    assert report["huge_pages"] == huge_page_setting()
+    assert f"transparent huge pages: {report['huge_pages']}" in result.stdout
     assert report["min_seconds"] == 0  # --quick: no rounds past --repeats
     rows = report["results"]
     assert {r["workload"] for r in rows} == {"box-p2", "mask-c4", "pool-vgg", "rot-p2",
@@ -171,3 +175,14 @@ def test_main_passes_the_timing_options_on_and_reports_them(monkeypatch, tmp_pat
         bench.main(common + ["--repeats", "0"])
     assert exit.value.code != 0
     assert "--repeats" in capsys.readouterr().err
+
+
+def test_huge_page_setting_names_the_chosen_modes(tmp_path):
+    from jax_roi.bench import huge_page_setting
+    (tmp_path / "enabled").write_text("always [madvise] never\n")
+    (tmp_path / "defrag").write_text("always defer [defer+madvise] madvise never\n")
+    assert huge_page_setting(str(tmp_path)) == "enabled=madvise, defrag=defer+madvise"
+    (tmp_path / "defrag").unlink()
+    assert huge_page_setting(str(tmp_path)) == "enabled=madvise"
+    # a system without them (another OS, or a kernel built without them)
+    assert huge_page_setting(str(tmp_path / "absent")) == "unknown"

@@ -178,9 +178,8 @@ def allocator_setting():
 def huge_page_setting(root="/sys/kernel/mm/transparent_hugepage"):
     """The system's transparent huge page modes. They set what a fresh result costs: XLA's
     own results (the xla and floor columns) get huge pages only where they are `always`
-    on, one fault per 2 MiB instead of per 4 KiB (rot-p2's 50 MB floor took 5-6 ms with
-    them always on and 17-21 ms without, on the README's AMD EPYC machine); the kernels ask
-    for them on their own results either way."""
+    on, one fault per 2 MiB instead of per 4 KiB; the kernels ask for them on their own
+    results either way (the README's speed section has the figures)."""
     modes = []
     for name in ("enabled", "defrag"):
         try:

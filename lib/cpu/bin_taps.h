@@ -36,12 +36,6 @@ struct Tap {
   G weight;
 };
 
-// Rows [lo, hi); empty when lo == hi.
-struct RowSpan {
-  int32_t lo = 0, hi = 0;
-  bool meets(int64_t y0, int64_t y1) const { return lo < y1 && y0 < hi; }
-};
-
 // One ROI's taps, bin by bin.
 template <typename G>
 struct BinTaps {

@@ -58,6 +58,12 @@ Pixels<T> image_pixels(const Shape& s, const T* base, int64_t batch, int64_t cha
   return {base + image + channel * s.height * s.width, 1, s.width};
 }
 
+// Rows [lo, hi); empty when lo == hi.
+struct RowSpan {
+  int32_t lo = 0, hi = 0;
+  bool meets(int64_t y0, int64_t y1) const { return lo < y1 && y0 < hi; }
+};
+
 // Where the gradient of pixel (y, x), channel c, of image `batch` sits.
 template <typename G>
 G* gradient_at(const Shape& s, G* grad, int64_t batch, int64_t y, int64_t x, int64_t c) {

@@ -1,15 +1,16 @@
-// ps_roi_pool's NCHW backward by windows. A pooled bin is a rectangle of
-// pixels of weight 1, so its output gradient (over the bin's area) is added
-// to the run of every row the rectangle covers, a vector at a time, where
-// the tap loop adds it pixel by pixel across the bin's planes.
+// ps_roi_pool's bins as windows. A pooled bin is a rectangle of pixels of
+// weight 1: the forward sums it and the NHWC backward adds to it pixel by
+// pixel (position_sensitive_cpu.h), the NCHW backward (below) adds its
+// output gradient (over the bin's area) to the run of every row the
+// rectangle covers, a vector at a time, where a pixel loop adds it pixel by
+// pixel across the bin's planes.
 //
-// The block visits the bins outermost, as the tap loop does (a bin's
-// planes are zeroed just before its ROIs add to them, and stay in cache).
-// For each bin it first gathers its ROIs' gradients, every output channel
-// of the block, into a dense table: their loads are independent, where
-// inside the adding loop each waited on the one before. Each pixel gets
-// the same sums in the same order as from the taps, so the results are
-// bitwise the same.
+// The NCHW block visits the bins outermost (a bin's planes are zeroed just
+// before its ROIs add to them, and stay in cache). For each bin it first
+// gathers its ROIs' gradients, every output channel of the block, into a
+// dense table: their loads are independent, where inside the adding loop
+// each waited on the one before. Each pixel gets the same sums in the same
+// order as pixel by pixel, so the results are bitwise the same.
 #pragma once
 
 #include <algorithm>
@@ -20,6 +21,7 @@
 #include "cpu_common.h"
 #include "gradient_blocks.h"
 #include "native_vector.h"
+#include "parallel_for.h"
 
 namespace jax_roi {
 
@@ -36,38 +38,90 @@ template <typename G>
 struct PoolWindows {
   std::vector<BinWindow> windows;  // [bin][roi of the block]
   std::vector<G> gradient;         // one bin's: [roi][output channel], over the area
+  std::vector<BinWindow> roi;      // one ROI's (of_roi's): [bin]
 
   // The windows of the block's ROIs (all valid, of one image), clipped to
-  // its rows. A window's rows depend on its bin's row alone, its columns on
-  // its column: pool_bin is called once a row and once a column.
+  // its rows.
   void build(const Problem<G>& p, const GradientBlock& block) {
-    const Shape& s = p.shape;
-    const int64_t n = block.rois.size, bins = s.pooled_h * s.pooled_w;
+    const int64_t n = block.rois.size, bins = p.shape.pooled_h * p.shape.pooled_w;
     windows.assign(bins * n, BinWindow{});
-    if (s.height == 0 || s.width == 0) return;
+    for (int64_t j = 0; j < n; ++j) {
+      of_roi(p, block.rois.ids[j], block.y0, block.y1);
+      for (int64_t b = 0; b < bins; ++b) windows[b * n + j] = roi[b];
+    }
+  }
+
+  // ROI k's windows clipped to rows [y0, y1), into `roi` (empty where the
+  // clip leaves nothing). Returns the ROI's image, or -1 where it reads
+  // nothing (an invalid ROI, or a map without pixels). A window's rows
+  // depend on its bin's row alone, its columns on its column: pool_bin is
+  // called once a row and once a column.
+  int64_t of_roi(const Problem<G>& p, int64_t k, int64_t y0, int64_t y1) {
+    const Shape& s = p.shape;
+    const int64_t bins = s.pooled_h * s.pooled_w;
+    roi.assign(bins, BinWindow{});
+    const Roi<G> r = load_roi(p.rois, k);
+    if (!r.valid || s.height == 0 || s.width == 0) return -1;
     rows.resize(s.pooled_h);
     columns.resize(s.pooled_w);
-    for (int64_t j = 0; j < n; ++j) {
-      const PoolRoi<G> roi = pool_roi(load_roi(p.rois, block.rois.ids[j]), p.spatial_scale,
-                                      s.pooled_h, s.pooled_w, /*inclusive_end=*/false);
-      for (int64_t ph = 0; ph < s.pooled_h; ++ph)
-        rows[ph] = pool_bin(roi, ph, 0, s.height, s.width);
-      for (int64_t pw = 0; pw < s.pooled_w; ++pw)
-        columns[pw] = pool_bin(roi, 0, pw, s.height, s.width);
-      for (int64_t b = 0; b < bins; ++b) {
-        const PixelWindow& r = rows[b / s.pooled_w];
-        const PixelWindow& c = columns[b % s.pooled_w];
-        const BinWindow w{static_cast<int32_t>(std::max(r.h0, block.y0)),
-                          static_cast<int32_t>(std::min(r.h1, block.y1)),
-                          static_cast<int32_t>(c.w0), static_cast<int32_t>(c.w1),
-                          (r.h1 - r.h0) * (c.w1 - c.w0)};
-        if (!w.empty()) windows[b * n + j] = w;
-      }
+    const PoolRoi<G> pooled =
+        pool_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, /*inclusive_end=*/false);
+    for (int64_t ph = 0; ph < s.pooled_h; ++ph)
+      rows[ph] = pool_bin(pooled, ph, 0, s.height, s.width);
+    for (int64_t pw = 0; pw < s.pooled_w; ++pw)
+      columns[pw] = pool_bin(pooled, 0, pw, s.height, s.width);
+    for (int64_t b = 0; b < bins; ++b) {
+      const PixelWindow& h = rows[b / s.pooled_w];
+      const PixelWindow& w = columns[b % s.pooled_w];
+      const BinWindow clipped{static_cast<int32_t>(std::max(h.h0, y0)),
+                              static_cast<int32_t>(std::min(h.h1, y1)),
+                              static_cast<int32_t>(w.w0), static_cast<int32_t>(w.w1),
+                              (h.h1 - h.h0) * (w.w1 - w.w0)};
+      if (!clipped.empty()) roi[b] = clipped;
     }
+    return r.batch;
   }
 
  private:
   std::vector<PixelWindow> rows, columns;  // one ROI's
+};
+
+// Every window of a call's ROIs, built once by all threads: the NHWC
+// backward's row bands each visit every ROI of their image and clip its
+// windows to their rows.
+template <typename G>
+struct WindowTable {
+  std::vector<BinWindow> windows;  // [entry][bin]
+  std::vector<int64_t> batch;      // [entry]: -1 where the ROI reads nothing
+  std::vector<RowSpan> rows;       // [entry]: the rows its windows cover
+  const int64_t* ids = nullptr;
+  int64_t bins = 0;
+
+  void build(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list) {
+    ids = list.ids;
+    bins = p.shape.pooled_h * p.shape.pooled_w;
+    windows.assign(list.size * bins, BinWindow{});
+    batch.assign(list.size, -1);
+    rows.assign(list.size, RowSpan{});
+    parallel_for(pool, list.size, balanced_grain(pool, list.size, 64, 1),
+                 [&](int64_t j0, int64_t j1) {
+                   PoolWindows<G> one;
+                   for (int64_t j = j0; j < j1; ++j) {
+                     batch[j] = one.of_roi(p, ids[j], 0, p.shape.height);
+                     std::copy(one.roi.begin(), one.roi.end(), windows.begin() + j * bins);
+                     for (const BinWindow& w : one.roi) {
+                       if (w.empty()) continue;
+                       rows[j] = rows[j].lo == rows[j].hi
+                                     ? RowSpan{w.h0, w.h1}
+                                     : RowSpan{std::min(rows[j].lo, w.h0), std::max(rows[j].hi, w.h1)};
+                     }
+                   }
+                 });
+  }
+
+  // The entry of a ROI of the list (or of a part of it).
+  int64_t entry(const int64_t* id) const { return id - ids; }
+  const BinWindow* of(int64_t entry) const { return windows.data() + entry * bins; }
 };
 
 // Output channels [first, first + n) of bin b (input channels first*bins +

@@ -1,21 +1,24 @@
-// ps_roi_align and ps_roi_pool on the CPU: a ROI's bins tabulated as taps
-// (bin_taps.h) with the element functions' geometry, each bin reading its
-// own channel: input channel c*bins + b is bin b of output channel c.
+// ps_roi_align and ps_roi_pool on the CPU, each bin reading its own
+// channel: input channel c*bins + b is bin b of output channel c. A
+// ps_roi_align ROI's bins are tabulated as taps (bin_taps.h) with the
+// element functions' geometry; a ps_roi_pool bin is a window of pixels of
+// weight 1 (pool_windows.h), read directly, with no taps to tabulate.
 //
-// A bin's taps run outermost and its output channels innermost: the
+// A bin's pixels run outermost and its output channels innermost: the
 // channels' sums (or updates) are independent, so their scattered loads
-// overlap, and the tap loop is left once a bin. The NCHW backward visits
+// overlap, and the pixel loop is left once a bin. The NCHW backward visits
 // the bins outermost, zeroing a bin's planes just before every ROI adds to
 // them: they are written to memory once, and their updates hit the cache
 // (where zeroing the whole block first left them to be fetched again).
 // The NCHW forward of ps_roi_align reads a bin's planes interleaved in a
 // tile instead (bin_planes.h), so that a tap's channels are vector loads;
 // the NCHW backward of ps_roi_pool adds its bins' windows row by row as
-// vectors, with no taps (pool_windows.h).
+// vectors (pool_windows.h).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "../elements/position_sensitive.h"
@@ -46,24 +49,82 @@ inline int64_t mapped_channel_step(const Shape& s) {
   return s.pooled_h * s.pooled_w * (s.channels_last ? 1 : s.height * s.width);
 }
 
+// f(count, c) for the channels [0, n) in blocks: `count` (a constant of
+// at most kChannelBlock) channels from c on. The forward keeps a block's
+// sums in registers across a bin's pixels and loads its channels as
+// scalars: vectors assembled lane by lane from scattered loads cost about
+// three cycles a channel (psroi-rfcn's forwards 10% slower).
+constexpr int kChannelBlock = 8;
+template <typename F>
+JAX_ROI_ALWAYS_INLINE void for_channel_blocks(int64_t n, F&& f) {
+  int64_t c = 0;
+  for (; c + kChannelBlock <= n; c += kChannelBlock)
+    f(std::integral_constant<int, kChannelBlock>{}, c);
+  static_assert(kChannelBlock == 8, "the cases below cover a block's remainders");
+  switch (n - c) {
+    case 7: return f(std::integral_constant<int, 7>{}, c);
+    case 6: return f(std::integral_constant<int, 6>{}, c);
+    case 5: return f(std::integral_constant<int, 5>{}, c);
+    case 4: return f(std::integral_constant<int, 4>{}, c);
+    case 3: return f(std::integral_constant<int, 3>{}, c);
+    case 2: return f(std::integral_constant<int, 2>{}, c);
+    case 1: return f(std::integral_constant<int, 1>{}, c);
+    default: return;
+  }
+}
+
+// The sums of output bin b of a ROI (every output channel, in `acc`) over
+// its divisor into the output.
+template <typename T, typename G>
+JAX_ROI_ALWAYS_INLINE void write_mapped_bin(const Shape& s, int64_t roi, int64_t b, const G* sum,
+                                            G divisor, T* out) {
+  for (int64_t c = 0; c < s.out_channels; ++c)
+    out[output_index(s, roi, c, b / s.pooled_w, b % s.pooled_w)] = from_acc<T>(sum[c] / divisor);
+}
+
 // Output bin b of ROI t, whose taps are its bin tb (b, or 0 when t holds
 // that bin alone), every output channel, `acc` holding their sums.
 template <typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void mapped_forward_bin(const Shape& s, const BinTaps<G>& t, int64_t b,
                                               int64_t tb, const T* features, T* out,
                                               std::vector<G>& acc) {
-  const int64_t n = s.out_channels, step = mapped_channel_step(s);
+  const int64_t step = mapped_channel_step(s);
   const Pixels<T> px = image_pixels(s, features, t.batch, b);  // output channel 0's
-  acc.assign(n, G(0));
-  G* __restrict__ sum = acc.data();
-  for (const Tap<G>* tap = t.begin(tb); tap != t.end(tb); ++tap) {
-    const T* __restrict__ v = px.at(tap->y, tap->x);
-    const G w = tap->weight;
-    for (int64_t c = 0; c < n; ++c) sum[c] += w * to_acc(v[c * step]);
-  }
-  for (int64_t c = 0; c < n; ++c)
-    out[output_index(s, t.roi, c, b / s.pooled_w, b % s.pooled_w)] =
-        from_acc<T>(sum[c] / t.divisor[tb]);
+  acc.resize(s.out_channels);
+  for_channel_blocks(s.out_channels, [&](auto count, int64_t c) JAX_ROI_INLINE_LAMBDA {
+    G sum[count] = {};
+    const T* const from = px.data + c * step;
+    for (const Tap<G>* tap = t.begin(tb); tap != t.end(tb); ++tap) {
+      const T* __restrict__ v = from + tap->y * px.row + tap->x * px.stride;
+      const G w = tap->weight;
+      for (int i = 0; i < count; ++i) sum[i] += w * to_acc(v[i * step]);
+    }
+    std::copy(sum, sum + count, acc.data() + c);
+  });
+  write_mapped_bin(s, t.roi, b, acc.data(), t.divisor[tb], out);
+}
+
+// The same for a pooled bin, a window of pixels of weight 1 (the sums as
+// from its taps, row by row).
+template <typename T, typename G>
+JAX_ROI_ALWAYS_INLINE void window_forward_bin(const Shape& s, int64_t roi, int64_t batch,
+                                              int64_t b, const BinWindow& win, const T* features,
+                                              T* out, std::vector<G>& acc) {
+  const int64_t step = mapped_channel_step(s);
+  const Pixels<T> px = image_pixels(s, features, batch, b);
+  acc.resize(s.out_channels);
+  for_channel_blocks(s.out_channels, [&](auto count, int64_t c) JAX_ROI_INLINE_LAMBDA {
+    G sum[count] = {};
+    for (int64_t y = win.h0; y < win.h1; ++y) {
+      const T* v = px.data + c * step + y * px.row + win.w0 * px.stride;
+      for (int64_t x = win.w0; x < win.w1; ++x, v += px.stride) {
+        for (int i = 0; i < count; ++i) sum[i] += to_acc(v[i * step]);
+      }
+    }
+    std::copy(sum, sum + count, acc.data() + c);
+  });
+  // An empty bin sums to 0, whatever its divisor.
+  write_mapped_bin(s, roi, b, acc.data(), win.empty() ? G(1) : static_cast<G>(win.area), out);
 }
 
 // Bin b of ROI t's gradient into the block's input channels and rows,
@@ -124,8 +185,12 @@ void zero_mapped_planes(const Shape& s, int64_t batch, int64_t b, int64_t c0, in
 
 template <typename Tabulate>
 struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
+  // The call's taps, or with Tabulate::kWindows, for the NHWC backward's
+  // row bands, its windows.
   template <typename G>
-  using Tables = TapList<G, Tabulate>;
+  struct Tables : TapList<G, Tabulate> {
+    WindowTable<G> windows;
+  };
   template <typename G>
   struct Scratch {
     BinTaps<G> taps;            // a ROI's (or in NCHW forward a ROI's bin's)
@@ -140,12 +205,19 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
   static constexpr bool kNchwFromChannelsLast = false;
   static constexpr bool backward_writes_block(bool channels_last) { return !channels_last; }
 
-  // Nothing for an NCHW backward that reads windows (Tabulate::kWindows).
+  // With Tabulate::kWindows no taps: the NHWC backward's windows (shared
+  // by the row bands), nothing for the NCHW one.
   template <typename G>
   static void tabulate(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list,
                        Tables<G>& tables) {
-    if (Tabulate::kWindows && !p.shape.channels_last) return;
-    CallTapTables<Tabulate, true>::tabulate(pool, p, list, tables);
+    if constexpr (Tabulate::kWindows) {
+      if (p.shape.channels_last) {
+        tables.windows.build(pool, p, list);
+        tables.shared = true;
+      }
+    } else {
+      CallTapTables<Tabulate, true>::tabulate(pool, p, list, tables);
+    }
   }
 
   // With Tabulate::kBinPlanes, bins [i0, i1) of every output channel of
@@ -159,7 +231,43 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
                                               const Tables<G>&, int64_t i0, int64_t i1,
                                               const T* features, T* out, int32_t*,
                                               Scratch<G>& scratch) {
-    if constexpr (!Tabulate::kBinPlanes) return forward_part(p, list, features, out, scratch);
+    if constexpr (Tabulate::kBinPlanes)
+      forward_bin_planes(p, list, i0, i1, features, out, scratch);
+    else
+      forward_part(p, list, features, out, scratch);
+  }
+
+  template <typename T, typename G>
+  static JAX_ROI_CPU_CLONES void forward_nhwc(const Problem<G>& p, const RoiList& list,
+                                              const Tables<G>&, const T* features, T* out,
+                                              int32_t*, Scratch<G>& scratch) {
+    forward_part(p, list, features, out, scratch);
+  }
+
+  // The block's ROIs (all of one image, all valid): NCHW a bin at a time,
+  // zeroing the bin's planes first (backward_writes_block); NHWC a ROI at a
+  // time into a zeroed row band (kNhwcBackwardRowBands), skipping the bins
+  // whose rows it does not meet.
+  template <typename T, typename G>
+  static JAX_ROI_CPU_CLONES void backward(const Problem<G>& p, const GradientBlock& block,
+                                          const Tables<G>& tables, const T* grad_out,
+                                          const int32_t*, G* grad, Scratch<G>& scratch) {
+    if (block.rois.size == 0) return;
+    if constexpr (Tabulate::kWindows) {
+      const Shape& s = p.shape;
+      if (!s.channels_last) return backward_windows(p, block, grad_out, grad, scratch.windows);
+      backward_windows_nhwc(p, block, tables, grad_out, grad, scratch);
+    } else {
+      backward_taps(p, block, tables, grad_out, grad, scratch);
+    }
+  }
+
+ private:
+  // NCHW, Tabulate::kBinPlanes: see forward_nchw.
+  template <typename T, typename G>
+  static JAX_ROI_ALWAYS_INLINE void forward_bin_planes(const Problem<G>& p, const RoiList& list,
+                                                       int64_t i0, int64_t i1, const T* features,
+                                                       T* out, Scratch<G>& scratch) {
     const Shape& s = p.shape;
     const int64_t bins = s.pooled_h * s.pooled_w, C = s.out_channels;
     const int64_t most = BinPlanes<G>::max_lanes(s);
@@ -194,28 +302,16 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
     }
   }
 
-  template <typename T, typename G>
-  static JAX_ROI_CPU_CLONES void forward_nhwc(const Problem<G>& p, const RoiList& list,
-                                              const Tables<G>&, const T* features, T* out,
-                                              int32_t*, Scratch<G>& scratch) {
-    forward_part(p, list, features, out, scratch);
-  }
 
-  // The block's ROIs (all of one image, all valid): NCHW a bin at a time,
-  // zeroing the bin's planes first (backward_writes_block); NHWC a ROI at a
-  // time into a zeroed row band (kNhwcBackwardRowBands), skipping the bins
-  // whose rows it does not meet.
+  // The taps of the block's ROIs: see backward.
   template <typename T, typename G>
-  static JAX_ROI_CPU_CLONES void backward(const Problem<G>& p, const GradientBlock& block,
-                                          const Tables<G>& tables, const T* grad_out,
-                                          const int32_t*, G* grad, Scratch<G>& scratch) {
+  static JAX_ROI_ALWAYS_INLINE void backward_taps(const Problem<G>& p, const GradientBlock& block,
+                                                  const Tables<G>& tables, const T* grad_out,
+                                                  G* grad, Scratch<G>& scratch) {
     const Shape& s = p.shape;
     const RoiList& list = block.rois;
     const int64_t bins = s.pooled_h * s.pooled_w;
-    if (list.size == 0) return;
-    if constexpr (Tabulate::kWindows)
-      if (!s.channels_last) return backward_windows(p, block, grad_out, grad, scratch.windows);
-    const Tables<G>& taps =
+    const TapList<G, Tabulate>& taps =
         tables.shared || s.channels_last ? tables : scratch.part.build_serial(p, list);
     if (!s.channels_last && taps.shared) {
       for (int64_t b = 0; b < bins; ++b) {
@@ -239,7 +335,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
     }
   }
 
- private:
+
   // NCHW, Tabulate::kWindows: bin by bin (pool_windows.h).
   template <typename T, typename G>
   static JAX_ROI_ALWAYS_INLINE void backward_windows(const Problem<G>& p,
@@ -265,6 +361,54 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
     });
   }
 
+  // NHWC, Tabulate::kWindows: a ROI at a time, each bin's window clipped
+  // to the block's rows, its gradients added pixel by pixel (the same sums
+  // in the same order as from the taps). The windows are the call's where
+  // row bands share them, else found as the ROI is visited.
+  template <typename T, typename G>
+  static JAX_ROI_ALWAYS_INLINE void backward_windows_nhwc(const Problem<G>& p,
+                                                          const GradientBlock& block,
+                                                          const Tables<G>& tables,
+                                                          const T* grad_out, G* grad,
+                                                          Scratch<G>& scratch) {
+    const Shape& s = p.shape;
+    const int64_t bins = s.pooled_h * s.pooled_w, step = mapped_channel_step(s);
+    const int64_t row = s.channels * s.width;
+    const WindowTable<G>& table = tables.windows;
+    for (int64_t j = 0; j < block.rois.size; ++j) {
+      const int64_t k = block.rois.ids[j];
+      const BinWindow* windows;
+      if (tables.shared) {
+        const int64_t entry = table.entry(block.rois.ids + j);
+        if (table.batch[entry] < 0 || !table.rows[entry].meets(block.y0, block.y1)) continue;
+        windows = table.of(entry);
+      } else {
+        if (scratch.windows.of_roi(p, k, 0, s.height) < 0) continue;
+        windows = scratch.windows.roi.data();
+      }
+      for (int64_t b = 0; b < bins; ++b) {
+        const BinWindow& win = windows[b];
+        const int64_t y0 = std::max<int64_t>(win.h0, block.y0);
+        const int64_t y1 = std::min<int64_t>(win.h1, block.y1);
+        const auto [first, last] = mapped_channels(s, b, block.c0, block.c1);
+        if (y1 <= y0 || win.empty() || last == first) continue;
+        const int64_t n = last - first;
+        scratch.acc.resize(n);
+        G* __restrict__ g = scratch.acc.data();
+        for (int64_t c = 0; c < n; ++c)
+          g[c] = to_acc(grad_out[output_index(s, k, first + c, b / s.pooled_w, b % s.pooled_w)]) /
+                 static_cast<G>(win.area);
+        G* const base = gradient_at(s, grad, block.batch, 0, 0, first * bins + b);
+        for (int64_t y = y0; y < y1; ++y) {
+          for (int64_t x = win.w0; x < win.w1; ++x) {
+            G* __restrict__ v = base + y * row + x * s.channels;
+            for (int64_t c = 0; c < n; ++c) v[c * step] += g[c];
+          }
+        }
+      }
+    }
+  }
+
   // Bin b of ROI k alone, as the taps' bin 0 (batch -1: it reads nothing).
   template <typename G>
   static JAX_ROI_ALWAYS_INLINE const BinTaps<G>& bin_taps(const Problem<G>& p, int64_t k,
@@ -275,34 +419,50 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
     return t;
   }
 
-  // The listed ROIs, each tabulated as it is visited.
+  // The listed ROIs, each tabulated as it is visited (with
+  // Tabulate::kWindows, as a window a bin).
   template <typename T, typename G>
   static JAX_ROI_ALWAYS_INLINE void forward_part(const Problem<G>& p, const RoiList& list,
                                                  const T* features, T* out, Scratch<G>& scratch) {
     const Shape& s = p.shape;
     const int64_t bins = s.pooled_h * s.pooled_w;
     for (int64_t j = 0; j < list.size; ++j) {
-      Tabulate::build(p, list.ids[j], scratch.taps);
-      const BinTaps<G>& t = scratch.taps;
-      if (t.batch < 0) {
-        zero_roi_output(s, t.roi, 0, s.out_channels, out);
-        continue;
+      const int64_t k = list.ids[j];
+      if constexpr (Tabulate::kWindows) {
+        const int64_t batch = scratch.windows.of_roi(p, k, 0, s.height);
+        if (batch < 0) {
+          zero_roi_output(s, k, 0, s.out_channels, out);
+          continue;
+        }
+        for (int64_t b = 0; b < bins; ++b)
+          window_forward_bin(s, k, batch, b, scratch.windows.roi[b], features, out, scratch.acc);
+      } else {
+        Tabulate::build(p, k, scratch.taps);
+        const BinTaps<G>& t = scratch.taps;
+        if (t.batch < 0) {
+          zero_roi_output(s, k, 0, s.out_channels, out);
+          continue;
+        }
+        for (int64_t b = 0; b < bins; ++b)
+          mapped_forward_bin(s, t, b, b, features, out, scratch.acc);
       }
-      for (int64_t b = 0; b < bins; ++b)
-        mapped_forward_bin(s, t, b, b, features, out, scratch.acc);
     }
   }
 };
 
-// The tabulations: build(p, k, taps) a ROI's bins, add_bin(p, r, ph, pw,
-// taps) one bin of loaded ROI r (ending it). kBinPlanes: the NCHW forward
-// reads a bin's planes through a tile (bin_planes.h), which pays for the
-// whole map's transposition where a bin's taps are many (an aligned bin's
-// 2 x 2 samples: psroi-rfcn's forward 1.75-2.2 -> 1.65-1.75 ms, either
-// vector width), not where they are few (a pooled bin of a few pixels:
-// about 10% slower with AVX-512). kWindows: a bin is a rectangle of weight
-// 1, which the NCHW backward adds as windows (pool_windows.h), tabulating
-// no taps.
+// The tabulations. kBinPlanes: the NCHW forward reads a bin's planes
+// through a tile (bin_planes.h), which pays for the whole map's
+// transposition where a bin's taps are many (an aligned bin's 2 x 2
+// samples: psroi-rfcn's forward 1.75-2.2 -> 1.65-1.75 ms, either vector
+// width), not where they are few (a pooled bin of a few pixels: about 10%
+// slower with AVX-512); its ROIs' bins are tabulated as taps, build(p, k,
+// taps) a ROI's bins, add_bin(p, r, ph, pw, taps) one bin of loaded ROI r
+// (ending it). kWindows: a bin is a rectangle of weight 1, which every
+// kernel reads as a window (pool_windows.h), tabulating no taps (where the
+// taps' tabulation took a tenth of psroi-rfcn's NHWC calls, and the NHWC
+// backward copied them into a table for its row bands: 1.25-1.3 ms to
+// 0.97-1.08 ms; the forward, with the channel blocks above too, 0.82-0.92
+// to 0.64-0.77 ms).
 struct PsAlignTaps {
   static constexpr bool kBinPlanes = true;
   static constexpr bool kWindows = false;
@@ -323,35 +483,6 @@ struct PsAlignTaps {
 struct PsPoolTaps {
   static constexpr bool kBinPlanes = false;
   static constexpr bool kWindows = true;
-  template <typename G>
-  static void build(const Problem<G>& p, int64_t k, BinTaps<G>& t) {
-    Roi<G> r;
-    if (!start_taps(p, k, t, &r)) return;
-    const PoolRoi<G> roi = pool_roi_of(p, r);
-    for (int64_t ph = 0; ph < p.shape.pooled_h; ++ph)
-      for (int64_t pw = 0; pw < p.shape.pooled_w; ++pw) add_window(p, roi, ph, pw, t);
-  }
-  template <typename G>
-  static void add_bin(const Problem<G>& p, const Roi<G>& r, int64_t ph, int64_t pw,
-                      BinTaps<G>& t) {
-    add_window(p, pool_roi_of(p, r), ph, pw, t);
-  }
-
- private:
-  template <typename G>
-  static PoolRoi<G> pool_roi_of(const Problem<G>& p, const Roi<G>& r) {
-    return pool_roi(r, p.spatial_scale, p.shape.pooled_h, p.shape.pooled_w,
-                    /*inclusive_end=*/false);
-  }
-  template <typename G>
-  static void add_window(const Problem<G>& p, const PoolRoi<G>& roi, int64_t ph, int64_t pw,
-                         BinTaps<G>& t) {
-    const PixelWindow win = pool_bin(roi, ph, pw, p.shape.height, p.shape.width);
-    for (int64_t h = win.h0; h < win.h1; ++h)
-      for (int64_t w = win.w0; w < win.w1; ++w) t.add_new(h, w, G(1));
-    // An empty bin has no taps: it sums to 0, whatever its divisor.
-    t.end_bin(win.empty() ? G(1) : static_cast<G>((win.h1 - win.h0) * (win.w1 - win.w0)));
-  }
 };
 
 template <>

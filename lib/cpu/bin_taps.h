@@ -46,8 +46,8 @@ struct BinTaps {
   // The rows the taps read, per bin and in all, once find_rows() has run
   // (a shared list built for row bands runs it: they skip what they do
   // not meet).
-  std::vector<RowSpan> bin_rows;
-  RowSpan rows;
+  std::vector<Span> bin_rows;
+  Span rows;
   bool rows_found = false;
 
   void start(int64_t k, int64_t b) {
@@ -63,11 +63,11 @@ struct BinTaps {
 
   void find_rows() {
     const int64_t bins = static_cast<int64_t>(divisor.size());
-    bin_rows.assign(bins, RowSpan{});
+    bin_rows.assign(bins, Span{});
     rows = {};
     for (int64_t b = 0; b < bins; ++b) {
       if (begin(b) == end(b)) continue;
-      RowSpan span{begin(b)->y, begin(b)->y};
+      Span span{begin(b)->y, begin(b)->y};
       for (const Tap<G>* tap = begin(b); tap != end(b); ++tap) {
         span.lo = std::min(span.lo, tap->y);
         span.hi = std::max(span.hi, tap->y);
@@ -75,7 +75,7 @@ struct BinTaps {
       span.hi += 1;
       bin_rows[b] = span;
       rows = rows.lo == rows.hi ? span
-                                : RowSpan{std::min(rows.lo, span.lo), std::max(rows.hi, span.hi)};
+                                : Span{std::min(rows.lo, span.lo), std::max(rows.hi, span.hi)};
     }
     rows_found = true;
   }

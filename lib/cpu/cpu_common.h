@@ -58,8 +58,8 @@ Pixels<T> image_pixels(const Shape& s, const T* base, int64_t batch, int64_t cha
   return {base + image + channel * s.height * s.width, 1, s.width};
 }
 
-// Rows [lo, hi); empty when lo == hi.
-struct RowSpan {
+// Rows (or columns) [lo, hi); empty when lo >= hi.
+struct Span {
   int32_t lo = 0, hi = 0;
   bool meets(int64_t y0, int64_t y1) const { return lo < y1 && y0 < hi; }
 };

@@ -34,6 +34,29 @@ struct BinWindow {
   bool empty() const { return h1 <= h0 || w1 <= w0; }
 };
 
+// ROI k's pooled bins as spans: bin (ph, pw) covers rows rows[ph] and
+// columns columns[pw] (pool_bin: a window's rows depend on its bin's row
+// alone, its columns on its column). Returns the ROI's image, or -1 where
+// it reads nothing (an invalid ROI, or a map without pixels).
+template <typename G>
+int64_t pool_bin_spans(const Problem<G>& p, int64_t k, Span* rows, Span* columns) {
+  const Shape& s = p.shape;
+  const Roi<G> r = load_roi(p.rois, k);
+  if (!r.valid || s.height == 0 || s.width == 0) return -1;
+  const PoolRoi<G> pooled =
+      pool_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, /*inclusive_end=*/false);
+  // (a map's sides fit 32 bits)
+  for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+    const PixelWindow w = pool_bin(pooled, ph, 0, s.height, s.width);
+    rows[ph] = {static_cast<int32_t>(w.h0), static_cast<int32_t>(w.h1)};
+  }
+  for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+    const PixelWindow w = pool_bin(pooled, 0, pw, s.height, s.width);
+    columns[pw] = {static_cast<int32_t>(w.w0), static_cast<int32_t>(w.w1)};
+  }
+  return r.batch;
+}
+
 template <typename G>
 struct PoolWindows {
   std::vector<BinWindow> windows;  // [bin][roi of the block]
@@ -53,67 +76,62 @@ struct PoolWindows {
 
   // ROI k's windows clipped to rows [y0, y1), into `roi` (empty where the
   // clip leaves nothing). Returns the ROI's image, or -1 where it reads
-  // nothing (an invalid ROI, or a map without pixels). A window's rows
-  // depend on its bin's row alone, its columns on its column: pool_bin is
-  // called once a row and once a column.
+  // nothing.
   int64_t of_roi(const Problem<G>& p, int64_t k, int64_t y0, int64_t y1) {
     const Shape& s = p.shape;
-    const int64_t bins = s.pooled_h * s.pooled_w;
-    roi.assign(bins, BinWindow{});
-    const Roi<G> r = load_roi(p.rois, k);
-    if (!r.valid || s.height == 0 || s.width == 0) return -1;
+    roi.assign(s.pooled_h * s.pooled_w, BinWindow{});
     rows.resize(s.pooled_h);
     columns.resize(s.pooled_w);
-    const PoolRoi<G> pooled =
-        pool_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, /*inclusive_end=*/false);
-    for (int64_t ph = 0; ph < s.pooled_h; ++ph)
-      rows[ph] = pool_bin(pooled, ph, 0, s.height, s.width);
-    for (int64_t pw = 0; pw < s.pooled_w; ++pw)
-      columns[pw] = pool_bin(pooled, 0, pw, s.height, s.width);
-    for (int64_t b = 0; b < bins; ++b) {
-      const PixelWindow& h = rows[b / s.pooled_w];
-      const PixelWindow& w = columns[b % s.pooled_w];
-      const BinWindow clipped{static_cast<int32_t>(std::max(h.h0, y0)),
-                              static_cast<int32_t>(std::min(h.h1, y1)),
-                              static_cast<int32_t>(w.w0), static_cast<int32_t>(w.w1),
-                              (h.h1 - h.h0) * (w.w1 - w.w0)};
-      if (!clipped.empty()) roi[b] = clipped;
+    const int64_t batch = pool_bin_spans(p, k, rows.data(), columns.data());
+    if (batch < 0) return -1;
+    for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+      for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+        const Span h = rows[ph], w = columns[pw];
+        const BinWindow clipped{static_cast<int32_t>(std::max<int64_t>(h.lo, y0)),
+                                static_cast<int32_t>(std::min<int64_t>(h.hi, y1)), w.lo, w.hi,
+                                int64_t(h.hi - h.lo) * (w.hi - w.lo)};
+        if (!clipped.empty()) roi[ph * s.pooled_w + pw] = clipped;
+      }
     }
-    return r.batch;
+    return batch;
   }
 
  private:
-  std::vector<PixelWindow> rows, columns;  // one ROI's
+  std::vector<Span> rows, columns;  // one ROI's
 };
 
-// Every window of a call's ROIs, built once by all threads: the NHWC
-// backward's row bands each visit every ROI of their image and clip its
-// windows to their rows.
+// Every ROI's bin spans of a call's list, built once by all threads: the
+// NHWC backward's row bands each visit every ROI of their image and clip
+// its windows to their rows. (Spans, not windows: 14 for psroi-rfcn's 7 x 7
+// bins instead of 49, a table small enough for the heap's reused memory.)
 template <typename G>
 struct WindowTable {
-  std::vector<BinWindow> windows;  // [entry][bin]
-  std::vector<int64_t> batch;      // [entry]: -1 where the ROI reads nothing
-  std::vector<RowSpan> rows;       // [entry]: the rows its windows cover
+  std::vector<Span> rows;     // [entry][ph]
+  std::vector<Span> columns;  // [entry][pw]
+  std::vector<Span> covered;  // [entry]: every row its windows cover
+  std::vector<int64_t> batch;  // [entry]: -1 where the ROI reads nothing
   const int64_t* ids = nullptr;
-  int64_t bins = 0;
+  int64_t pooled_h = 0, pooled_w = 0;
 
   void build(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list) {
     ids = list.ids;
-    bins = p.shape.pooled_h * p.shape.pooled_w;
-    windows.assign(list.size * bins, BinWindow{});
-    batch.assign(list.size, -1);
-    rows.assign(list.size, RowSpan{});
+    pooled_h = p.shape.pooled_h;
+    pooled_w = p.shape.pooled_w;
+    rows.resize(list.size * pooled_h);
+    columns.resize(list.size * pooled_w);
+    covered.assign(list.size, Span{});
+    batch.resize(list.size);
     parallel_for(pool, list.size, balanced_grain(pool, list.size, 64, 1),
                  [&](int64_t j0, int64_t j1) {
-                   PoolWindows<G> one;
                    for (int64_t j = j0; j < j1; ++j) {
-                     batch[j] = one.of_roi(p, ids[j], 0, p.shape.height);
-                     std::copy(one.roi.begin(), one.roi.end(), windows.begin() + j * bins);
-                     for (const BinWindow& w : one.roi) {
-                       if (w.empty()) continue;
-                       rows[j] = rows[j].lo == rows[j].hi
-                                     ? RowSpan{w.h0, w.h1}
-                                     : RowSpan{std::min(rows[j].lo, w.h0), std::max(rows[j].hi, w.h1)};
+                     batch[j] = pool_bin_spans(p, ids[j], &rows[j * pooled_h],
+                                               &columns[j * pooled_w]);
+                     for (int64_t ph = 0; ph < pooled_h; ++ph) {
+                       const Span h = rows[j * pooled_h + ph];
+                       if (h.lo >= h.hi) continue;
+                       Span& all = covered[j];
+                       all = all.lo >= all.hi ? h
+                                              : Span{std::min(all.lo, h.lo), std::max(all.hi, h.hi)};
                      }
                    }
                  });
@@ -121,7 +139,6 @@ struct WindowTable {
 
   // The entry of a ROI of the list (or of a part of it).
   int64_t entry(const int64_t* id) const { return id - ids; }
-  const BinWindow* of(int64_t entry) const { return windows.data() + entry * bins; }
 };
 
 // Output channels [first, first + n) of bin b (input channels first*bins +

@@ -197,7 +197,8 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
     TapList<G, Tabulate> part;  // an NCHW gradient block's ROIs
     std::vector<G> acc;
     BinPlanes<G> tile;          // NCHW forward's
-    PoolWindows<G> windows;     // NCHW backward's, with Tabulate::kWindows
+    PoolWindows<G> windows;     // with Tabulate::kWindows, a ROI's or a block's
+    std::vector<Span> rows, columns;  // NHWC backward's, unshared
   };
   static constexpr int64_t kNhwcChunksPerThread = 8;
   static constexpr NchwSplit kNchwSplit =
@@ -377,30 +378,35 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
     const WindowTable<G>& table = tables.windows;
     for (int64_t j = 0; j < block.rois.size; ++j) {
       const int64_t k = block.rois.ids[j];
-      const BinWindow* windows;
+      const Span *rows, *columns;
       if (tables.shared) {
         const int64_t entry = table.entry(block.rois.ids + j);
-        if (table.batch[entry] < 0 || !table.rows[entry].meets(block.y0, block.y1)) continue;
-        windows = table.of(entry);
+        if (table.batch[entry] < 0 || !table.covered[entry].meets(block.y0, block.y1)) continue;
+        rows = &table.rows[entry * s.pooled_h];
+        columns = &table.columns[entry * s.pooled_w];
       } else {
-        if (scratch.windows.of_roi(p, k, 0, s.height) < 0) continue;
-        windows = scratch.windows.roi.data();
+        scratch.rows.resize(s.pooled_h);
+        scratch.columns.resize(s.pooled_w);
+        if (pool_bin_spans(p, k, scratch.rows.data(), scratch.columns.data()) < 0) continue;
+        rows = scratch.rows.data();
+        columns = scratch.columns.data();
       }
       for (int64_t b = 0; b < bins; ++b) {
-        const BinWindow& win = windows[b];
-        const int64_t y0 = std::max<int64_t>(win.h0, block.y0);
-        const int64_t y1 = std::min<int64_t>(win.h1, block.y1);
+        const Span h = rows[b / s.pooled_w], w = columns[b % s.pooled_w];
+        const int64_t y0 = std::max<int64_t>(h.lo, block.y0);
+        const int64_t y1 = std::min<int64_t>(h.hi, block.y1);
         const auto [first, last] = mapped_channels(s, b, block.c0, block.c1);
-        if (y1 <= y0 || win.empty() || last == first) continue;
+        if (y1 <= y0 || w.hi <= w.lo || last == first) continue;
         const int64_t n = last - first;
+        const G area = static_cast<G>(int64_t(h.hi - h.lo) * (w.hi - w.lo));
         scratch.acc.resize(n);
         G* __restrict__ g = scratch.acc.data();
         for (int64_t c = 0; c < n; ++c)
           g[c] = to_acc(grad_out[output_index(s, k, first + c, b / s.pooled_w, b % s.pooled_w)]) /
-                 static_cast<G>(win.area);
+                 area;
         G* const base = gradient_at(s, grad, block.batch, 0, 0, first * bins + b);
         for (int64_t y = y0; y < y1; ++y) {
-          for (int64_t x = win.w0; x < win.w1; ++x) {
+          for (int64_t x = w.lo; x < w.hi; ++x) {
             G* __restrict__ v = base + y * row + x * s.channels;
             for (int64_t c = 0; c < n; ++c) v[c * step] += g[c];
           }

@@ -467,7 +467,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
 // kernel reads as a window (pool_windows.h), tabulating no taps (where the
 // taps' tabulation took a tenth of psroi-rfcn's NHWC calls, and the NHWC
 // backward copied them into a table for its row bands: 1.25-1.3 ms to
-// 0.97-1.08 ms; the forward, with the channel blocks above too, 0.82-0.92
+// 0.91-0.98 ms; the forward, with the channel blocks above too, 0.82-0.92
 // to 0.64-0.77 ms).
 struct PsAlignTaps {
   static constexpr bool kBinPlanes = true;

@@ -66,37 +66,45 @@ struct PoolWindows {
   // The windows of the block's ROIs (all valid, of one image), clipped to
   // its rows.
   void build(const Problem<G>& p, const GradientBlock& block) {
-    const int64_t n = block.rois.size, bins = p.shape.pooled_h * p.shape.pooled_w;
-    windows.assign(bins * n, BinWindow{});
-    for (int64_t j = 0; j < n; ++j) {
-      of_roi(p, block.rois.ids[j], block.y0, block.y1);
-      for (int64_t b = 0; b < bins; ++b) windows[b * n + j] = roi[b];
-    }
+    const int64_t n = block.rois.size;
+    windows.assign(p.shape.pooled_h * p.shape.pooled_w * n, BinWindow{});
+    for (int64_t j = 0; j < n; ++j)
+      clipped_windows(p, block.rois.ids[j], block.y0, block.y1, windows.data() + j, n);
   }
 
   // ROI k's windows clipped to rows [y0, y1), into `roi` (empty where the
   // clip leaves nothing). Returns the ROI's image, or -1 where it reads
   // nothing.
   int64_t of_roi(const Problem<G>& p, int64_t k, int64_t y0, int64_t y1) {
+    roi.assign(p.shape.pooled_h * p.shape.pooled_w, BinWindow{});
+    return clipped_windows(p, k, y0, y1, roi.data(), 1);
+  }
+
+ private:
+  // Bin b's window into out[b * stride] (left as it is where the clip
+  // leaves nothing).
+  int64_t clipped_windows(const Problem<G>& p, int64_t k, int64_t y0, int64_t y1,
+                          BinWindow* out, int64_t stride) {
     const Shape& s = p.shape;
-    roi.assign(s.pooled_h * s.pooled_w, BinWindow{});
     rows.resize(s.pooled_h);
     columns.resize(s.pooled_w);
     const int64_t batch = pool_bin_spans(p, k, rows.data(), columns.data());
     if (batch < 0) return -1;
     for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+      const Span h = rows[ph];
+      if (std::max<int64_t>(h.lo, y0) >= std::min<int64_t>(h.hi, y1)) continue;
       for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
-        const Span h = rows[ph], w = columns[pw];
-        const BinWindow clipped{static_cast<int32_t>(std::max<int64_t>(h.lo, y0)),
-                                static_cast<int32_t>(std::min<int64_t>(h.hi, y1)), w.lo, w.hi,
-                                int64_t(h.hi - h.lo) * (w.hi - w.lo)};
-        if (!clipped.empty()) roi[ph * s.pooled_w + pw] = clipped;
+        const Span w = columns[pw];
+        if (w.hi <= w.lo) continue;
+        out[(ph * s.pooled_w + pw) * stride] =
+            BinWindow{static_cast<int32_t>(std::max<int64_t>(h.lo, y0)),
+                      static_cast<int32_t>(std::min<int64_t>(h.hi, y1)), w.lo, w.hi,
+                      int64_t(h.hi - h.lo) * (w.hi - w.lo)};
       }
     }
     return batch;
   }
 
- private:
   std::vector<Span> rows, columns;  // one ROI's
 };
 

@@ -1,6 +1,7 @@
 // The CPU kernels of the ops that are linear in the features and whose
 // samples do not factor into a y and an x axis (roi_align_rotated) or read
-// a channel of their own per bin (ps_roi_align, ps_roi_pool). A ROI is
+// a channel of their own per bin (ps_roi_align; ps_roi_pool's bins are
+// windows, pool_windows.h). A ROI is
 // first tabulated as taps: for each bin, the pixels it reads with their
 // summed weights, and the bin's divisor. Every channel then reuses them:
 //   out[bin, c] = sum over taps of weight * X[pixel, channel(c, bin)] / divisor

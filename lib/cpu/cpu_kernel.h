@@ -17,7 +17,10 @@
 //     to it);
 //   kNhwcBackwardRowBands: NHWC backward blocks are row bands of an image
 //     (gradient_blocks.h), not channel ranges (the tap kernels' from
-//     CallTapTables, which then finds their taps' rows);
+//     CallTapTables, which then finds their taps' rows). The bands revisit
+//     every ROI, so they need the call's tables: where tabulate leaves the
+//     tables' `shared` false (too many taps to keep), the images split by
+//     channels instead;
 //   forward_nchw(p, list, tables, i0, i1, features, out, argmax, scratch):
 //     the listed ROIs' outputs as kNchwSplit says, the call's tables
 //     tabulated for kChannels only;

@@ -25,9 +25,10 @@
 
 namespace jax_roi {
 
-// A bin's window clipped to a block's rows (NCHW blocks hold every row
-// today; the clip keeps a block of rows correct), narrowed to 32 bits (a
-// map's sides fit), and the area of the whole window (its divisor).
+// A bin's window, clipped to a block's rows where a block reads it (NCHW
+// blocks hold every row today; the clip keeps a block of rows correct),
+// narrowed to 32 bits (a map's sides fit), and the area of the whole
+// window (its divisor).
 struct BinWindow {
   int32_t h0 = 0, h1 = 0, w0 = 0, w1 = 0;
   int64_t area = 1;
@@ -72,12 +73,11 @@ struct PoolWindows {
       clipped_windows(p, block.rois.ids[j], block.y0, block.y1, windows.data() + j, n);
   }
 
-  // ROI k's windows clipped to rows [y0, y1), into `roi` (empty where the
-  // clip leaves nothing). Returns the ROI's image, or -1 where it reads
-  // nothing.
-  int64_t of_roi(const Problem<G>& p, int64_t k, int64_t y0, int64_t y1) {
+  // ROI k's windows (every row) into `roi`. Returns the ROI's image, or -1
+  // where it reads nothing.
+  int64_t of_roi(const Problem<G>& p, int64_t k) {
     roi.assign(p.shape.pooled_h * p.shape.pooled_w, BinWindow{});
-    return clipped_windows(p, k, y0, y1, roi.data(), 1);
+    return clipped_windows(p, k, 0, p.shape.height, roi.data(), 1);
   }
 
  private:
@@ -119,34 +119,38 @@ struct WindowTable {
   std::vector<Span> covered;  // [entry]: every row its windows cover
   std::vector<int64_t> batch;  // [entry]: -1 where the ROI reads nothing
   const int64_t* ids = nullptr;
-  int64_t pooled_h = 0, pooled_w = 0;
 
   void build(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list) {
     ids = list.ids;
-    pooled_h = p.shape.pooled_h;
-    pooled_w = p.shape.pooled_w;
+    const int64_t pooled_h = p.shape.pooled_h, pooled_w = p.shape.pooled_w;
     rows.resize(list.size * pooled_h);
     columns.resize(list.size * pooled_w);
     covered.assign(list.size, Span{});
     batch.resize(list.size);
     parallel_for(pool, list.size, balanced_grain(pool, list.size, 64, 1),
                  [&](int64_t j0, int64_t j1) {
-                   for (int64_t j = j0; j < j1; ++j) {
-                     batch[j] = pool_bin_spans(p, ids[j], &rows[j * pooled_h],
-                                               &columns[j * pooled_w]);
-                     for (int64_t ph = 0; ph < pooled_h; ++ph) {
-                       const Span h = rows[j * pooled_h + ph];
-                       if (h.lo >= h.hi) continue;
-                       Span& all = covered[j];
-                       all = all.lo >= all.hi ? h
-                                              : Span{std::min(all.lo, h.lo), std::max(all.hi, h.hi)};
-                     }
-                   }
+                   for (int64_t j = j0; j < j1; ++j) add_entry(p, j, pooled_h, pooled_w);
                  });
   }
 
   // The entry of a ROI of the list (or of a part of it).
   int64_t entry(const int64_t* id) const { return id - ids; }
+
+ private:
+  void add_entry(const Problem<G>& p, int64_t j, int64_t pooled_h, int64_t pooled_w) {
+    const Span* h = &rows[j * pooled_h];
+    const Span* w = &columns[j * pooled_w];
+    batch[j] = pool_bin_spans(p, ids[j], &rows[j * pooled_h], &columns[j * pooled_w]);
+    if (batch[j] < 0) return;
+    // None where no column holds a pixel: the bands skip the ROI.
+    if (std::none_of(w, w + pooled_w, [](Span c) { return c.lo < c.hi; })) return;
+    Span& all = covered[j];
+    for (int64_t ph = 0; ph < pooled_h; ++ph) {
+      if (h[ph].lo >= h[ph].hi) continue;
+      all = all.lo >= all.hi ? h[ph]
+                             : Span{std::min(all.lo, h[ph].lo), std::max(all.hi, h[ph].hi)};
+    }
+  }
 };
 
 // Output channels [first, first + n) of bin b (input channels first*bins +

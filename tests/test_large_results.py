@@ -1,7 +1,7 @@
-"""NCHW results and gradients of 8 MB or more, which the CPU kernels stream
-to memory past the cache (lib/cpu/stream_store.h), equal those of the
-pure-JAX implementation; the smaller ones of the other tests take the
-plain copy. float32 and bfloat16."""
+"""Results and gradients of 8 MB or more, which the CPU kernels stream to
+memory past the cache (lib/cpu/stream_store.h: NCHW results and roi_align's
+NHWC ones), equal those of the pure-JAX implementation; the smaller ones of
+the other tests take the plain stores. float32 and bfloat16, both layouts."""
 
 from functools import partial
 
@@ -27,9 +27,12 @@ OPS = {
 }
 
 
-def inputs(op, dtype):
+def inputs(op, dtype, layout):
     rng = np.random.default_rng(7)
-    features = jnp.asarray(rng.standard_normal((1, C, H, W)), dtype)
+    features = rng.standard_normal((1, C, H, W))
+    if layout == "NHWC":
+        features = features.transpose(0, 2, 3, 1)
+    features = jnp.asarray(features, dtype)
     x0, y0 = rng.uniform(-20, 2 * W, K), rng.uniform(-20, 2 * H, K)
     w, h = rng.uniform(4, 150, K), rng.uniform(4, 150, K)
     if op == "roi_align_rotated":
@@ -39,15 +42,19 @@ def inputs(op, dtype):
     return features, jnp.asarray(boxes, jnp.float32)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("op", sorted(OPS))
-def test_streamed_results_and_gradients_equal_pure_jax(op, dtype):
-    features, rois = inputs(op, dtype)
-    cotangent = jnp.asarray(np.random.default_rng(8).standard_normal((K, C, 7, 7)), dtype)
+def test_streamed_results_and_gradients_equal_pure_jax(op, dtype, layout):
+    features, rois = inputs(op, dtype, layout)
+    cotangent = np.random.default_rng(8).standard_normal((K, C, 7, 7))
+    if layout == "NHWC":
+        cotangent = cotangent.transpose(0, 2, 3, 1)
+    cotangent = jnp.asarray(cotangent, dtype)
     assert cotangent.nbytes >= STREAMED_BYTES and features.size * 4 >= STREAMED_BYTES
 
     def forward_and_gradient(implementation):
-        fn = partial(OPS[op], implementation=implementation)
+        fn = partial(OPS[op], layout=layout, implementation=implementation)
         out, vjp = jax.vjp(lambda f: fn(f, rois), features)
         return out, vjp(cotangent)[0]
 

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "../problem.h"
@@ -130,15 +131,19 @@ struct RoiRun {
   int64_t size() const { return static_cast<int64_t>(roi.size()); }
 
   // Tabulates the ROIs of `list` from position j0 on until `capacity` axis
-  // entries are reached (at least one ROI); returns the end of the run.
-  int64_t build(const Problem<G>& p, const RoiList& list, int64_t j0, size_t capacity) {
+  // entries are reached, or the pixels their taps may read (rows times
+  // columns, summed over the ROIs) reach `max_pixels` (at least one ROI);
+  // returns the end of the run.
+  int64_t build(const Problem<G>& p, const RoiList& list, int64_t j0, size_t capacity,
+                int64_t max_pixels = std::numeric_limits<int64_t>::max()) {
     const Shape& s = p.shape;
     roi.clear();
     batch.clear();
     count.clear();
     size_t entries = 0;
+    int64_t pixels = 0;
     int64_t j = j0;
-    for (; j < list.size && (j == j0 || entries < capacity); ++j) {
+    for (; j < list.size && (j == j0 || (entries < capacity && pixels < max_pixels)); ++j) {
       if (tables.size() <= static_cast<size_t>(j - j0)) tables.emplace_back();
       RoiTables<G>& t = tables[j - j0];
       const int64_t k = list.ids[j];
@@ -149,6 +154,7 @@ struct RoiRun {
         a = align_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, p.sampling_ratio, p.aligned);
         t.build(a, s);
         entries += t.y.samples.size() + t.x.samples.size();
+        pixels += static_cast<int64_t>(t.y.taps.size() * t.x.taps.size());
       }
       roi.push_back(k);
       batch.push_back(reads ? r.batch : -1);

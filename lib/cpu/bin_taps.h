@@ -75,8 +75,7 @@ struct BinTaps {
       }
       span.hi += 1;
       bin_rows[b] = span;
-      rows = rows.lo == rows.hi ? span
-                                : Span{std::min(rows.lo, span.lo), std::max(rows.hi, span.hi)};
+      rows = rows.joined(span);
     }
     rows_found = true;
   }

@@ -62,6 +62,13 @@ Pixels<T> image_pixels(const Shape& s, const T* base, int64_t batch, int64_t cha
 struct Span {
   int32_t lo = 0, hi = 0;
   bool meets(int64_t y0, int64_t y1) const { return lo < y1 && y0 < hi; }
+  bool empty() const { return hi <= lo; }
+  // The smallest span holding both (an empty one adds nothing).
+  Span joined(Span other) const {
+    if (other.empty()) return *this;
+    if (empty()) return other;
+    return {std::min(lo, other.lo), std::max(hi, other.hi)};
+  }
 };
 
 // Where the gradient of pixel (y, x), channel c, of image `batch` sits.

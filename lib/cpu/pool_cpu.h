@@ -143,7 +143,7 @@ JAX_ROI_CPU_CLONES void pool_forward_nchw(const Problem<G>& p, const RoiList& li
 // NHWC: adds g[c] to the pixel of `win` that won channel c (pixel[c]), a
 // pixel's row at a time. For a small window these few contiguous passes
 // cost less than a scatter to n pixels. The sum of each element is the
-// scatter's (a non-winner keeps its value), and only pixels of the window
+// scatter's (a non-winner adds +0, which leaves it as it was), and only pixels of the window
 // are written whatever `pixel` holds.
 constexpr int64_t kSweptWindow = 16;
 
@@ -155,7 +155,13 @@ JAX_ROI_ALWAYS_INLINE void add_to_winners(G* image, int64_t stride, int64_t widt
     for (int64_t w = win.w0; w < win.w1; ++w) {
       const int32_t q = static_cast<int32_t>(h * width + w);
       G* __restrict__ row = image + q * stride;
-      for (int64_t c = 0; c < n; ++c) row[c] = pixel[c] == q ? row[c] + to_acc(g[c]) : row[c];
+      // Adding +0 where q did not win keeps the store unconditional, so that
+      // AVX2 vectorises it too (the gradient starts at +0 and never holds -0).
+      // (The conversion stays outside the select, or 16-bit g is branched on.)
+      for (int64_t c = 0; c < n; ++c) {
+        const G add = to_acc(g[c]);
+        row[c] += pixel[c] == q ? add : G(0);
+      }
     }
   }
 }

@@ -58,6 +58,9 @@ int64_t pool_bin_spans(const Problem<G>& p, int64_t k, Span* rows, Span* columns
   return r.batch;
 }
 
+// The pixels of the bin of rows h and columns w: its average's divisor.
+inline int64_t pooled_area(Span h, Span w) { return int64_t(h.hi - h.lo) * (w.hi - w.lo); }
+
 template <typename G>
 struct PoolWindows {
   std::vector<BinWindow> windows;  // [bin][roi of the block]
@@ -99,7 +102,7 @@ struct PoolWindows {
         out[(ph * s.pooled_w + pw) * stride] =
             BinWindow{static_cast<int32_t>(std::max<int64_t>(h.lo, y0)),
                       static_cast<int32_t>(std::min<int64_t>(h.hi, y1)), w.lo, w.hi,
-                      int64_t(h.hi - h.lo) * (w.hi - w.lo)};
+                      pooled_area(h, w)};
       }
     }
     return batch;
@@ -138,18 +141,13 @@ struct WindowTable {
 
  private:
   void add_entry(const Problem<G>& p, int64_t j, int64_t pooled_h, int64_t pooled_w) {
-    const Span* h = &rows[j * pooled_h];
-    const Span* w = &columns[j * pooled_w];
-    batch[j] = pool_bin_spans(p, ids[j], &rows[j * pooled_h], &columns[j * pooled_w]);
+    Span* h = &rows[j * pooled_h];
+    Span* w = &columns[j * pooled_w];
+    batch[j] = pool_bin_spans(p, ids[j], h, w);
     if (batch[j] < 0) return;
     // None where no column holds a pixel: the bands skip the ROI.
-    if (std::none_of(w, w + pooled_w, [](Span c) { return c.lo < c.hi; })) return;
-    Span& all = covered[j];
-    for (int64_t ph = 0; ph < pooled_h; ++ph) {
-      if (h[ph].lo >= h[ph].hi) continue;
-      all = all.lo >= all.hi ? h[ph]
-                             : Span{std::min(all.lo, h[ph].lo), std::max(all.hi, h[ph].hi)};
-    }
+    if (std::all_of(w, w + pooled_w, [](Span c) { return c.empty(); })) return;
+    for (int64_t ph = 0; ph < pooled_h; ++ph) covered[j] = covered[j].joined(h[ph]);
   }
 };
 

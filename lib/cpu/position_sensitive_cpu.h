@@ -400,7 +400,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
         const auto [first, last] = mapped_channels(s, b, block.c0, block.c1);
         if (y1 <= y0 || w.hi <= w.lo || last == first) continue;
         const int64_t n = last - first;
-        const G area = static_cast<G>(int64_t(h.hi - h.lo) * (w.hi - w.lo));
+        const G area = static_cast<G>(pooled_area(h, w));
         scratch.acc.resize(n);
         G* __restrict__ g = scratch.acc.data();
         for (int64_t c = 0; c < n; ++c)

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "native_vector.h"
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define JAX_ROI_STREAM_STORES 1
@@ -51,6 +53,28 @@ inline void copy_result(T* dst, const T* src, int64_t n, bool stream) {
     stream_copy(dst, src, n);
   else
     std::memcpy(dst, src, n * sizeof(T));
+}
+
+// store_native, streamed when `stream` and p is 16-byte aligned (then the
+// vector's elements fill whole 16-byte stores).
+template <int bytes, typename T, typename G>
+JAX_ROI_ALWAYS_INLINE void store_native_result(T* p, const NativeVector<G, bytes>& v,
+                                               bool stream) {
+#ifdef JAX_ROI_STREAM_STORES
+  constexpr int64_t out_bytes = native_lanes<G, bytes> * int64_t(sizeof(T));
+  if constexpr (out_bytes % 16 == 0) {
+    if (stream && reinterpret_cast<uintptr_t>(p) % 16 == 0) {
+      alignas(16) T staged[native_lanes<G, bytes>];
+      store_native<bytes, T, G>(staged, v);
+      for (int64_t i = 0; i < out_bytes; i += 16)
+        _mm_stream_si128(reinterpret_cast<__m128i*>(reinterpret_cast<char*>(p) + i),
+                         _mm_load_si128(reinterpret_cast<const __m128i*>(
+                             reinterpret_cast<const char*>(staged) + i)));
+      return;
+    }
+  }
+#endif
+  store_native<bytes, T, G>(p, v);
 }
 
 // Makes this thread's streamed stores visible before what follows.

@@ -15,7 +15,7 @@
 //     box_vjp_levels: the same over a pyramid (LevelProblems), with one map
 //     and one gradient per level.
 // kernel_entries<Backend>() lists every kernel of lib/kernel_list.h with
-// its handler.
+// its handler (or one part of them, for a module built in parts).
 #pragma once
 
 #include <cstdint>
@@ -501,29 +501,51 @@ XLA_FFI_Error* call_handler(XLA_FFI_CallFrame* frame) {
   return handler->Call(frame);
 }
 
-#define JAX_ROI_ENTRY(name, make_expr)                                      \
-  {                                                                        \
-    struct Make {                                                          \
-      static auto make() { return make_expr; }                             \
-    };                                                                     \
-    entries.push_back({name, reinterpret_cast<void*>(&call_handler<Make>)}); \
+// A module may compile its kernels in parts, one translation unit each, so
+// that a build runs them in parallel: kernel_entries<Backend, kPart, kParts>
+// holds the kernels that entry_part assigns to part kPart and instantiates
+// no other. Consecutive kinds of an op go to different parts, so that the
+// largest ones (roi_align avg's forward and pyramid forward) do too.
+enum EntryKind : int {
+  kForwardEntry, kBackwardEntry, kBoxJvpEntry, kBoxVjpEntry,
+  kLevelsForwardEntry, kLevelsBackwardEntry, kLevelsBoxJvpEntry, kLevelsBoxVjpEntry
+};
+constexpr int entry_part(Op op, EntryKind kind, int parts) {
+  return (static_cast<int>(op) + kind) % parts;
+}
+
+#define JAX_ROI_ENTRY(op, kind, name, make_expr)                               \
+  if constexpr (entry_part(Op::op, kind, kParts) == kPart) {                   \
+    struct Make {                                                              \
+      static auto make() { return make_expr; }                                 \
+    };                                                                         \
+    entries.push_back({name, reinterpret_cast<void*>(&call_handler<Make>)});   \
   }
 
-template <typename Backend>
+template <typename Backend, int kPart = 0, int kParts = 1>
 std::vector<KernelEntry> kernel_entries() {
+  static_assert(0 <= kPart && kPart < kParts);
   std::vector<KernelEntry> entries;
-#define JAX_ROI_OP_ENTRIES(name, op)                                                  \
-  JAX_ROI_ENTRY(#name "_forward", (Handler<Backend, Op::op>::forward_handler()))     \
-  JAX_ROI_ENTRY(#name "_backward", (Handler<Backend, Op::op>::backward_handler()))
-#define JAX_ROI_LEVEL_ENTRIES(name, op)                                                       \
-  JAX_ROI_ENTRY(#name "_levels_forward", (Handler<Backend, Op::op>::levels_forward_handler())) \
-  JAX_ROI_ENTRY(#name "_levels_backward", (Handler<Backend, Op::op>::levels_backward_handler()))
-#define JAX_ROI_BOX_ENTRIES(name, op)                                              \
-  JAX_ROI_ENTRY(#name "_box_jvp", (Handler<Backend, Op::op>::box_handler(true)))   \
-  JAX_ROI_ENTRY(#name "_box_vjp", (Handler<Backend, Op::op>::box_handler(false)))
-#define JAX_ROI_LEVEL_BOX_ENTRIES(name, op)                                                    \
-  JAX_ROI_ENTRY(#name "_levels_box_jvp", (Handler<Backend, Op::op>::levels_box_handler(true))) \
-  JAX_ROI_ENTRY(#name "_levels_box_vjp", (Handler<Backend, Op::op>::levels_box_handler(false)))
+#define JAX_ROI_OP_ENTRIES(name, op)                                           \
+  JAX_ROI_ENTRY(op, kForwardEntry, #name "_forward",                           \
+                (Handler<Backend, Op::op>::forward_handler()))                 \
+  JAX_ROI_ENTRY(op, kBackwardEntry, #name "_backward",                         \
+                (Handler<Backend, Op::op>::backward_handler()))
+#define JAX_ROI_LEVEL_ENTRIES(name, op)                                        \
+  JAX_ROI_ENTRY(op, kLevelsForwardEntry, #name "_levels_forward",              \
+                (Handler<Backend, Op::op>::levels_forward_handler()))          \
+  JAX_ROI_ENTRY(op, kLevelsBackwardEntry, #name "_levels_backward",            \
+                (Handler<Backend, Op::op>::levels_backward_handler()))
+#define JAX_ROI_BOX_ENTRIES(name, op)                                          \
+  JAX_ROI_ENTRY(op, kBoxJvpEntry, #name "_box_jvp",                            \
+                (Handler<Backend, Op::op>::box_handler(true)))                 \
+  JAX_ROI_ENTRY(op, kBoxVjpEntry, #name "_box_vjp",                            \
+                (Handler<Backend, Op::op>::box_handler(false)))
+#define JAX_ROI_LEVEL_BOX_ENTRIES(name, op)                                    \
+  JAX_ROI_ENTRY(op, kLevelsBoxJvpEntry, #name "_levels_box_jvp",               \
+                (Handler<Backend, Op::op>::levels_box_handler(true)))          \
+  JAX_ROI_ENTRY(op, kLevelsBoxVjpEntry, #name "_levels_box_vjp",               \
+                (Handler<Backend, Op::op>::levels_box_handler(false)))
   JAX_ROI_OPS(JAX_ROI_OP_ENTRIES)
   JAX_ROI_BOX_OPS(JAX_ROI_BOX_ENTRIES)
   JAX_ROI_LEVEL_OPS(JAX_ROI_LEVEL_ENTRIES)

@@ -1,9 +1,24 @@
+import atexit
 import functools
 import os
+import shutil
 import sys
+import tempfile
 
-import jax
-import pytest
+# Compiling dominates the suite's time, and many programs recur: in other
+# modules (each drops its programs when it ends), in pytest-xdist's other
+# worker, and in the subprocesses of test_vector_widths.py and others. One
+# persistent cache for the whole run, made before jax is imported so that
+# workers and subprocesses inherit it through the environment.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache_dir = tempfile.mkdtemp(prefix="jax_roi_tests_cache_")
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # float64 cases need x64 before any array is created
 jax.config.update("jax_enable_x64", True)

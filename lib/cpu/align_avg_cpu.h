@@ -105,7 +105,8 @@ JAX_ROI_ALWAYS_INLINE int64_t align_avg_forward_nhwc_blocks(const Problem<G>& p,
       align_avg_forward_nhwc_block<bytes, n>(p, run, slot, c0, features, out_of(slot), stream);
     return c0 + n * lanes;
   };
-  if (vectors >= 16) return each_roi(std::integral_constant<int, 16>{});
+  if constexpr (max_sum_registers<bytes> >= 16)
+    if (vectors >= 16) return each_roi(std::integral_constant<int, 16>{});
   if (vectors >= 8) return each_roi(std::integral_constant<int, 8>{});
   if (vectors >= 4) return each_roi(std::integral_constant<int, 4>{});
   if (vectors >= 2) return each_roi(std::integral_constant<int, 2>{});

@@ -345,10 +345,12 @@ JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_bin(const Shape& s, const BinTaps<G>
   const int64_t most = native_sum_registers();
   auto blocks = [&](auto n) JAX_ROI_INLINE_LAMBDA {
     constexpr int vectors = decltype(n)::value;
-    if (vectors > most) return;
-    for (; c + vectors * lanes <= C; c += vectors * lanes)
-      tap_forward_nhwc_block<bytes, vectors>(t, b, Pixels<T>{base.data + c, base.stride, base.row},
-                                             dst + c);
+    if constexpr (vectors <= max_sum_registers<bytes>) {
+      if (vectors > most) return;
+      for (; c + vectors * lanes <= C; c += vectors * lanes)
+        tap_forward_nhwc_block<bytes, vectors>(
+            t, b, Pixels<T>{base.data + c, base.stride, base.row}, dst + c);
+    }
   };
   blocks(std::integral_constant<int, 16>{});
   blocks(std::integral_constant<int, 8>{});

@@ -6,7 +6,9 @@
 
 #include <cstdlib>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+// JAX_ROI_SINGLE_ISA_CLONE (the sanitized build) compiles the baseline alone.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(JAX_ROI_SINGLE_ISA_CLONE)
 #define JAX_ROI_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define JAX_ROI_CPU_CLONES

@@ -48,6 +48,10 @@ constexpr int64_t native_lanes = bytes / int64_t(sizeof(G));
 // of them a kernel may fill with sums (half the register file).
 inline int native_vector_bytes() { return cpu_has_avx512() ? 64 : cpu_has_avx2() ? 32 : 16; }
 inline int native_sum_registers() { return cpu_has_avx512() ? 16 : 8; }
+// The most native_sum_registers() can be where vectors are `bytes` wide:
+// kernels instantiate no larger register blocks (they would never run).
+template <int bytes>
+constexpr int max_sum_registers = bytes == 64 ? 16 : 8;
 
 // f(std::integral_constant<int, bytes>{}) for this processor's bytes.
 template <typename F>

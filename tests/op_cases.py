@@ -17,6 +17,14 @@ DTYPES = [F64, F32, BF16, F16]
 TOL = {F64: 1e-12, F32: 1e-5, BF16: 1e-2, F16: 2e-3}
 
 
+# For a test whose subject is a path of the CPU kernels (thread splits,
+# register blocks, channels-last copies, merged samples): it runs on the
+# kernels alone, as the pure-JAX implementation has none of these paths and
+# recompiling it for every such case took minutes.
+kernels_only = pytest.mark.parametrize("both_implementations", [None], ids=["kernel"],
+                                       indirect=True)
+
+
 def _rng(*key):
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
 

@@ -1,7 +1,13 @@
 """Results and gradients of 8 MB or more, which the CPU kernels stream to
 memory past the cache (lib/cpu/stream_store.h: NCHW results and roi_align's
-NHWC ones), equal those of the pure-JAX implementation; the smaller ones of
-the other tests take the plain stores. float32 and bfloat16, both layouts."""
+NHWC ones), hold the right values; the smaller ones of the other tests take
+the plain stores. float32 and bfloat16, both layouts.
+
+The whole streamed result equals the same kernel's results for quarters of
+the ROIs, each small enough for plain stores. The pure-JAX implementation,
+at about 10 s a call on all 1440 ROIs, checks a ninth of them: their
+result rows, and the whole streamed gradient for a cotangent that is 0 on
+the other ROIs."""
 
 from functools import partial
 
@@ -42,26 +48,42 @@ def inputs(op, dtype, layout):
     return features, jnp.asarray(boxes, jnp.float32)
 
 
+CHECKED = slice(None, None, 9)  # the ROIs the pure-JAX implementation checks
+QUARTER = K // 4
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("op", sorted(OPS))
-def test_streamed_results_and_gradients_equal_pure_jax(op, dtype, layout):
+def test_streamed_results_and_gradients_hold_the_right_values(op, dtype, layout):
     features, rois = inputs(op, dtype, layout)
     cotangent = np.random.default_rng(8).standard_normal((K, C, 7, 7))
     if layout == "NHWC":
         cotangent = cotangent.transpose(0, 2, 3, 1)
+    unchecked = np.ones(K, bool)
+    unchecked[CHECKED] = False
+    cotangent[unchecked] = 0
     cotangent = jnp.asarray(cotangent, dtype)
     assert cotangent.nbytes >= STREAMED_BYTES and features.size * 4 >= STREAMED_BYTES
+    assert cotangent.nbytes / 4 < STREAMED_BYTES  # a quarter's result is not streamed
 
-    def forward_and_gradient(implementation):
+    @partial(jax.jit, static_argnums=0)
+    def forward_and_gradient(implementation, features, rois, cotangent):
         fn = partial(OPS[op], layout=layout, implementation=implementation)
         out, vjp = jax.vjp(lambda f: fn(f, rois), features)
         return out, vjp(cotangent)[0]
 
-    out, grad = jax.jit(partial(forward_and_gradient, "kernel"))()
-    want_out, want_grad = jax.jit(partial(forward_and_gradient, "xla"))()
-    tol = 2e-5 if dtype == jnp.float32 else 2e-2  # summation order; bfloat16 rounding
-    for got, want in ((out, want_out), (grad, want_grad)):
+    out, grad = forward_and_gradient("kernel", features, rois, cotangent)
+    quarters = jax.jit(partial(OPS[op], layout=layout, implementation="kernel"))
+    by_quarter = [quarters(features, rois[i:i + QUARTER]) for i in range(0, K, QUARTER)]
+    np.testing.assert_array_equal(np.asarray(out, np.float32),
+                                  np.concatenate([np.asarray(q, np.float32) for q in by_quarter]))
+
+    want_out, want_grad = forward_and_gradient("xla", features, rois[CHECKED],
+                                               cotangent[CHECKED])
+    # float32: summation order, and sample positions that round an ulp apart
+    tol = 1e-4 if dtype == jnp.float32 else 2e-2
+    for got, want in ((out[CHECKED], want_out), (grad, want_grad)):
         got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
         assert np.abs(want).max() > 0
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())

@@ -10,9 +10,10 @@ import pytest
 
 import jax_roi
 import numpy_reference as ref
+from op_cases import kernels_only
 
 
-# every value test runs through both implementations
+# every value test runs through both implementations, but those marked kernels_only
 pytestmark = pytest.mark.usefixtures("both_implementations")
 
 
@@ -169,6 +170,7 @@ def test_dtypes(dtype, op, layout):
     _check(cfg.pop("op"), x, rois, (2, 3), dtype, layout, scale=0.25, **cfg)
 
 
+@kernels_only
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("c", [1, 17])
 @pytest.mark.parametrize("op", list(OPS))
@@ -183,6 +185,7 @@ def test_many_rois_float32(op, c, layout):
     _check(cfg.pop("op"), x, rois, (3, 4), F32, layout, scale=scale, **cfg)
 
 
+@kernels_only
 @pytest.mark.parametrize("dtype", [F32, BF16, F64], ids=str)
 @pytest.mark.parametrize("c", [16, 255, 501])
 def test_nhwc_avg_channel_blocks(c, dtype):
@@ -196,6 +199,7 @@ def test_nhwc_avg_channel_blocks(c, dtype):
            aligned=True)
 
 
+@kernels_only
 @pytest.mark.parametrize("dtype", [F32, BF16, F64], ids=str)
 @pytest.mark.parametrize("c", [3, 17, 300])
 @pytest.mark.parametrize("hw", [(6, 5), (24, 23)], ids=["30px", "552px"])
@@ -217,6 +221,7 @@ def test_nchw_avg_channels_last_copy(c, dtype, hw):
     assert np.all(np.asarray(out[3]) == 0)
 
 
+@kernels_only
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("op", list(OPS))
 def test_backward_with_rois_crowded_on_one_image(op, layout):
@@ -351,6 +356,7 @@ def test_nan_features(op):
     _check(cfg.pop("op"), x, rois, (2, 3), F64, "NCHW", scale=1.0, **cfg)
 
 
+@kernels_only
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", [F32, F64])
 @pytest.mark.parametrize("sr,aligned", [(1, False), (2, True), (-1, False)])

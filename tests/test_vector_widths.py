@@ -26,16 +26,20 @@ def _run(code_or_args, width):
                           text=True, cwd=HERE)
 
 
+def _assert_tests_pass(test_file, subset, width):
+    result = _run(["-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", test_file,
+                   "-k", subset], width)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
+
+
 @pytest.mark.parametrize("width", [16, 32])
 def test_value_tests_pass_at_narrower_widths(width):
     probe = _run(["-c", "from jax_roi import _jax_roi_cpu; print(_jax_roi_cpu.vector_bytes())"],
                  width)
     assert probe.returncode == 0, probe.stderr
     assert int(probe.stdout) == min(width, _jax_roi_cpu.vector_bytes())
-    result = _run(["-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "test_values.py",
-                   "-k", SUBSET], width)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout
+    _assert_tests_pass("test_values.py", SUBSET, width)
 
 
 # The position-sensitive kernels' own vector paths (tiles, windows).
@@ -44,7 +48,4 @@ PS_SUBSET = "(bitwise or wide_map or many_rois) and not pure_jax"
 
 @pytest.mark.parametrize("width", [16, 32])
 def test_position_sensitive_tests_pass_at_narrower_widths(width):
-    result = _run(["-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
-                   "test_position_sensitive.py", "-k", PS_SUBSET], width)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout
+    _assert_tests_pass("test_position_sensitive.py", PS_SUBSET, width)

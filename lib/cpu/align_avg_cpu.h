@@ -97,15 +97,14 @@ JAX_ROI_ALWAYS_INLINE int64_t align_avg_forward_nhwc_blocks(const Problem<G>& p,
                                                             const T* features,
                                                             const OutOf& out_of, bool stream) {
   constexpr int64_t lanes = native_lanes<G, bytes>;
-  const int64_t vectors =
-      std::min<int64_t>(native_sum_registers(), (p.shape.channels - c0) / lanes);
+  const int64_t vectors = std::min<int64_t>(sum_registers<bytes>, (p.shape.channels - c0) / lanes);
   auto each_roi = [&](auto block) JAX_ROI_INLINE_LAMBDA {
     constexpr int n = decltype(block)::value;
     for (int64_t slot = 0; slot < run.size(); ++slot)
       align_avg_forward_nhwc_block<bytes, n>(p, run, slot, c0, features, out_of(slot), stream);
     return c0 + n * lanes;
   };
-  if constexpr (max_sum_registers<bytes> >= 16)
+  if constexpr (sum_registers<bytes> >= 16)
     if (vectors >= 16) return each_roi(std::integral_constant<int, 16>{});
   if (vectors >= 8) return each_roi(std::integral_constant<int, 8>{});
   if (vectors >= 4) return each_roi(std::integral_constant<int, 4>{});
@@ -125,18 +124,19 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nhwc(const Problem<G>& p, const RoiLis
   const int64_t roi_size = p.shape.pooled_h * p.shape.pooled_w * p.shape.channels;
   auto out_of = [&](int64_t slot) JAX_ROI_INLINE_LAMBDA { return out + run.roi[slot] * roi_size; };
   const bool stream = streamed_result<T>(p.shape.output_count());
-  const int64_t block_bytes =
-      std::min<int64_t>(p.shape.channels, native_sum_registers() * native_vector_bytes() /
-                                              int64_t(sizeof(G))) * int64_t(sizeof(T));
-  const int64_t max_pixels = kNhwcRunBlockBytes / std::max<int64_t>(1, block_bytes);
-  for (int64_t j = 0; j < list.size;) {
-    j = run.build(p, list, j, kNhwcRunCapacity, max_pixels);
-    with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+  with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+    constexpr int kBytes = decltype(bytes)::value;
+    // The widest block of channels _blocks keeps in registers
+    const int64_t block_bytes =
+        std::min<int64_t>(p.shape.channels, sum_registers<kBytes> * native_lanes<G, kBytes>) *
+        int64_t(sizeof(T));
+    const int64_t max_pixels = kNhwcRunBlockBytes / std::max<int64_t>(1, block_bytes);
+    for (int64_t j = 0; j < list.size;) {
+      j = run.build(p, list, j, kNhwcRunCapacity, max_pixels);
       for (int64_t c0 = 0; c0 < p.shape.channels;)
-        c0 = align_avg_forward_nhwc_blocks<decltype(bytes)::value>(p, run, c0, features, out_of,
-                                                                   stream);
-    });
-  }
+        c0 = align_avg_forward_nhwc_blocks<kBytes>(p, run, c0, features, out_of, stream);
+    }
+  });
 }
 
 // NCHW through a channels-last copy of the map (channels_last_copy.h): `q`

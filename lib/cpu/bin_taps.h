@@ -342,11 +342,9 @@ JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_bin(const Shape& s, const BinTaps<G>
   int64_t c = 0;
   // Blocks of as many vectors as the registers hold (16 with AVX-512, 8
   // with AVX2), then smaller ones.
-  const int64_t most = native_sum_registers();
   auto blocks = [&](auto n) JAX_ROI_INLINE_LAMBDA {
     constexpr int vectors = decltype(n)::value;
-    if constexpr (vectors <= max_sum_registers<bytes>) {
-      if (vectors > most) return;
+    if constexpr (vectors <= sum_registers<bytes>) {
       for (; c + vectors * lanes <= C; c += vectors * lanes)
         tap_forward_nhwc_block<bytes, vectors>(
             t, b, Pixels<T>{base.data + c, base.stride, base.row}, dst + c);

@@ -44,14 +44,13 @@ using NativeVector = typename NativeVectorOf<E, bytes>::type;
 template <typename G, int bytes>
 constexpr int64_t native_lanes = bytes / int64_t(sizeof(G));
 
-// The widest vector registers this processor has, in bytes, and how many
-// of them a kernel may fill with sums (half the register file).
+// The widest vector registers this processor has, in bytes.
 inline int native_vector_bytes() { return cpu_has_avx512() ? 64 : cpu_has_avx2() ? 32 : 16; }
-inline int native_sum_registers() { return cpu_has_avx512() ? 16 : 8; }
-// The most native_sum_registers() can be where vectors are `bytes` wide:
-// kernels instantiate no larger register blocks (they would never run).
+// How many vectors of `bytes` a kernel may fill with sums: half the
+// register file (16 of AVX-512's 32 registers, 8 of AVX2's or SSE's 16).
+// Kernels instantiate no larger register blocks.
 template <int bytes>
-constexpr int max_sum_registers = bytes == 64 ? 16 : 8;
+constexpr int sum_registers = bytes == 64 ? 16 : 8;
 
 // f(std::integral_constant<int, bytes>{}) for this processor's bytes.
 template <typename F>

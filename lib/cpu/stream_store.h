@@ -26,6 +26,18 @@ bool streamed_result(int64_t count) {
   return count * static_cast<int64_t>(sizeof(T)) >= kStreamedResultBytes;
 }
 
+#ifdef JAX_ROI_STREAM_STORES
+// Streams the whole 16-byte pieces of src's first `bytes` to d, which is
+// 16-byte aligned; returns how many bytes that was.
+JAX_ROI_ALWAYS_INLINE int64_t stream_aligned_16(char* d, const char* s, int64_t bytes) {
+  int64_t i = 0;
+  for (; i + 16 <= bytes; i += 16)
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i),
+                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
+  return i;
+}
+#endif
+
 // Copies n elements of src to dst: the 16-byte-aligned middle streamed,
 // the unaligned ends stored normally.
 template <typename T>
@@ -37,10 +49,8 @@ inline void stream_copy(T* dst, const T* src, int64_t n) {
   const int64_t head = std::min<int64_t>(bytes, (16 - reinterpret_cast<uintptr_t>(d) % 16) % 16);
   std::memcpy(d, s, head);
   d += head, s += head, bytes -= head;
-  for (; bytes >= 16; d += 16, s += 16, bytes -= 16)
-    _mm_stream_si128(reinterpret_cast<__m128i*>(d),
-                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
-  std::memcpy(d, s, bytes);
+  const int64_t streamed = stream_aligned_16(d, s, bytes);
+  std::memcpy(d + streamed, s + streamed, bytes - streamed);
 #else
   std::memcpy(dst, src, n * sizeof(T));
 #endif
@@ -64,12 +74,10 @@ JAX_ROI_ALWAYS_INLINE void store_native_result(T* p, const NativeVector<G, bytes
   constexpr int64_t out_bytes = native_lanes<G, bytes> * int64_t(sizeof(T));
   if constexpr (out_bytes % 16 == 0) {
     if (stream && reinterpret_cast<uintptr_t>(p) % 16 == 0) {
-      alignas(16) T staged[native_lanes<G, bytes>];
+      T staged[native_lanes<G, bytes>];
       store_native<bytes, T, G>(staged, v);
-      for (int64_t i = 0; i < out_bytes; i += 16)
-        _mm_stream_si128(reinterpret_cast<__m128i*>(reinterpret_cast<char*>(p) + i),
-                         _mm_load_si128(reinterpret_cast<const __m128i*>(
-                             reinterpret_cast<const char*>(staged) + i)));
+      stream_aligned_16(reinterpret_cast<char*>(p), reinterpret_cast<const char*>(staged),
+                        out_bytes);
       return;
     }
   }

@@ -3,8 +3,10 @@ memory past the cache (lib/cpu/stream_store.h: NCHW results and roi_align's
 NHWC ones), hold the right values; the smaller ones of the other tests take
 the plain stores. float32 and bfloat16, both layouts.
 
-The whole streamed result equals the same kernel's results for quarters of
-the ROIs, each small enough for plain stores. The pure-JAX implementation,
+The whole streamed result equals the kernels' results for quarters of the
+ROIs, each small enough for plain stores (roi_align's NCHW forward takes a
+channels-last copy of the map for the whole call, not for a quarter: both
+paths add the same taps in the same order). The pure-JAX implementation,
 at about 10 s a call on all 1440 ROIs, checks a ninth of them: their
 result rows, and the whole streamed gradient for a cotangent that is 0 on
 the other ROIs."""

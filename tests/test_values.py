@@ -356,11 +356,10 @@ def test_nan_features(op):
     _check(cfg.pop("op"), x, rois, (2, 3), F64, "NCHW", scale=1.0, **cfg)
 
 
-@kernels_only
-@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("dtype", [F32, F64])
-@pytest.mark.parametrize("sr,aligned", [(1, False), (2, True), (-1, False)])
-def test_avg_bins_whose_samples_share_pixels(sr, aligned, dtype, layout):
+SHARED_PIXEL_SAMPLES = pytest.mark.parametrize("sr,aligned", [(1, False), (2, True), (-1, False)])
+
+
+def _check_bins_whose_samples_share_pixels(sr, aligned, dtype, layout):
     # Bins under a pixel wide, whose samples share their corner pixels, and
     # samples on whole pixels, whose second corner has weight 0: an infinite
     # pixel there still makes the bin NaN, as sample by sample. 20 channels
@@ -372,6 +371,21 @@ def test_avg_bins_whose_samples_share_pixels(sr, aligned, dtype, layout):
             [1, 0.2, 0.3, 5.4, 1.0], [0, 3.7, 4.1, 4.2, 6.9]]
     _check("align", x, rois, (2, 2), dtype, layout, scale=1.0, sr=sr, aligned=aligned,
            mode="avg")
+
+
+@kernels_only
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [F32, F64])
+@SHARED_PIXEL_SAMPLES
+def test_avg_bins_whose_samples_share_pixels(sr, aligned, dtype, layout):
+    _check_bins_whose_samples_share_pixels(sr, aligned, dtype, layout)
+
+
+@SHARED_PIXEL_SAMPLES
+def test_infinite_pixel_under_weight_0_makes_the_bin_nan(sr, aligned):
+    # the kernels merge the samples that share pixels; pure JAX does not,
+    # and must give the same NaN
+    _check_bins_whose_samples_share_pixels(sr, aligned, F64, "NCHW")
 
 
 # ------------------------------------------------------------ ill-formed ROIs

@@ -17,7 +17,7 @@ from jax_roi import _jax_roi_cpu
 HERE = pathlib.Path(__file__).parent
 
 SUBSET = ("(many_rois or channel_blocks or channels_last_copy or crowded or dtypes or "
-          "shared_pixels) and not pure_jax")
+          "share_pixels) and not pure_jax")
 
 
 def _run(code_or_args, width):

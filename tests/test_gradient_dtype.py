@@ -1,8 +1,13 @@
-"""The feature gradient of 16-bit features comes back in their own dtype.
-The CPU kernels sum it in float32 and round it once themselves, block by
-block; that must equal, bit for bit, their float32 sums (the same handler
-asked for a float32 result) converted by XLA, whichever way the blocks
-split the map: channel blocks, row bands, images no ROI reads."""
+"""16-bit features give 16-bit results and gradients, each a float32 sum
+rounded once by the CPU kernels themselves.
+
+The feature gradient is summed in float32 and rounded block by block; it
+must equal, bit for bit, the float32 sums (the same handler asked for a
+float32 result) converted by XLA, whichever way the blocks split the map:
+channel blocks, row bands, images no ROI reads. The forward result, rounded
+a vector of channels at a time (and streamed past the cache when large), must
+equal the float32 kernel's result on the widened features, converted by XLA,
+and round ties to even."""
 
 import jax
 import jax.numpy as jnp
@@ -65,9 +70,7 @@ def problem(op, channels, box_columns, layout, dtype, seed):
 def test_16bit_gradient_is_the_float32_sums_rounded_once(op, output_size, channels, box_columns,
                                                          dtype, layout):
     features, rois, rng = problem(op, channels, box_columns, layout, dtype, seed=len(op))
-    static = dict(op=op, output_size=output_size, spatial_scale=1.0, sampling_ratio=2,
-                  aligned=op != "ps_pool", clockwise=False, layout=layout,
-                  implementation="kernel")
+    static = forward_static(op, output_size, layout)
     argmax = roi_forward_p.bind(features, rois, **static)[1:]
     pooled_shape = roi_forward_p.bind(features, rois, **static)[0].shape
     grad_out = with_special_values(rng.standard_normal(pooled_shape), dtype, rng)
@@ -78,6 +81,64 @@ def test_16bit_gradient_is_the_float32_sums_rounded_once(op, output_size, channe
         grad_out, rois, *argmax, **kernel_attributes(op, 1.0, 2, static["aligned"], layout))
     assert_rounded_once(narrowed, sums, dtype)
     assert np.all(np.asarray(narrowed)[2] == 0)
+
+
+def forward_static(op, output_size, layout):
+    return dict(op=op, output_size=output_size, spatial_scale=1.0, sampling_ratio=2,
+                aligned=op != "ps_pool", clockwise=False, layout=layout,
+                implementation="kernel")
+
+
+def assert_result_rounded_once(features, rois, static):
+    narrowed = roi_forward_p.bind(features, rois, **static)[0]
+    wide = roi_forward_p.bind(features.astype(jnp.float32), rois, **static)[0]
+    assert_rounded_once(narrowed, wide, features.dtype)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("op,output_size,channels,box_columns", OPS, ids=[o[0] for o in OPS])
+def test_16bit_result_is_the_float32_result_rounded_once(op, output_size, channels, box_columns,
+                                                         dtype, layout):
+    features, rois, rng = problem(op, channels, box_columns, layout, dtype, seed=len(op) + 1)
+    features = with_special_values(features, dtype, rng)
+    assert_result_rounded_once(features, rois, forward_static(op, output_size, layout))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("op", ["align_avg", "rotated", "prroi"])
+def test_16bit_result_streamed_past_the_cache_is_rounded_once(op, dtype, layout):
+    """Results of 8 MB or more are streamed (lib/cpu/stream_store.h): 1024 ROIs
+    of 7 x 7 bins of 84 channels in 16 bits are 8.4 MB."""
+    box_columns = 5 if op == "rotated" else 4
+    features, rois, rng = problem(op, 84, box_columns, layout, dtype, seed=3)
+    rois = jnp.tile(rois, (43, 1))[:1024]
+    assert_result_rounded_once(features, rois, forward_static(op, (7, 7), layout))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_16bit_result_rounds_ties_to_even(dtype, layout):
+    """Row 1 holds consecutive 16-bit values 1 + j * ulp (times 2**(c % 5) in
+    channel c). ROI j's one sample lies halfway between pixels j and j + 1
+    of that row, so its float32 result is a tie, which rounds to the even
+    one of the two: pixel j's value for even j, pixel j + 1's for odd j."""
+    ulp = 2.0 ** -7 if dtype == jnp.bfloat16 else 2.0 ** -10
+    channels, width = 44, 9  # register blocks and a few channels past them
+    row = 1 + ulp * np.arange(width)
+    scale = 2.0 ** (np.arange(channels) % 5)
+    x = np.zeros((1, channels, 3, width))
+    x[0, :, 1, :] = scale[:, None] * row
+    if layout == "NHWC":
+        x = x.transpose(0, 2, 3, 1)
+    j = np.arange(width - 1)
+    # aligned: the sample of a 1 x 1 box's single bin is at (x1, y1) - 0.5 + 0.5
+    rois = np.stack([np.zeros_like(j), j + 0.5, np.ones_like(j), j + 1.5, np.full_like(j, 2)], 1)
+    static = dict(forward_static("align_avg", (1, 1), layout), sampling_ratio=1)
+    out = roi_forward_p.bind(jnp.asarray(x, dtype), jnp.asarray(rois, jnp.float32), **static)[0]
+    expected = scale[None, :] * (1 + ulp * (j + j % 2))[:, None]  # [ROI, channel]
+    np.testing.assert_array_equal(np.asarray(out, np.float64).reshape(len(j), channels), expected)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])

@@ -11,7 +11,6 @@
 
 #include "align_common.h"
 #include "cpu_kernel.h"
-#include "isa_clones.h"
 #include "native_vector.h"
 #include "stream_store.h"
 
@@ -117,14 +116,14 @@ JAX_ROI_ALWAYS_INLINE int64_t align_avg_forward_nhwc_blocks(const Problem<G>& p,
 
 // NHWC: all channels of the listed ROIs.
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void align_avg_forward_nhwc(const Problem<G>& p, const RoiList& list,
+void align_avg_forward_nhwc(const Problem<G>& p, const RoiList& list,
                                                const T* features, T* out,
                                                AlignScratch<G>& scratch) {
   RoiRun<G>& run = scratch.run;
   const int64_t roi_size = p.shape.pooled_h * p.shape.pooled_w * p.shape.channels;
   auto out_of = [&](int64_t slot) JAX_ROI_INLINE_LAMBDA { return out + run.roi[slot] * roi_size; };
   const bool stream = streamed_result<T>(p.shape.output_count());
-  with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+  with_native_isa([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
     constexpr int kBytes = decltype(bytes)::value;
     // The widest block of channels _blocks keeps in registers
     const int64_t block_bytes =
@@ -144,10 +143,8 @@ JAX_ROI_CPU_CLONES void align_avg_forward_nhwc(const Problem<G>& p, const RoiLis
 // into a [PH, PW, C] block, and written out transposed through the output
 // block (OutputBlock::write_channels_last).
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void align_avg_forward_from_channels_last(const Problem<G>& q,
-                                                             const RoiList& list,
-                                                             const G* copy, T* out,
-                                                             AlignScratch<G>& scratch) {
+void align_avg_forward_from_channels_last(const Problem<G>& q, const RoiList& list,
+                                          const G* copy, T* out, AlignScratch<G>& scratch) {
   const Shape& s = q.shape;
   const int64_t C = s.channels, bins = s.pooled_h * s.pooled_w;
   RoiRun<G>& run = scratch.run;
@@ -156,15 +153,15 @@ JAX_ROI_CPU_CLONES void align_avg_forward_from_channels_last(const Problem<G>& q
   scratch.acc.resize(bins * C);
   G* roi_out = scratch.acc.data();
   auto out_of = [&](int64_t) JAX_ROI_INLINE_LAMBDA { return roi_out; };
-  for (int64_t j = 0; j < list.size; ++j) {
-    run.build(q, {list.ids + j, 1}, 0, /*capacity=*/1);  // a run of this one ROI
-    with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+  with_native_isa([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+    for (int64_t j = 0; j < list.size; ++j) {
+      run.build(q, {list.ids + j, 1}, 0, /*capacity=*/1);  // a run of this one ROI
       for (int64_t c0 = 0; c0 < C;)
         c0 = align_avg_forward_nhwc_blocks<decltype(bytes)::value>(q, run, c0, copy, out_of,
                                                                    /*stream=*/false);
-    });
-    block.write_channels_last(roi_out, C, out + run.roi[0] * C * bins, s);
-  }
+      block.write_channels_last(roi_out, C, out + run.roi[0] * C * bins, s);
+    }
+  });
 }
 
 // NCHW: the tile's channels of ROI `slot` of `run`, from `tile`, into
@@ -192,29 +189,28 @@ JAX_ROI_ALWAYS_INLINE void align_avg_forward_lanes(const Problem<G>& p, const Ro
 
 // NCHW: channels [c0, c1) of the listed ROIs, through tiles of kLanes channels.
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void align_avg_forward_nchw(const Problem<G>& p, const RoiList& list,
-                                               int64_t c0, int64_t c1, const T* features,
-                                               T* out, AlignScratch<G>& scratch) {
+void align_avg_forward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0, int64_t c1,
+                            const T* features, T* out, AlignScratch<G>& scratch) {
   RoiRun<G>& run = scratch.run;
   LaneTile<G>& tile = scratch.tile;
   OutputBlock<G>& block = scratch.block;
   block.resize(p.shape.pooled_h * p.shape.pooled_w);
-  for_each_run_and_lane_group(p, list, c0, c1, run, kRunCapacity, [&](int64_t c, int lanes) JAX_ROI_INLINE_LAMBDA {
-    for (int64_t slot = 0; slot < run.size(); ++slot) {
-      const int64_t batch = run.batch[slot];
-      if (batch >= 0 && (tile.batch != batch || tile.channel != c))
-        tile.load(p.shape, features, batch, c, lanes);
-      with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+  with_native_isa([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+    for_each_run_and_lane_group(p, list, c0, c1, run, kRunCapacity, [&](int64_t c, int lanes) JAX_ROI_INLINE_LAMBDA {
+      for (int64_t slot = 0; slot < run.size(); ++slot) {
+        const int64_t batch = run.batch[slot];
+        if (batch >= 0 && (tile.batch != batch || tile.channel != c))
+          tile.load(p.shape, features, batch, c, lanes);
         align_avg_forward_lanes<decltype(bytes)::value>(p, run, slot, tile, block);
-      });
-      block.write(out + output_index(p.shape, run.roi[slot], c, 0, 0), lanes, p.shape);
-    }
+        block.write(out + output_index(p.shape, run.roi[slot], c, 0, 0), lanes, p.shape);
+      }
+    });
   });
 }
 
 // NHWC: ROI k's gradient into channels [c0, c1).
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void align_avg_backward_nhwc(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
+void align_avg_backward_nhwc(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
                              const T* grad_out, G* grad, AlignScratch<G>& scratch) {
   const Shape& s = p.shape;
   Roi<G> r;
@@ -223,16 +219,18 @@ JAX_ROI_CPU_CLONES void align_avg_backward_nhwc(const Problem<G>& p, int64_t k, 
   const int64_t width = c1 - c0;
   scratch.acc.resize(width);
   G* __restrict__ g = scratch.acc.data();
-  for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
-    for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
-      const T* src = grad_out + output_index(s, k, c0, ph, pw);
-      for (int64_t c = 0; c < width; ++c) g[c] = to_acc(src[c]) / a.count;
-      for_each_tap(scratch.tables, ph, pw, [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
-        G* __restrict__ d = gradient_at(s, grad, r.batch, y, x, c0);
-        for (int64_t c = 0; c < width; ++c) d[c] += g[c] * w;
-      });
+  with_native_isa([&](auto) JAX_ROI_INLINE_LAMBDA {
+    for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+      for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+        const T* src = grad_out + output_index(s, k, c0, ph, pw);
+        for (int64_t c = 0; c < width; ++c) g[c] = to_acc(src[c]) / a.count;
+        for_each_tap(scratch.tables, ph, pw, [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
+          G* __restrict__ d = gradient_at(s, grad, r.batch, y, x, c0);
+          for (int64_t c = 0; c < width; ++c) d[c] += g[c] * w;
+        });
+      }
     }
-  }
+  });
 }
 
 // NCHW: the gradient of ROI `slot` of `run`, read from `block`, into a
@@ -258,27 +256,26 @@ JAX_ROI_ALWAYS_INLINE void align_avg_backward_lanes(const Problem<G>& p, const R
 // tile per image and added to the gradient when the run moves on; each
 // channel receives its ROIs in list order.
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void align_avg_backward_nchw(const Problem<G>& p, const RoiList& list,
-                                                int64_t c0, int64_t c1, const T* grad_out,
-                                                G* grad, AlignScratch<G>& scratch) {
+void align_avg_backward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0, int64_t c1,
+                             const T* grad_out, G* grad, AlignScratch<G>& scratch) {
   RoiRun<G>& run = scratch.run;
   LaneTile<G>& tile = scratch.tile;
   OutputBlock<G>& block = scratch.block;
   block.resize(p.shape.pooled_h * p.shape.pooled_w);
-  for_each_run_and_lane_group(p, list, c0, c1, run, kRunCapacity, [&](int64_t c, int lanes) JAX_ROI_INLINE_LAMBDA {
-    for (int64_t slot = 0; slot < run.size(); ++slot) {
-      const int64_t batch = run.batch[slot];
-      if (batch < 0) continue;
-      if (tile.batch != batch || tile.channel != c) {
-        tile.flush_into(p.shape, grad, lanes);
-        tile.load_zeros(p.shape, batch, c);
-      }
-      block.read(grad_out + output_index(p.shape, run.roi[slot], c, 0, 0), lanes);
-      with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+  with_native_isa([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+    for_each_run_and_lane_group(p, list, c0, c1, run, kRunCapacity, [&](int64_t c, int lanes) JAX_ROI_INLINE_LAMBDA {
+      for (int64_t slot = 0; slot < run.size(); ++slot) {
+        const int64_t batch = run.batch[slot];
+        if (batch < 0) continue;
+        if (tile.batch != batch || tile.channel != c) {
+          tile.flush_into(p.shape, grad, lanes);
+          tile.load_zeros(p.shape, batch, c);
+        }
+        block.read(grad_out + output_index(p.shape, run.roi[slot], c, 0, 0), lanes);
         align_avg_backward_lanes<decltype(bytes)::value>(p, run, slot, block, tile);
-      });
-    }
-    tile.flush_into(p.shape, grad, lanes);
+      }
+      tile.flush_into(p.shape, grad, lanes);
+    });
   });
 }
 

@@ -9,7 +9,7 @@
 
 #include "align_common.h"
 #include "cpu_kernel.h"
-#include "isa_clones.h"
+#include "isa_dispatch.h"
 
 namespace jax_roi {
 
@@ -60,73 +60,74 @@ JAX_ROI_ALWAYS_INLINE void scan_max_bin(const RoiTables<G>& t, int64_t ph, int64
 }
 
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void align_max_forward_roi(const Problem<G>& p, int64_t k, const T* features,
-                                              T* out, int32_t* argmax,
-                                              AlignScratch<G>& scratch) {
-  const Shape& s = p.shape;
-  const int64_t C = s.channels, bins = s.pooled_h * s.pooled_w;
-  T* roi_out = out + k * C * bins;
-  int32_t* roi_arg = argmax + k * C * bins;
-  Roi<G> r;
-  AlignRoi<G> a;
-  if (!prepare_roi(p, k, &r, &a, &scratch.tables)) {
-    for (int64_t i = 0; i < C * bins; ++i) roi_out[i] = from_acc<T>(G(0)), roi_arg[i] = -1;
-    return;
-  }
-  const int64_t lanes = s.channels_last ? C : 1;
-  scratch.acc.resize(lanes);
-  scratch.arg.resize(lanes);
-  scratch.value.resize(lanes);
-  for (int64_t c0 = 0; c0 < C; c0 += lanes) {
-    Pixels<T> px = image_pixels(s, features, r.batch, c0);
-    for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
-      for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
-        scan_max_bin(scratch.tables, ph, pw, px, lanes, scratch.acc.data(), scratch.arg.data(),
-                     scratch.value.data());
-        // Lanes are contiguous in NHWC; in NCHW there is one.
-        const int64_t i = output_index(s, 0, c0, ph, pw);
-        for (int64_t c = 0; c < lanes; ++c) {
-          roi_out[i + c] = from_acc<T>(scratch.acc[c]);
-          roi_arg[i + c] = scratch.arg[c];
+void align_max_forward_roi(const Problem<G>& p, int64_t k, const T* features, T* out,
+                           int32_t* argmax, AlignScratch<G>& scratch) {
+  with_native_isa([&](auto) JAX_ROI_INLINE_LAMBDA {
+    const Shape& s = p.shape;
+    const int64_t C = s.channels, bins = s.pooled_h * s.pooled_w;
+    T* roi_out = out + k * C * bins;
+    int32_t* roi_arg = argmax + k * C * bins;
+    Roi<G> r;
+    AlignRoi<G> a;
+    if (!prepare_roi(p, k, &r, &a, &scratch.tables)) {
+      for (int64_t i = 0; i < C * bins; ++i) roi_out[i] = from_acc<T>(G(0)), roi_arg[i] = -1;
+      return;
+    }
+    const int64_t lanes = s.channels_last ? C : 1;
+    scratch.acc.resize(lanes);
+    scratch.arg.resize(lanes);
+    scratch.value.resize(lanes);
+    for (int64_t c0 = 0; c0 < C; c0 += lanes) {
+      Pixels<T> px = image_pixels(s, features, r.batch, c0);
+      for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+        for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+          scan_max_bin(scratch.tables, ph, pw, px, lanes, scratch.acc.data(), scratch.arg.data(),
+                       scratch.value.data());
+          // Lanes are contiguous in NHWC; in NCHW there is one.
+          const int64_t i = output_index(s, 0, c0, ph, pw);
+          for (int64_t c = 0; c < lanes; ++c) {
+            roi_out[i + c] = from_acc<T>(scratch.acc[c]);
+            roi_arg[i + c] = scratch.arg[c];
+          }
         }
       }
     }
-  }
+  });
 }
 
 // NCHW: channels [c0, c1) of the listed ROIs, through tiles of kLanes channels.
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void align_max_forward_nchw(const Problem<G>& p, const RoiList& list,
-                                               int64_t c0, int64_t c1, const T* features,
-                                               T* out, int32_t* argmax,
-                                               AlignScratch<G>& scratch) {
-  const Shape& s = p.shape;
-  const int64_t bins = s.pooled_h * s.pooled_w;
-  RoiRun<G>& run = scratch.run;
-  LaneTile<G>& tile = scratch.tile;
-  for_each_run_and_lane_group(p, list, c0, c1, run, kRunCapacity, [&](int64_t c, int lanes) JAX_ROI_INLINE_LAMBDA {
-    for (int64_t slot = 0; slot < run.size(); ++slot) {
-      const int64_t batch = run.batch[slot];
-      if (batch >= 0 && (tile.batch != batch || tile.channel != c))
-        tile.load(s, features, batch, c, lanes);
-      const Pixels<G> px{tile.data.data(), kLanes, s.width * kLanes};
-      const int64_t i = output_index(s, run.roi[slot], c, 0, 0);
-      for (int64_t b = 0; b < bins; ++b) {
-        G best[kLanes], value[kLanes];
-        int32_t arg[kLanes];
-        if (batch >= 0) {
-          scan_max_bin(run.tables[slot], b / s.pooled_w, b % s.pooled_w, px, kLanes, best, arg,
-                       value);
-        } else {
-          std::fill(best, best + kLanes, G(0));
-          std::fill(arg, arg + kLanes, -1);
-        }
-        for (int j = 0; j < lanes; ++j) {
-          out[i + j * bins + b] = from_acc<T>(best[j]);
-          argmax[i + j * bins + b] = arg[j];
+void align_max_forward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0, int64_t c1,
+                            const T* features, T* out, int32_t* argmax, AlignScratch<G>& scratch) {
+  with_native_isa([&](auto) JAX_ROI_INLINE_LAMBDA {
+    const Shape& s = p.shape;
+    const int64_t bins = s.pooled_h * s.pooled_w;
+    RoiRun<G>& run = scratch.run;
+    LaneTile<G>& tile = scratch.tile;
+    for_each_run_and_lane_group(p, list, c0, c1, run, kRunCapacity, [&](int64_t c, int lanes) JAX_ROI_INLINE_LAMBDA {
+      for (int64_t slot = 0; slot < run.size(); ++slot) {
+        const int64_t batch = run.batch[slot];
+        if (batch >= 0 && (tile.batch != batch || tile.channel != c))
+          tile.load(s, features, batch, c, lanes);
+        const Pixels<G> px{tile.data.data(), kLanes, s.width * kLanes};
+        const int64_t i = output_index(s, run.roi[slot], c, 0, 0);
+        for (int64_t b = 0; b < bins; ++b) {
+          G best[kLanes], value[kLanes];
+          int32_t arg[kLanes];
+          if (batch >= 0) {
+            scan_max_bin(run.tables[slot], b / s.pooled_w, b % s.pooled_w, px, kLanes, best, arg,
+                         value);
+          } else {
+            std::fill(best, best + kLanes, G(0));
+            std::fill(arg, arg + kLanes, -1);
+          }
+          for (int j = 0; j < lanes; ++j) {
+            out[i + j * bins + b] = from_acc<T>(best[j]);
+            argmax[i + j * bins + b] = arg[j];
+          }
         }
       }
-    }
+    });
   });
 }
 
@@ -150,37 +151,39 @@ void scatter_max_winner(const Problem<G>& p, const RoiTables<G>& t, int64_t batc
 
 // NHWC: ROI k's gradient into channels [c0, c1).
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void align_max_backward_nhwc(const Problem<G>& p, int64_t k, int64_t c0,
-                                                int64_t c1, const T* grad_out,
-                                                const int32_t* argmax, G* grad,
-                                                AlignScratch<G>& scratch) {
-  Roi<G> r;
-  AlignRoi<G> a;
-  if (!prepare_roi(p, k, &r, &a, &scratch.tables)) return;
-  for (int64_t ph = 0; ph < p.shape.pooled_h; ++ph)
-    for (int64_t pw = 0; pw < p.shape.pooled_w; ++pw)
-      for (int64_t c = c0; c < c1; ++c)
-        scatter_max_winner(p, scratch.tables, r.batch, k, c, ph, pw, grad_out, argmax, grad);
+void align_max_backward_nhwc(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
+                             const T* grad_out, const int32_t* argmax, G* grad,
+                             AlignScratch<G>& scratch) {
+  with_native_isa([&](auto) JAX_ROI_INLINE_LAMBDA {
+    Roi<G> r;
+    AlignRoi<G> a;
+    if (!prepare_roi(p, k, &r, &a, &scratch.tables)) return;
+    for (int64_t ph = 0; ph < p.shape.pooled_h; ++ph)
+      for (int64_t pw = 0; pw < p.shape.pooled_w; ++pw)
+        for (int64_t c = c0; c < c1; ++c)
+          scatter_max_winner(p, scratch.tables, r.batch, k, c, ph, pw, grad_out, argmax, grad);
+  });
 }
 
 // NCHW: the listed ROIs' gradient into channels [c0, c1), a run at a time.
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void align_max_backward_nchw(const Problem<G>& p, const RoiList& list,
-                                                int64_t c0, int64_t c1, const T* grad_out,
-                                                const int32_t* argmax, G* grad,
-                                                AlignScratch<G>& scratch) {
-  const Shape& s = p.shape;
-  RoiRun<G>& run = scratch.run;
-  for (int64_t j = 0; j < list.size;) {
-    j = run.build(p, list, j, kRunCapacity);
-    for (int64_t c = c0; c < c1; ++c)
-      for (int64_t slot = 0; slot < run.size(); ++slot)
-        if (run.batch[slot] >= 0)
-          for (int64_t ph = 0; ph < s.pooled_h; ++ph)
-            for (int64_t pw = 0; pw < s.pooled_w; ++pw)
-              scatter_max_winner(p, run.tables[slot], run.batch[slot], run.roi[slot], c, ph,
-                                 pw, grad_out, argmax, grad);
-  }
+void align_max_backward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0, int64_t c1,
+                             const T* grad_out, const int32_t* argmax, G* grad,
+                             AlignScratch<G>& scratch) {
+  with_native_isa([&](auto) JAX_ROI_INLINE_LAMBDA {
+    const Shape& s = p.shape;
+    RoiRun<G>& run = scratch.run;
+    for (int64_t j = 0; j < list.size;) {
+      j = run.build(p, list, j, kRunCapacity);
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t slot = 0; slot < run.size(); ++slot)
+          if (run.batch[slot] >= 0)
+            for (int64_t ph = 0; ph < s.pooled_h; ++ph)
+              for (int64_t pw = 0; pw < s.pooled_w; ++pw)
+                scatter_max_winner(p, run.tables[slot], run.batch[slot], run.roi[slot], c, ph,
+                                   pw, grad_out, argmax, grad);
+    }
+  });
 }
 
 template <>

@@ -24,10 +24,11 @@
 
 #include "axis_table.h"
 #include "cpu_common.h"
-#include "isa_clones.h"
+#include "isa_dispatch.h"
 #include "lane_tile.h"
 #include "native_vector.h"
 #include "parallel_for.h"
+#include "stream_store.h"
 
 namespace jax_roi {
 
@@ -309,10 +310,11 @@ struct TapList {
 // AVX-512, 14.2 -> 11.7 with AVX2; 4 taps ahead was too few for AVX2).
 constexpr int64_t kPrefetchTaps = 16;
 
-// NHWC, channels [c0, c0 + vectors * lanes) of one bin, in registers.
+// NHWC, channels [c0, c0 + vectors * lanes) of one bin, in registers,
+// streamed past the cache when `stream` (stream_store.h).
 template <int bytes, int vectors, typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_block(const BinTaps<G>& t, int64_t b,
-                                                  const Pixels<T>& px, T* dst) {
+                                                  const Pixels<T>& px, T* dst, bool stream) {
   constexpr int64_t lanes = native_lanes<G, bytes>;
   NativeVector<G, bytes> sum[vectors] = {};
   const Tap<G>* const prefetch_end = t.end(t.first.size() - 2);  // the ROI's last tap
@@ -326,7 +328,7 @@ JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_block(const BinTaps<G>& t, int64_t b
   }
   for (int i = 0; i < vectors; ++i) {
     sum[i] /= t.divisor[b];
-    store_native<bytes, T, G>(dst + i * lanes, sum[i]);
+    store_native_result<bytes, T, G>(dst + i * lanes, sum[i], stream);
   }
 }
 
@@ -334,7 +336,7 @@ JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_block(const BinTaps<G>& t, int64_t b
 // then the last few channels.
 template <int bytes, typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_bin(const Shape& s, const BinTaps<G>& t, int64_t b,
-                                                const T* features, T* out) {
+                                                const T* features, T* out, bool stream) {
   constexpr int64_t lanes = native_lanes<G, bytes>;
   const int64_t C = s.channels;
   const Pixels<T> base = image_pixels(s, features, t.batch, 0);
@@ -347,7 +349,7 @@ JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_bin(const Shape& s, const BinTaps<G>
     if constexpr (vectors <= sum_registers<bytes>) {
       for (; c + vectors * lanes <= C; c += vectors * lanes)
         tap_forward_nhwc_block<bytes, vectors>(
-            t, b, Pixels<T>{base.data + c, base.stride, base.row}, dst + c);
+            t, b, Pixels<T>{base.data + c, base.stride, base.row}, dst + c, stream);
     }
   };
   blocks(std::integral_constant<int, 16>{});
@@ -442,7 +444,7 @@ template <typename G>
 struct TapScratch {
   BinTaps<G> taps;  // a ROI's, when the call's are not shared
   LaneTile<G> tile;
-  OutputBlock<G> block;
+  OutputBlock<G> block;  // its end fences the thread's streamed stores, NHWC's too
   std::vector<G> scaled;
 };
 
@@ -462,86 +464,84 @@ struct TapKernel : CallTapTables<Tabulate, /*kRowBands=*/false> {
   // Output channels [c0, c1) of the listed ROIs, channels outermost so
   // that a plane (or a tile of them) stays in cache while every ROI reads it.
   template <typename T, typename G>
-  static JAX_ROI_CPU_CLONES void forward_nchw(const Problem<G>& p, const RoiList& list,
-                                              const Tables<G>& tables, int64_t c0, int64_t c1,
-                                              const T* features, T* out, int32_t*,
-                                              Scratch<G>& scratch) {
-    const Shape& s = p.shape;
-    const int64_t bins = s.pooled_h * s.pooled_w;
-    scratch.block.resize(bins);
-    for (int64_t c = c0; c < c1; c += kLanes) {
-      const int lanes = static_cast<int>(std::min<int64_t>(kLanes, c1 - c));
-      for (int64_t j = 0; j < list.size; ++j) {
-        const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
-        if (t.batch < 0) {
-          zero_roi_output(s, t.roi, c, c + lanes, out);
-          continue;
-        }
-        if (scratch.tile.batch != t.batch || scratch.tile.channel != c)
-          scratch.tile.load(s, features, t.batch, c, lanes);
-        with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+  static void forward_nchw(const Problem<G>& p, const RoiList& list, const Tables<G>& tables,
+                           int64_t c0, int64_t c1, const T* features, T* out, int32_t*,
+                           Scratch<G>& scratch) {
+    with_native_isa([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+      const Shape& s = p.shape;
+      const int64_t bins = s.pooled_h * s.pooled_w;
+      scratch.block.resize(bins);
+      for (int64_t c = c0; c < c1; c += kLanes) {
+        const int lanes = static_cast<int>(std::min<int64_t>(kLanes, c1 - c));
+        for (int64_t j = 0; j < list.size; ++j) {
+          const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
+          if (t.batch < 0) {
+            zero_roi_output(s, t.roi, c, c + lanes, out);
+            continue;
+          }
+          if (scratch.tile.batch != t.batch || scratch.tile.channel != c)
+            scratch.tile.load(s, features, t.batch, c, lanes);
           tap_forward_lanes<decltype(bytes)::value>(s, t, scratch.tile, scratch.block);
-        });
-        scratch.block.write(out + output_index(s, t.roi, c, 0, 0), lanes, s);
+          scratch.block.write(out + output_index(s, t.roi, c, 0, 0), lanes, s);
+        }
       }
-    }
+    });
   }
 
   template <typename T, typename G>
-  static JAX_ROI_CPU_CLONES void forward_nhwc(const Problem<G>& p, const RoiList& list,
-                                              const Tables<G>& tables, const T* features, T* out,
-                                              int32_t*, Scratch<G>& scratch) {
-    const Shape& s = p.shape;
-    const int64_t bins = s.pooled_h * s.pooled_w;
-    for (int64_t j = 0; j < list.size; ++j) {
-      const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
-      if (t.batch < 0) {
-        zero_roi_output(s, t.roi, 0, s.out_channels, out);
-      } else {
-        with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+  static void forward_nhwc(const Problem<G>& p, const RoiList& list, const Tables<G>& tables,
+                           const T* features, T* out, int32_t*, Scratch<G>& scratch) {
+    with_native_isa([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+      const Shape& s = p.shape;
+      const int64_t bins = s.pooled_h * s.pooled_w;
+      const bool stream = streamed_result<T>(s.output_count());
+      for (int64_t j = 0; j < list.size; ++j) {
+        const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
+        if (t.batch < 0) {
+          zero_roi_output(s, t.roi, 0, s.out_channels, out);
+        } else {
           for (int64_t b = 0; b < bins; ++b)
-            tap_forward_nhwc_bin<decltype(bytes)::value>(s, t, b, features, out);
-        });
+            tap_forward_nhwc_bin<decltype(bytes)::value>(s, t, b, features, out, stream);
+        }
       }
-    }
+    });
   }
 
   // The listed ROIs (all of one image) into input channels [c0, c1).
   template <typename T, typename G>
-  static JAX_ROI_CPU_CLONES void backward(const Problem<G>& p, const GradientBlock& block,
-                                          const Tables<G>& tables, const T* grad_out,
-                                          const int32_t*, G* grad, Scratch<G>& scratch) {
-    const RoiList& list = block.rois;
-    const int64_t c0 = block.c0, c1 = block.c1;
-    const Shape& s = p.shape;
-    if (s.channels_last) {
-      for (int64_t j = 0; j < list.size; ++j) {
-        const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
-        if (t.batch >= 0) tap_backward_nhwc(s, t, c0, c1, grad_out, grad, scratch.scaled);
+  static void backward(const Problem<G>& p, const GradientBlock& block, const Tables<G>& tables,
+                       const T* grad_out, const int32_t*, G* grad, Scratch<G>& scratch) {
+    with_native_isa([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+      const RoiList& list = block.rois;
+      const int64_t c0 = block.c0, c1 = block.c1;
+      const Shape& s = p.shape;
+      if (s.channels_last) {
+        for (int64_t j = 0; j < list.size; ++j) {
+          const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
+          if (t.batch >= 0) tap_backward_nhwc(s, t, c0, c1, grad_out, grad, scratch.scaled);
+        }
+        return;
       }
-      return;
-    }
-    // NCHW: each tile of channels takes every ROI's gradient, then is
-    // written to the gradient whole. The list is one image's valid ROIs
-    // (gradient_blocks.h), so the tiles write all of the block, which is
-    // not zeroed first (backward_writes_block).
-    if (list.size == 0) return;
-    const int64_t image = load_roi(p.rois, list.ids[0]).batch;
-    scratch.block.resize(s.pooled_h * s.pooled_w);
-    LaneTile<G>& tile = scratch.tile;
-    for (int64_t c = c0; c < c1; c += kLanes) {
-      const int lanes = static_cast<int>(std::min<int64_t>(kLanes, c1 - c));
-      tile.load_zeros(s, image, c);
-      for (int64_t j = 0; j < list.size; ++j) {
-        const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
-        if (t.batch < 0) continue;
-        scratch.block.read(grad_out + output_index(s, t.roi, c, 0, 0), lanes);
-        with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+      // NCHW: each tile of channels takes every ROI's gradient, then is
+      // written to the gradient whole. The list is one image's valid ROIs
+      // (gradient_blocks.h), so the tiles write all of the block, which is
+      // not zeroed first (backward_writes_block).
+      if (list.size == 0) return;
+      const int64_t image = load_roi(p.rois, list.ids[0]).batch;
+      scratch.block.resize(s.pooled_h * s.pooled_w);
+      LaneTile<G>& tile = scratch.tile;
+      for (int64_t c = c0; c < c1; c += kLanes) {
+        const int lanes = static_cast<int>(std::min<int64_t>(kLanes, c1 - c));
+        tile.load_zeros(s, image, c);
+        for (int64_t j = 0; j < list.size; ++j) {
+          const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
+          if (t.batch < 0) continue;
+          scratch.block.read(grad_out + output_index(s, t.roi, c, 0, 0), lanes);
           tap_backward_lanes<decltype(bytes)::value>(s, t, scratch.block, tile);
-        });
+        }
+        tile.flush_into(s, grad, lanes, /*replace=*/true);
       }
-      tile.flush_into(s, grad, lanes, /*replace=*/true);
-    }
+    });
   }
 };
 

@@ -17,7 +17,7 @@
 
 #include "../elements/all_elements.h"
 #include "channels_last_copy.h"
-#include "isa_clones.h"
+#include "isa_dispatch.h"
 #include "native_vector.h"
 
 namespace jax_roi {
@@ -93,104 +93,102 @@ struct CpuBoxDerivative {
   // ROI k's output tangent: its C_out * PH * PW elements, contiguous in
   // either layout.
   template <Op op, typename T, typename G>
-  static JAX_ROI_CPU_CLONES void jvp_roi(const Problem<G>& p, int64_t k, const T* features,
-                                         const int32_t* argmax, const G* tangents, T* out,
-                                         BoxScratch<G>& scratch) {
-    const Shape& s = p.shape;
-    const int64_t bins = s.pooled_h * s.pooled_w, C = s.out_channels, per_roi = C * bins;
-    if constexpr (!is_linear(op)) {
-      for (int64_t i = k * per_roi; i < (k + 1) * per_roi; ++i)
-        out[i] = box_jvp_element<op>(p, i, features, argmax, tangents);
-    } else {
-      std::vector<G>& acc = scratch.acc;
-      acc.assign(per_roi, G(0));
-      const Roi<G> r = load_roi(p.rois, k);
-      if (r.valid && s.height > 0 && s.width > 0) {
-        tabulate<op>(p, r, scratch.taps);
-        // The ROI's tangent, zero past its coordinates (a [N, L, 4] row has 4).
-        G t[kMaxCoords] = {};
-        std::copy_n(tangents + roi_coords_at(p.rois, k), p.rois.coords, t);
-        const T* image = features + r.batch * s.channels * s.height * s.width;
-        const int64_t plane = s.height * s.width;
-        G* __restrict__ sum = acc.data();
-        const ChannelsLastWindow win = gather_window<op>(s, image, scratch);
-        if (win.gathered) {  // NCHW through the window: acc is [bins, C]
-          for (const BoxTap<G>& tap : scratch.taps) {
-            const G w = rate(tap, t);
-            const G* __restrict__ x = scratch.window.data() + win.at(tap.pixel, s.width) * C;
-            G* __restrict__ dst = sum + tap.bin * C;
-            for (int64_t c = 0; c < C; ++c) dst[c] += w * x[c];
+  static void jvp_roi(const Problem<G>& p, int64_t k, const T* features, const int32_t* argmax,
+                      const G* tangents, T* out, BoxScratch<G>& scratch) {
+    with_native_isa([&](auto) JAX_ROI_INLINE_LAMBDA {
+      const Shape& s = p.shape;
+      const int64_t bins = s.pooled_h * s.pooled_w, C = s.out_channels, per_roi = C * bins;
+      if constexpr (!is_linear(op)) {
+        for (int64_t i = k * per_roi; i < (k + 1) * per_roi; ++i)
+          out[i] = box_jvp_element<op>(p, i, features, argmax, tangents);
+      } else {
+        std::vector<G>& acc = scratch.acc;
+        acc.assign(per_roi, G(0));
+        const Roi<G> r = load_roi(p.rois, k);
+        if (r.valid && s.height > 0 && s.width > 0) {
+          tabulate<op>(p, r, scratch.taps);
+          // The ROI's tangent, zero past its coordinates (a [N, L, 4] row has 4).
+          G t[kMaxCoords] = {};
+          std::copy_n(tangents + roi_coords_at(p.rois, k), p.rois.coords, t);
+          const T* image = features + r.batch * s.channels * s.height * s.width;
+          const int64_t plane = s.height * s.width;
+          G* __restrict__ sum = acc.data();
+          const ChannelsLastWindow win = gather_window<op>(s, image, scratch);
+          if (win.gathered) {  // NCHW through the window: acc is [bins, C]
+            for (const BoxTap<G>& tap : scratch.taps) {
+              const G w = rate(tap, t);
+              const G* __restrict__ x = scratch.window.data() + win.at(tap.pixel, s.width) * C;
+              G* __restrict__ dst = sum + tap.bin * C;
+              for (int64_t c = 0; c < C; ++c) dst[c] += w * x[c];
+            }
+            T* dst = out + k * per_roi;  // [C, bins]
+            for (int64_t c = 0; c < C; ++c)
+              for (int64_t b = 0; b < bins; ++b) dst[c * bins + b] = from_acc<T>(sum[b * C + c]);
+            return;
           }
-          T* dst = out + k * per_roi;  // [C, bins]
-          for (int64_t c = 0; c < C; ++c)
-            for (int64_t b = 0; b < bins; ++b) dst[c * bins + b] = from_acc<T>(sum[b * C + c]);
-          return;
+          if (!s.channels_last) {  // acc is [C, bins]: a tap adds to every channel's sum
+            const int64_t step = input_of<op>(s, 1, 0) * plane;
+            for (const BoxTap<G>& tap : scratch.taps) {
+              const G w = rate(tap, t);
+              const T* __restrict__ x = image + input_of<op>(s, 0, tap.bin) * plane + tap.pixel;
+              G* __restrict__ dst = sum + tap.bin;
+              for (int64_t c = 0; c < C; ++c) dst[c * bins] += w * to_acc(x[c * step]);
+            }
+          } else {  // acc is [bins, C]
+            for (const BoxTap<G>& tap : scratch.taps) {
+              const G w = rate(tap, t);
+              const T* __restrict__ x = image + tap.pixel * s.channels + input_of<op>(s, 0, tap.bin);
+              G* __restrict__ dst = sum + tap.bin * C;
+              const int64_t step = input_of<op>(s, 1, 0);
+              if (step == 1)
+                for (int64_t c = 0; c < C; ++c) dst[c] += w * to_acc(x[c]);
+              else
+                for (int64_t c = 0; c < C; ++c) dst[c] += w * to_acc(x[c * step]);
+            }
+          }
         }
-        if (!s.channels_last) {  // acc is [C, bins]: a tap adds to every channel's sum
-          const int64_t step = input_of<op>(s, 1, 0) * plane;
-          for (const BoxTap<G>& tap : scratch.taps) {
-            const G w = rate(tap, t);
-            const T* __restrict__ x = image + input_of<op>(s, 0, tap.bin) * plane + tap.pixel;
-            G* __restrict__ dst = sum + tap.bin;
-            for (int64_t c = 0; c < C; ++c) dst[c * bins] += w * to_acc(x[c * step]);
-          }
-        } else {  // acc is [bins, C]
-          for (const BoxTap<G>& tap : scratch.taps) {
-            const G w = rate(tap, t);
-            const T* __restrict__ x = image + tap.pixel * s.channels + input_of<op>(s, 0, tap.bin);
-            G* __restrict__ dst = sum + tap.bin * C;
-            const int64_t step = input_of<op>(s, 1, 0);
-            if (step == 1)
-              for (int64_t c = 0; c < C; ++c) dst[c] += w * to_acc(x[c]);
-            else
-              for (int64_t c = 0; c < C; ++c) dst[c] += w * to_acc(x[c * step]);
-          }
-        }
+        T* dst = out + k * per_roi;
+        for (int64_t i = 0; i < per_roi; ++i) dst[i] = from_acc<T>(acc[i]);
       }
-      T* dst = out + k * per_roi;
-      for (int64_t i = 0; i < per_roi; ++i) dst[i] = from_acc<T>(acc[i]);
-    }
+    });
   }
 
   // ROI k's cotangent.
   template <Op op, typename T, typename G>
-  static JAX_ROI_CPU_CLONES void vjp_roi(const Problem<G>& p, int64_t k, const T* features,
-                                         const int32_t* argmax, const T* grad_out,
-                                         G* cotangents, BoxScratch<G>& scratch) {
-    const Shape& s = p.shape;
-    const int64_t bins = s.pooled_h * s.pooled_w, C = s.out_channels, per_roi = C * bins;
-    G d[kMaxCoords] = {};
-    if constexpr (!is_linear(op)) {
-      for (int64_t i = k * per_roi; i < (k + 1) * per_roi; ++i)
-        add_box_vjp_element<op>(p, i, features, argmax, grad_out, d);
-    } else {
-      const Roi<G> r = load_roi(p.rois, k);
-      if (r.valid && s.height > 0 && s.width > 0) {
-        tabulate<op>(p, r, scratch.taps);
-        const T* image = features + r.batch * s.channels * s.height * s.width;
-        const T* g = grad_out + k * per_roi;
-        const ChannelsLastWindow win = gather_window<op>(s, image, scratch);
-        if (win.gathered) {
-          with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+  static void vjp_roi(const Problem<G>& p, int64_t k, const T* features, const int32_t* argmax,
+                      const T* grad_out, G* cotangents, BoxScratch<G>& scratch) {
+    with_native_isa([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+      const Shape& s = p.shape;
+      const int64_t bins = s.pooled_h * s.pooled_w, C = s.out_channels, per_roi = C * bins;
+      G d[kMaxCoords] = {};
+      if constexpr (!is_linear(op)) {
+        for (int64_t i = k * per_roi; i < (k + 1) * per_roi; ++i)
+          add_box_vjp_element<op>(p, i, features, argmax, grad_out, d);
+      } else {
+        const Roi<G> r = load_roi(p.rois, k);
+        if (r.valid && s.height > 0 && s.width > 0) {
+          tabulate<op>(p, r, scratch.taps);
+          const T* image = features + r.batch * s.channels * s.height * s.width;
+          const T* g = grad_out + k * per_roi;
+          const ChannelsLastWindow win = gather_window<op>(s, image, scratch);
+          if (win.gathered) {
             vjp_window<decltype(bytes)::value>(s, win, scratch, g, d);
-          });
-        } else if (!s.channels_last) {
-          vjp_channels_outermost<op>(s, scratch, image, g, d);
-        } else if (!is_position_sensitive(op)) {
-          with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+          } else if (!s.channels_last) {
+            vjp_channels_outermost<op>(s, scratch, image, g, d);
+          } else if (!is_position_sensitive(op)) {
             vjp_pixel_rows<decltype(bytes)::value>(s, scratch, image, g, d);
-          });
-        } else {  // NHWC, position-sensitive: each tap reads every bins-th channel
-          for (const BoxTap<G>& tap : scratch.taps) {
-            const T* x = image + tap.pixel * s.channels + tap.bin;
-            G sum = G(0);
-            for (int64_t c = 0; c < C; ++c) sum += to_acc(g[tap.bin * C + c]) * to_acc(x[c * bins]);
-            add_scaled(d, sum, tap);
+          } else {  // NHWC, position-sensitive: each tap reads every bins-th channel
+            for (const BoxTap<G>& tap : scratch.taps) {
+              const T* x = image + tap.pixel * s.channels + tap.bin;
+              G sum = G(0);
+              for (int64_t c = 0; c < C; ++c) sum += to_acc(g[tap.bin * C + c]) * to_acc(x[c * bins]);
+              add_scaled(d, sum, tap);
+            }
           }
         }
       }
-    }
-    store_roi_cotangent(p.rois, k, d, cotangents);
+      store_roi_cotangent(p.rois, k, d, cotangents);
+    });
   }
 
  private:

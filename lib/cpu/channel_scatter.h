@@ -11,7 +11,7 @@
 #include <type_traits>
 
 #include "../dtypes.h"
-#include "isa_clones.h"
+#include "isa_dispatch.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -36,9 +36,10 @@ __attribute__((target("avx512f"))) inline __m512 load16_as_float(const float* g,
 
 __attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16_as_float(const bfloat16_t* g,
                                                                   __mmask16 m) {
-  // bfloat16 is the high half of a float.
-  __m512i bits = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, g));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16));
+  // bfloat16 is the high half of a float. (The zero-masked forms: GCC 12
+  // warns that the unmasked ones' undefined source may be uninitialised.)
+  __m512i bits = _mm512_maskz_cvtepu16_epi32(m, _mm256_maskz_loadu_epi16(m, g));
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(m, bits, 16));
 }
 
 // Needs pixels * stride to fit in int32 (the gather's indices).

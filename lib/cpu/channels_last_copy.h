@@ -40,10 +40,12 @@ Problem<G> channels_last_problem(const Problem<G>& p) {
 // Pixels [q0, q1) of one NCHW image (C planes of `plane` pixels) to rows
 // of C channels at dst[q * C].
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void copy_pixels_channels_last(const T* image, int64_t C, int64_t plane,
-                                                  int64_t q0, int64_t q1, G* dst) {
-  transpose_tiled(image + q0, plane, C, q1 - q0, dst + q0 * C, C,
-                  [](T v) JAX_ROI_INLINE_LAMBDA { return to_acc(v); });
+void copy_pixels_channels_last(const T* image, int64_t C, int64_t plane, int64_t q0, int64_t q1,
+                               G* dst) {
+  with_native_isa([&](auto) JAX_ROI_INLINE_LAMBDA {
+    transpose_tiled(image + q0, plane, C, q1 - q0, dst + q0 * C, C,
+                    [](T v) JAX_ROI_INLINE_LAMBDA { return to_acc(v); });
+  });
 }
 
 // features [N, C, H, W] to [N, H, W, C], kBlock pixels to a task. (Left

@@ -9,7 +9,7 @@
 
 #include "../problem.h"
 #include "axis_table.h"
-#include "isa_clones.h"
+#include "isa_dispatch.h"
 #include "lane_tile.h"
 
 namespace jax_roi {

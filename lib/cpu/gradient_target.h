@@ -14,15 +14,17 @@
 #include "../dtypes.h"
 #include "gradient_blocks.h"
 #include "huge_pages.h"
-#include "isa_clones.h"
+#include "isa_dispatch.h"
 #include "kept_scratch.h"
 
 namespace jax_roi {
 
 // out[i] = sums[i] rounded to R, for a run of n elements.
 template <typename G, typename R>
-JAX_ROI_CPU_CLONES void narrow_run(const G* sums, R* out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = from_acc<R>(sums[i]);
+void narrow_run(const G* sums, R* out, int64_t n) {
+  with_native_isa([&](auto) JAX_ROI_INLINE_LAMBDA {
+    for (int64_t i = 0; i < n; ++i) out[i] = from_acc<R>(sums[i]);
+  });
 }
 
 // G: the accumulation type; R: the result's type (G, or 16-bit).

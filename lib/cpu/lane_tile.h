@@ -12,7 +12,7 @@
 
 #include "../problem.h"
 #include "../dtypes.h"
-#include "isa_clones.h"
+#include "isa_dispatch.h"
 #include "native_vector.h"
 #include "stream_store.h"
 #include "transpose.h"
@@ -25,7 +25,7 @@ constexpr int kLanes = 16;
 // on them compiles to whole-vector instructions, where a loop over a small
 // array may be split into scalars, and a single vector wider than the
 // registers would live in memory. Kernels take `bytes` as a template
-// argument and are called through with_native_vector_bytes.
+// argument from with_native_isa (isa_dispatch.h).
 template <typename G, int bytes>
 struct LaneVectors {
   static constexpr int lanes = native_lanes<G, bytes>;
@@ -130,7 +130,7 @@ struct LaneTile {
 // channels of a ROI are one contiguous run of lanes * bins outputs, so
 // moving the block whole is one sequential stream instead of kLanes
 // interleaved ones. Its moves are forced inline so they run in the
-// caller's ISA clone.
+// caller's ISA (isa_dispatch.h).
 template <typename G>
 struct OutputBlock {
   std::vector<G> data;

@@ -1,8 +1,8 @@
 // Vectors of the width the processor's registers have: 64 bytes with
 // AVX-512, 32 with AVX2, 16 otherwise. GCC keeps a vector wider than the
-// clone's registers in memory, so a kernel that holds sums in registers
-// is instantiated for each width and picks one at run time
-// (native_vector_bytes). (The vector attribute must sit on a typedef of a
+// ISA's registers in memory, so a kernel that holds sums in registers
+// takes the width from with_native_isa (isa_dispatch.h), which compiles
+// it for each width's ISA. (The vector attribute must sit on a typedef of a
 // concrete type: on a dependent one GCC drops it, hence one
 // specialisation per type and width.)
 #pragma once
@@ -12,7 +12,7 @@
 #include <type_traits>
 
 #include "../dtypes.h"
-#include "isa_clones.h"
+#include "isa_dispatch.h"
 
 namespace jax_roi {
 
@@ -44,25 +44,11 @@ using NativeVector = typename NativeVectorOf<E, bytes>::type;
 template <typename G, int bytes>
 constexpr int64_t native_lanes = bytes / int64_t(sizeof(G));
 
-// The widest vector registers this processor has, in bytes.
-inline int native_vector_bytes() { return cpu_has_avx512() ? 64 : cpu_has_avx2() ? 32 : 16; }
 // How many vectors of `bytes` a kernel may fill with sums: half the
 // register file (16 of AVX-512's 32 registers, 8 of AVX2's or SSE's 16).
 // Kernels instantiate no larger register blocks.
 template <int bytes>
 constexpr int sum_registers = bytes == 64 ? 16 : 8;
-
-// f(std::integral_constant<int, bytes>{}) for this processor's bytes.
-template <typename F>
-JAX_ROI_ALWAYS_INLINE void with_native_vector_bytes(const F& f) {
-  const int bytes = native_vector_bytes();
-  if (bytes == 64)
-    f(std::integral_constant<int, 64>{});
-  else if (bytes == 32)
-    f(std::integral_constant<int, 32>{});
-  else
-    f(std::integral_constant<int, 16>{});
-}
 
 // One vector of G from storage type T: a plain load, the bfloat16 bits as a
 // float's top half (to_acc, vectorised), or lane by lane.
@@ -88,6 +74,18 @@ template <int bytes, typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void store_native(T* p, const NativeVector<G, bytes>& v) {
   if constexpr (std::is_same_v<T, G>) {
     std::memcpy(p, &v, sizeof v);
+  } else if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<G, float>) {
+    // from_acc's rounding (dtypes.h) on every lane at once, so that the
+    // result is one vector store: lane by lane, a streamed store's staging
+    // reloaded the lanes' narrow stores as one word and stalled on it.
+    using U = NativeVector<uint32_t, bytes>;
+    U u;
+    std::memcpy(&u, &v, sizeof u);
+    const U nan = (U)((u & 0x7fffffffu) > 0x7f800000u);
+    const U rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const U bits = (rounded & ~nan) | (((u >> 16) | 0x40u) & nan);
+    const auto half = __builtin_convertvector(bits, NativeVector<uint16_t, bytes / 2>);
+    std::memcpy(p, &half, sizeof half);
   } else {  // through an array: the loop over it vectorises, lane extracts would not
     G lanes[native_lanes<G, bytes>];
     std::memcpy(lanes, &v, sizeof v);

@@ -12,7 +12,7 @@
 #include "channel_scatter.h"
 #include "cpu_common.h"
 #include "cpu_kernel.h"
-#include "isa_clones.h"
+#include "isa_dispatch.h"
 #include "lane_tile.h"
 
 namespace jax_roi {
@@ -52,37 +52,38 @@ constexpr size_t kPoolRunCapacity = 1 << 16;
 
 // NHWC: all channels of ROI k.
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void pool_forward_nhwc(const Problem<G>& p, int64_t k, const T* features,
-                                          T* out, int32_t* argmax, std::vector<G>& best_lanes,
-                                          std::vector<int32_t>& arg_lanes) {
-  const Shape& s = p.shape;
-  const int64_t C = s.channels;
-  Roi<G> r = load_roi(p.rois, k);
-  PoolRoi<G> roi = pool_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w);
-  Pixels<T> px = image_pixels(s, features, r.valid ? r.batch : 0, 0);
-  best_lanes.resize(C);
-  arg_lanes.resize(C);
-  G* __restrict__ best = best_lanes.data();
-  int32_t* __restrict__ arg = arg_lanes.data();
-  for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
-    for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
-      PixelWindow win = r.valid ? pool_bin(roi, ph, pw, s.height, s.width)
-                                : PixelWindow{0, 0, 0, 0};
-      for (int64_t c = 0; c < C; ++c) best[c] = -std::numeric_limits<G>::infinity(), arg[c] = -1;
-      for (int64_t h = win.h0; h < win.h1; ++h) {
-        for (int64_t w = win.w0; w < win.w1; ++w) {
-          const T* __restrict__ v = px.at(h, w);
-          const int32_t pixel = static_cast<int32_t>(h * s.width + w);
-          for (int64_t c = 0; c < C; ++c) take_if_greater(to_acc(v[c]), pixel, &best[c], &arg[c]);
+void pool_forward_nhwc(const Problem<G>& p, int64_t k, const T* features, T* out, int32_t* argmax,
+                       std::vector<G>& best_lanes, std::vector<int32_t>& arg_lanes) {
+  with_native_isa([&](auto) JAX_ROI_INLINE_LAMBDA {
+    const Shape& s = p.shape;
+    const int64_t C = s.channels;
+    Roi<G> r = load_roi(p.rois, k);
+    PoolRoi<G> roi = pool_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w);
+    Pixels<T> px = image_pixels(s, features, r.valid ? r.batch : 0, 0);
+    best_lanes.resize(C);
+    arg_lanes.resize(C);
+    G* __restrict__ best = best_lanes.data();
+    int32_t* __restrict__ arg = arg_lanes.data();
+    for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+      for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+        PixelWindow win = r.valid ? pool_bin(roi, ph, pw, s.height, s.width)
+                                  : PixelWindow{0, 0, 0, 0};
+        for (int64_t c = 0; c < C; ++c) best[c] = -std::numeric_limits<G>::infinity(), arg[c] = -1;
+        for (int64_t h = win.h0; h < win.h1; ++h) {
+          for (int64_t w = win.w0; w < win.w1; ++w) {
+            const T* __restrict__ v = px.at(h, w);
+            const int32_t pixel = static_cast<int32_t>(h * s.width + w);
+            for (int64_t c = 0; c < C; ++c) take_if_greater(to_acc(v[c]), pixel, &best[c], &arg[c]);
+          }
+        }
+        const int64_t i = output_index(s, k, 0, ph, pw);
+        for (int64_t c = 0; c < C; ++c) {
+          out[i + c] = from_acc<T>(arg[c] < 0 ? G(0) : best[c]);
+          argmax[i + c] = arg[c];
         }
       }
-      const int64_t i = output_index(s, k, 0, ph, pw);
-      for (int64_t c = 0; c < C; ++c) {
-        out[i + c] = from_acc<T>(arg[c] < 0 ? G(0) : best[c]);
-        argmax[i + c] = arg[c];
-      }
     }
-  }
+  });
 }
 
 // NCHW: the tile's channels of ROI `slot` of `run`, from `tile`, into
@@ -117,26 +118,27 @@ JAX_ROI_ALWAYS_INLINE void pool_forward_lanes(const Problem<G>& p, const PoolRun
 // channels. A ROI's results for a tile are written as one stream, as
 // align's are (OutputBlock).
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void pool_forward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0,
-                                          int64_t c1, const T* features, T* out,
-                                          int32_t* argmax, PoolRun<G>& run, LaneTile<G>& tile,
-                                          OutputBlock<G>& block, std::vector<int32_t>& arg_block) {
-  const Shape& s = p.shape;
-  const int64_t bins = s.pooled_h * s.pooled_w;
-  block.resize(bins);
-  arg_block.resize(bins * kLanes);
-  for_each_run_and_lane_group(p, list, c0, c1, run, kPoolRunCapacity, [&](int64_t c, int lanes) JAX_ROI_INLINE_LAMBDA {
-    for (int64_t slot = 0; slot < run.size(); ++slot) {
-      const int64_t batch = run.batch[slot];
-      if (batch >= 0 && (tile.batch != batch || tile.channel != c))
-        tile.load(s, features, batch, c, lanes);
-      pool_forward_lanes(p, run, slot, tile, block, arg_block.data());
-      const int64_t i = output_index(s, run.roi[slot], c, 0, 0);
-      block.write(out + i, lanes, s);
-      const int32_t* __restrict__ src = arg_block.data();
-      for (int j = 0; j < lanes; ++j)
-        for (int64_t b = 0; b < bins; ++b) argmax[i + j * bins + b] = src[b * kLanes + j];
-    }
+void pool_forward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0, int64_t c1,
+                       const T* features, T* out, int32_t* argmax, PoolRun<G>& run,
+                       LaneTile<G>& tile, OutputBlock<G>& block, std::vector<int32_t>& arg_block) {
+  with_native_isa([&](auto) JAX_ROI_INLINE_LAMBDA {
+    const Shape& s = p.shape;
+    const int64_t bins = s.pooled_h * s.pooled_w;
+    block.resize(bins);
+    arg_block.resize(bins * kLanes);
+    for_each_run_and_lane_group(p, list, c0, c1, run, kPoolRunCapacity, [&](int64_t c, int lanes) JAX_ROI_INLINE_LAMBDA {
+      for (int64_t slot = 0; slot < run.size(); ++slot) {
+        const int64_t batch = run.batch[slot];
+        if (batch >= 0 && (tile.batch != batch || tile.channel != c))
+          tile.load(s, features, batch, c, lanes);
+        pool_forward_lanes(p, run, slot, tile, block, arg_block.data());
+        const int64_t i = output_index(s, run.roi[slot], c, 0, 0);
+        block.write(out + i, lanes, s);
+        const int32_t* __restrict__ src = arg_block.data();
+        for (int j = 0; j < lanes; ++j)
+          for (int64_t b = 0; b < bins; ++b) argmax[i + j * bins + b] = src[b * kLanes + j];
+      }
+    });
   });
 }
 
@@ -168,36 +170,38 @@ JAX_ROI_ALWAYS_INLINE void add_to_winners(G* image, int64_t stride, int64_t widt
 
 // Channels [c0, c1) of ROI k's gradient: each bin's to its winning pixel.
 template <typename T, typename G>
-JAX_ROI_CPU_CLONES void pool_backward_roi(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
-                                          const T* grad_out, const int32_t* argmax, G* grad) {
-  const Shape& s = p.shape;
-  Roi<G> r = load_roi(p.rois, k);
-  if (!r.valid) return;
-  const int32_t pixels = static_cast<int32_t>(s.height * s.width);
-  const int64_t bins = s.pooled_h * s.pooled_w;
-  if (s.channels_last) {
-    G* __restrict__ image = grad + r.batch * pixels * s.channels + c0;
-    PoolRoi<G> roi = pool_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w);
-    for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
-      for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
-        const PixelWindow win = pool_bin(roi, ph, pw, s.height, s.width);
-        const int64_t i = output_index(s, k, c0, ph, pw);
-        if ((win.h1 - win.h0) * (win.w1 - win.w0) <= kSweptWindow)
-          add_to_winners(image, s.channels, s.width, win, argmax + i, grad_out + i, c1 - c0);
-        else
-          scatter_channels(image, s.channels, pixels, argmax + i, grad_out + i, c1 - c0);
+void pool_backward_roi(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1, const T* grad_out,
+                       const int32_t* argmax, G* grad) {
+  with_native_isa([&](auto) JAX_ROI_INLINE_LAMBDA {
+    const Shape& s = p.shape;
+    Roi<G> r = load_roi(p.rois, k);
+    if (!r.valid) return;
+    const int32_t pixels = static_cast<int32_t>(s.height * s.width);
+    const int64_t bins = s.pooled_h * s.pooled_w;
+    if (s.channels_last) {
+      G* __restrict__ image = grad + r.batch * pixels * s.channels + c0;
+      PoolRoi<G> roi = pool_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w);
+      for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+        for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
+          const PixelWindow win = pool_bin(roi, ph, pw, s.height, s.width);
+          const int64_t i = output_index(s, k, c0, ph, pw);
+          if ((win.h1 - win.h0) * (win.w1 - win.w0) <= kSweptWindow)
+            add_to_winners(image, s.channels, s.width, win, argmax + i, grad_out + i, c1 - c0);
+          else
+            scatter_channels(image, s.channels, pixels, argmax + i, grad_out + i, c1 - c0);
+        }
+      }
+      return;
+    }
+    for (int64_t c = c0; c < c1; ++c) {
+      G* __restrict__ plane = grad + (r.batch * s.channels + c) * pixels;
+      const int64_t i = output_index(s, k, c, 0, 0);
+      for (int64_t b = 0; b < bins; ++b) {
+        const int32_t pixel = argmax[i + b];
+        if (pixel >= 0 && pixel < pixels) plane[pixel] += to_acc(grad_out[i + b]);
       }
     }
-    return;
-  }
-  for (int64_t c = c0; c < c1; ++c) {
-    G* __restrict__ plane = grad + (r.batch * s.channels + c) * pixels;
-    const int64_t i = output_index(s, k, c, 0, 0);
-    for (int64_t b = 0; b < bins; ++b) {
-      const int32_t pixel = argmax[i + b];
-      if (pixel >= 0 && pixel < pixels) plane[pixel] += to_acc(grad_out[i + b]);
-    }
-  }
+  });
 }
 
 // Buffers one thread reuses.

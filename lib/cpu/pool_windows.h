@@ -194,7 +194,7 @@ JAX_ROI_ALWAYS_INLINE void window_backward_bin(const Shape& s, const GradientBlo
       Mask in_run = (lane >= G(x - start)) & (lane < G(w.w1 - start));
       // Hide that in_run is a comparison: GCC would turn the AND below into
       // a select and lower it lane by lane in scalar registers. ("+m": a
-      // register constraint fails where the baseline clone has no register
+      // register constraint fails where the baseline ISA has no register
       // this wide.)
       __asm__("" : "+m"(in_run));
       G* plane = base + w.h0 * W + start;

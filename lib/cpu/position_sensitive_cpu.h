@@ -232,21 +232,22 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
   // output channel of the listed ROIs (a part of them, NchwSplit::kRois), a
   // ROI at a time.
   template <typename T, typename G>
-  static JAX_ROI_CPU_CLONES void forward_nchw(const Problem<G>& p, const RoiList& list,
-                                              const Tables<G>&, int64_t i0, int64_t i1,
-                                              const T* features, T* out, int32_t*,
-                                              Scratch<G>& scratch) {
-    if constexpr (Tabulate::kBinPlanes)
-      forward_bin_planes(p, list, i0, i1, features, out, scratch);
-    else
-      forward_part(p, list, features, out, scratch);
+  static void forward_nchw(const Problem<G>& p, const RoiList& list, const Tables<G>&, int64_t i0,
+                           int64_t i1, const T* features, T* out, int32_t*, Scratch<G>& scratch) {
+    with_native_isa([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+      if constexpr (Tabulate::kBinPlanes)
+        forward_bin_planes<decltype(bytes)::value>(p, list, i0, i1, features, out, scratch);
+      else
+        forward_part(p, list, features, out, scratch);
+    });
   }
 
   template <typename T, typename G>
-  static JAX_ROI_CPU_CLONES void forward_nhwc(const Problem<G>& p, const RoiList& list,
-                                              const Tables<G>&, const T* features, T* out,
-                                              int32_t*, Scratch<G>& scratch) {
-    forward_part(p, list, features, out, scratch);
+  static void forward_nhwc(const Problem<G>& p, const RoiList& list, const Tables<G>&,
+                           const T* features, T* out, int32_t*, Scratch<G>& scratch) {
+    with_native_isa([&](auto) JAX_ROI_INLINE_LAMBDA {
+      forward_part(p, list, features, out, scratch);
+    });
   }
 
   // The block's ROIs (all of one image, all valid): NCHW a bin at a time,
@@ -254,22 +255,25 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
   // time into a zeroed row band (kNhwcBackwardRowBands), skipping the bins
   // whose rows it does not meet.
   template <typename T, typename G>
-  static JAX_ROI_CPU_CLONES void backward(const Problem<G>& p, const GradientBlock& block,
-                                          const Tables<G>& tables, const T* grad_out,
-                                          const int32_t*, G* grad, Scratch<G>& scratch) {
-    if (block.rois.size == 0) return;
-    if constexpr (Tabulate::kWindows) {
-      const Shape& s = p.shape;
-      if (!s.channels_last) return backward_windows(p, block, grad_out, grad, scratch.windows);
-      backward_windows_nhwc(p, block, tables, grad_out, grad, scratch);
-    } else {
-      backward_taps(p, block, tables, grad_out, grad, scratch);
-    }
+  static void backward(const Problem<G>& p, const GradientBlock& block, const Tables<G>& tables,
+                       const T* grad_out, const int32_t*, G* grad, Scratch<G>& scratch) {
+    with_native_isa([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
+      if (block.rois.size == 0) return;
+      if constexpr (Tabulate::kWindows) {
+        const Shape& s = p.shape;
+        if (!s.channels_last)
+          return backward_windows<decltype(bytes)::value>(p, block, grad_out, grad,
+                                                          scratch.windows);
+        backward_windows_nhwc(p, block, tables, grad_out, grad, scratch);
+      } else {
+        backward_taps(p, block, tables, grad_out, grad, scratch);
+      }
+    });
   }
 
  private:
   // NCHW, Tabulate::kBinPlanes: see forward_nchw.
-  template <typename T, typename G>
+  template <int bytes, typename T, typename G>
   static JAX_ROI_ALWAYS_INLINE void forward_bin_planes(const Problem<G>& p, const RoiList& list,
                                                        int64_t i0, int64_t i1, const T* features,
                                                        T* out, Scratch<G>& scratch) {
@@ -299,9 +303,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
             continue;
           }
           tile.load(s, features, t.batch, c * bins + b, bins, n);  // unless it holds them
-          with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
-            tile_forward_bin<decltype(bytes)::value>(s, t, b, c, n, tile, out);
-          });
+          tile_forward_bin<bytes>(s, t, b, c, n, tile, out);
         }
       }
     }
@@ -340,7 +342,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
   }
 
   // NCHW, Tabulate::kWindows: bin by bin (pool_windows.h).
-  template <typename T, typename G>
+  template <int bytes, typename T, typename G>
   static JAX_ROI_ALWAYS_INLINE void backward_windows(const Problem<G>& p,
                                                      const GradientBlock& block,
                                                      const T* grad_out, G* grad,
@@ -352,16 +354,14 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
     // wider vector mostly splits across cache lines (psroi-rfcn, measured
     // on a first version that added windows from the taps: 64 bytes about
     // 40% slower than 32).
-    with_native_vector_bytes([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
-      constexpr int kBytes = std::min(decltype(bytes)::value, 32);
-      for (int64_t b = 0; b < bins; ++b) {
-        zero_mapped_planes(s, block.batch, b, block.c0, block.c1, grad);
-        const auto [first, last] = mapped_channels(s, b, block.c0, block.c1);
-        if (last > first)
-          window_backward_bin<kBytes>(s, block, b, first, last - first, step, grad_out, grad,
-                                      windows);
-      }
-    });
+    constexpr int kBytes = std::min(bytes, 32);
+    for (int64_t b = 0; b < bins; ++b) {
+      zero_mapped_planes(s, block.batch, b, block.c0, block.c1, grad);
+      const auto [first, last] = mapped_channels(s, b, block.c0, block.c1);
+      if (last > first)
+        window_backward_bin<kBytes>(s, block, b, first, last - first, step, grad_out, grad,
+                                    windows);
+    }
   }
 
   // NHWC, Tabulate::kWindows: a ROI at a time, each bin's window clipped

@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "isa_clones.h"
+#include "isa_dispatch.h"
 
 namespace jax_roi {
 

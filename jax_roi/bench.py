@@ -6,7 +6,7 @@ in one run. The backward pass is the gradient with respect to the features,
 and for prroi-atom with respect to the features and the boxes.
 
     python -m jax_roi.bench                     # the workloads of the benchmark spec
-    python -m jax_roi.bench --quick             # reduced sizes, seconds
+    python -m jax_roi.bench --quick             # reduced sizes, a row per op: seconds
     python -m jax_roi.bench --vector-bytes 32   # the AVX2 kernels on an AVX-512 machine
     python -m jax_roi.bench --workloads rot-p2,psroi-rfcn   # some workloads only
 
@@ -374,16 +374,23 @@ def torchvision_available():
 def cases(quick_run, names=None):
     """(workload, mode, layout, dtype) rows of the table, of the workloads
     called `names` (all when None)."""
+    quick_count = 0
     for base in WORKLOADS:
         if names and base.name not in names:
             continue
         w = quick(base) if quick_run else base
         modes = ("avg", "max") if w.op == "align" else ("avg",)
         for mode in modes:
-            for layout in ("NCHW", "NHWC"):
-                yield w, mode, layout, "float32"
+            rows = [("NCHW", "float32"), ("NHWC", "float32")]
             if mode == "avg":
-                yield w, mode, "NHWC", "bfloat16"
+                rows.append(("NHWC", "bfloat16"))
+            if quick_run:
+                # one row per op, the next of its rows each time: across the
+                # run every layout and dtype, in a tenth of the compiles
+                rows = [rows[quick_count % len(rows)]]
+                quick_count += 1
+            for layout, dtype in rows:
+                yield w, mode, layout, dtype
 
 
 def fresh_result(features):
@@ -505,7 +512,8 @@ def positive_int(text):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="reduced sizes: runs in seconds")
+    parser.add_argument("--quick", action="store_true", help="reduced sizes and one row per op (the layouts and dtypes in "
+                             "turn): runs in seconds")
     parser.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS,
                         help="timed rounds per case, at least: each calls every "
                              "implementation twice and times the second call")

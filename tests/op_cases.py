@@ -40,9 +40,7 @@ def _close(actual, expected, dtype):
     np.testing.assert_allclose(actual, expected, rtol=TOL[dtype], atol=TOL[dtype] * scale)
 
 
-def sweep(names, cases, pure_jax):
-    """Parameters `names` + ",implementation": every case on the kernels
-    (implementation None), the cases in `pure_jax` also on pure JAX ("xla")."""
+def _sweep_params(cases, pure_jax):
     params = []
     for case in cases:
         case = case if isinstance(case, tuple) else (case,)
@@ -50,4 +48,19 @@ def sweep(names, cases, pure_jax):
         params.append(pytest.param(*case, None, id=label + "-kernel"))
         if case in pure_jax:
             params.append(pytest.param(*case, "xla", id=label + "-pure_jax"))
-    return pytest.mark.parametrize(names + ",implementation", params)
+    return params
+
+
+def sweep(names, cases, pure_jax):
+    """Parameters `names` + ",implementation": every case on the kernels
+    (implementation None), the cases in `pure_jax` also on pure JAX ("xla")."""
+    return pytest.mark.parametrize(names + ",implementation", _sweep_params(cases, pure_jax))
+
+
+def sweep_both_implementations(names, cases, pure_jax):
+    """sweep for a test that takes its implementation through the
+    both_implementations fixture (conftest.py) instead of an argument."""
+    return pytest.mark.parametrize(names + ",both_implementations",
+                                   _sweep_params(cases, pure_jax),
+                                   indirect=["both_implementations"])
+

@@ -4,6 +4,7 @@ implementation alike: jvp against central finite differences in float64,
 jacfwd against jacrev, linearize, hessian and grad of grad."""
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ import pytest
 from jax.test_util import check_grads
 
 import jax_roi
+from op_cases import sweep
 
 OPS = {
     "align_avg": lambda f, r, layout, impl: jax_roi.roi_align(
@@ -25,6 +27,11 @@ OPS = {
 }
 LAYOUTS = ["NCHW", "NHWC"]
 IMPLEMENTATIONS = [None, "xla"]
+# Every op in both layouts on the kernels; on pure JAX every op in one layout,
+# alternating: its layouts differ by a transpose, and its compiles took most
+# of this module's time.
+OP_LAYOUT_SWEEP = sweep("op,layout", list(itertools.product(sorted(OPS), LAYOUTS)),
+                        [(op, LAYOUTS[i % 2]) for i, op in enumerate(sorted(OPS))])
 
 
 def problem(seed, layout, n=2, c=3, h=6, w=7, k=4):
@@ -42,9 +49,7 @@ def central_difference(fn, x, t, eps=1e-6):
     return (fn(x + eps * t) - fn(x - eps * t)) / (2 * eps)
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=["kernel", "pure_jax"])
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("op", sorted(OPS))
+@OP_LAYOUT_SWEEP
 def test_jvp_is_the_finite_difference(op, layout, implementation):
     x, rois, t = problem(1, layout)
     fn = lambda f: OPS[op](f, rois, layout, implementation)
@@ -58,9 +63,7 @@ def test_jvp_is_the_finite_difference(op, layout, implementation):
     np.testing.assert_allclose(linear(2 * t), 2 * tangent, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=["kernel", "pure_jax"])
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("op", sorted(OPS))
+@OP_LAYOUT_SWEEP
 def test_jacfwd_equals_jacrev(op, layout, implementation):
     x, rois, _ = problem(2, layout, n=1, c=2, h=4, w=5, k=2)
     fn = lambda f: OPS[op](f, rois, layout, implementation)
@@ -69,9 +72,7 @@ def test_jacfwd_equals_jacrev(op, layout, implementation):
     assert np.any(np.asarray(forward) != 0)
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=["kernel", "pure_jax"])
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("op", sorted(OPS))
+@OP_LAYOUT_SWEEP
 def test_hessian_of_a_quadratic_loss_is_twice_j_transpose_j(op, layout, implementation):
     # every op is linear in the features wherever its winners stay put, so
     # the loss sum(out**2) has the Hessian 2 J^T J there
@@ -83,9 +84,7 @@ def test_hessian_of_a_quadratic_loss_is_twice_j_transpose_j(op, layout, implemen
     assert np.any(hessian != 0)
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=["kernel", "pure_jax"])
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("op", sorted(OPS))
+@OP_LAYOUT_SWEEP
 def test_check_grads_second_order_both_modes(op, layout, implementation):
     x, rois, _ = problem(4, layout)
     fn = lambda f: jnp.sum(jnp.sin(OPS[op](f, rois, layout, implementation)))

@@ -30,6 +30,10 @@ settings.register_profile(
     "long", max_examples=400, deadline=None, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("JAX_ROI_HYPOTHESIS_PROFILE", "ci"))
+# Every example of a comparison with the pure-JAX implementation compiles it
+# anew (forward and derivative), which took most of this module's time: those
+# properties run half the profile's examples.
+PURE_JAX_EXAMPLES = settings(max_examples=settings.default.max_examples // 2)
 
 OPS = ["align_avg", "align_max", "pool", "rotated", "ps_align", "ps_pool", "prroi"]
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16,
@@ -243,6 +247,7 @@ def test_per_image_boxes_equal_rows(p, per_image):
                                   np.asarray(by_row, np.float64))
 
 
+@PURE_JAX_EXAMPLES
 @with_fixed_examples()
 @given(problems(dtypes=("float64", "float32")))
 def test_kernels_equal_the_pure_jax_implementation(p):
@@ -276,6 +281,7 @@ def valid_rows(p):
     return in_range & np.all(np.isfinite(p["rois"][:, 1:]), axis=1)
 
 
+@PURE_JAX_EXAMPLES
 @with_fixed_examples()
 @given(problems(dtypes=("float64",)))
 def test_box_derivative_kernels_equal_the_pure_jax_implementation(p):

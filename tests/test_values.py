@@ -10,7 +10,7 @@ import pytest
 
 import jax_roi
 import numpy_reference as ref
-from op_cases import kernels_only
+from op_cases import kernels_only, sweep_both_implementations
 
 
 # every value test runs through both implementations, but those marked kernels_only
@@ -19,6 +19,7 @@ pytestmark = pytest.mark.usefixtures("both_implementations")
 
 F64, F32 = np.dtype(np.float64), np.dtype(np.float32)
 BF16, F16 = np.dtype(jnp.bfloat16), np.dtype(np.float16)
+DTYPES = [F64, F32, BF16, F16]
 
 # Relative tolerance per feature dtype; the absolute one is the same scaled by
 # the largest expected magnitude. 16-bit outputs are compared against the
@@ -117,10 +118,19 @@ def _check(op, x, rois, out_size, dtype, layout, seed=0, **kw):
 
 # ------------------------------------------------------------ random cases
 
-@pytest.mark.parametrize("layout,fmt", [("NCHW", "K5"), ("NHWC", "NL4")])
-@pytest.mark.parametrize("sr", [-1, 0, 1, 2, 3])
-@pytest.mark.parametrize("aligned", [False, True])
-@pytest.mark.parametrize("mode", ["avg", "max"])
+RANDOM_LAYOUTS = [("NCHW", "K5"), ("NHWC", "NL4")]
+RANDOM_SAMPLING = [(mode, sr) for mode in ("avg", "max") for sr in (-1, 0, 1, 2, 3)]
+
+
+# The kernels run every case; pure JAX, whose compiles take most of the time,
+# runs every mode with every sampling ratio once, `aligned` and the layout
+# counting through their four pairs along the way.
+@sweep_both_implementations(
+    "mode,aligned,sr,layout,fmt",
+    [(mode, aligned, sr, *layout) for mode, sr in RANDOM_SAMPLING for aligned in (False, True)
+     for layout in RANDOM_LAYOUTS],
+    [(mode, i % 2 == 1, sr, *RANDOM_LAYOUTS[i // 2 % 2])
+     for i, (mode, sr) in enumerate(RANDOM_SAMPLING)])
 def test_roi_align_random(mode, aligned, sr, layout, fmt):
     rng = _rng(mode, aligned, sr, layout)
     x = _features(rng, layout, F64)
@@ -158,9 +168,13 @@ OPS = {
 }
 
 
-@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("op", list(OPS))
-@pytest.mark.parametrize("dtype", [F64, F32, BF16, F16], ids=str)
+# every case on the kernels; on pure JAX every dtype with every op, in
+# alternating layouts
+@sweep_both_implementations(
+    "dtype,op,layout",
+    [(dtype, op, layout) for dtype in DTYPES for op in OPS for layout in ("NCHW", "NHWC")],
+    [(dtype, op, ("NCHW", "NHWC")[i % 2])
+     for i, (dtype, op) in enumerate((dtype, op) for dtype in DTYPES for op in OPS)])
 def test_dtypes(dtype, op, layout):
     shape = (2, 2, 8, 8)
     rng = np.random.default_rng(3)

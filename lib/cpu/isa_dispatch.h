@@ -27,6 +27,8 @@
     !defined(JAX_ROI_BASELINE_ISA_ONLY)
 #define JAX_ROI_ISA_FOR_64 __attribute__((target("arch=x86-64-v4")))
 #define JAX_ROI_ISA_FOR_32 __attribute__((target("arch=x86-64-v3")))
+// the 32- and 64-byte bodies may use their ISA's builtins (F16C is in both)
+#define JAX_ROI_WIDTHS_HAVE_THEIR_ISA 1
 #else
 #define JAX_ROI_ISA_FOR_64
 #define JAX_ROI_ISA_FOR_32

@@ -116,10 +116,12 @@ JAX_ROI_HOST_DEVICE U float16_bits_of(U u) {
   const U rebiased = magnitude - (112u << 23);
   const U normal = (rebiased + 0xfffu + ((rebiased >> 13) & 1u)) >> 13;
   // a subnormal half (below 2^-14): magnitude * 2^24 rounded to an integer,
-  // the significand with its implicit bit shifted right 126 - exponent bits
-  // (at most 31: anything shifted further rounds to 0 as well)
+  // the significand with its implicit bit shifted right 126 - exponent bits,
+  // 14 to 31 of them (anything shifted further rounds to 0 as well). Other
+  // lanes, whose result is not taken, shift 31 too: a shift outside [1, 31]
+  // would be undefined.
   const U shift_wanted = 126u - (magnitude >> 23);
-  const U shift = shift_wanted < 31u ? shift_wanted : U(zero + 31u);
+  const U shift = shift_wanted - 14u <= 17u ? shift_wanted : U(zero + 31u);
   const U significand = (magnitude & 0x7fffffu) | 0x800000u;
   const U half_ulp = U(zero + 1u) << (shift - 1u);
   const U subnormal = (significand + (half_ulp - 1u) + ((significand >> shift) & 1u)) >> shift;

@@ -512,7 +512,8 @@ def positive_int(text):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="reduced sizes and one row per op (the layouts and dtypes in "
+    parser.add_argument("--quick", action="store_true",
+                        help="reduced sizes and one row per op (the layouts and dtypes in "
                              "turn): runs in seconds")
     parser.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS,
                         help="timed rounds per case, at least: each calls every "

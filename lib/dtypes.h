@@ -100,7 +100,8 @@ struct StoreAs<double> {
 // The rounding of a float's bits to a 16-bit type's, to nearest even, written
 // once for a scalar (host and device) and for GCC vectors of lanes (the CPU
 // kernels' store_native): `?:` selects per lane on vectors, and every branch
-// is computed for every lane, so none may trap (unsigned wraps are harmless).
+// is computed for every lane, so none may trap or shift out of range
+// (unsigned wraps are harmless).
 template <typename U>
 JAX_ROI_HOST_DEVICE U bfloat16_bits_of(U u) {
   const U rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;

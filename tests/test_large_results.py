@@ -1,6 +1,6 @@
 """Results and gradients of 8 MB or more, which the CPU kernels stream to
-memory past the cache (lib/cpu/stream_store.h: NCHW results and roi_align's
-NHWC ones), hold the right values; the smaller ones of the other tests take
+memory past the cache (lib/cpu/stream_store.h: NCHW results, roi_align's
+NHWC ones, ps_roi_pool's NCHW gradient), hold the right values; the smaller ones of the other tests take
 the plain stores. float32 and bfloat16, both layouts.
 
 The whole streamed result equals the kernels' results for quarters of the
@@ -89,3 +89,42 @@ def test_streamed_results_and_gradients_hold_the_right_values(op, dtype, layout)
         got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
         assert np.abs(want).max() > 0
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+# The position-sensitive ops: 98 channels (2 output channels of 7 x 7
+# bins) of a 151 x 150 map, 8.9 MB in float32. ps_roi_pool's NCHW backward
+# sums each bin's planes in a scratch and streams them to the gradient;
+# its planes of 22,650 floats start every other one off a 16-byte boundary.
+PS_C, PS_H, PS_W, PS_K = 98, 151, 150, 300
+PS_OPS = {
+    "ps_roi_pool": partial(jax_roi.ps_roi_pool, output_size=7, spatial_scale=0.5),
+    "ps_roi_align": partial(jax_roi.ps_roi_align, output_size=7, spatial_scale=0.5,
+                            sampling_ratio=2),
+}
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("op", sorted(PS_OPS))
+def test_streamed_position_sensitive_gradients_hold_the_right_values(op, dtype, layout):
+    rng = np.random.default_rng(9)
+    features = rng.standard_normal((1, PS_C, PS_H, PS_W))
+    x0, y0 = rng.uniform(-20, 2 * PS_W, PS_K), rng.uniform(-20, 2 * PS_H, PS_K)
+    w, h = rng.uniform(4, 150, PS_K), rng.uniform(4, 150, PS_K)
+    rois = jnp.asarray(np.stack([np.zeros(PS_K), x0, y0, x0 + w, y0 + h], 1), jnp.float32)
+    cotangent = rng.standard_normal((PS_K, PS_C // 49, 7, 7))
+    if layout == "NHWC":
+        features, cotangent = features.transpose(0, 2, 3, 1), cotangent.transpose(0, 2, 3, 1)
+    features, cotangent = jnp.asarray(features, dtype), jnp.asarray(cotangent, dtype)
+    assert features.size * 4 >= STREAMED_BYTES  # the float32 sums are streamed
+
+    def gradient(implementation):
+        fn = partial(PS_OPS[op], layout=layout, implementation=implementation)
+        return jax.jit(lambda f: jax.vjp(lambda g: fn(g, rois), f)[1](cotangent)[0])(features)
+
+    got = np.asarray(gradient("kernel"), np.float32)
+    want = np.asarray(gradient("xla"), np.float32)
+    assert np.count_nonzero(want) > want.size // 20  # many planes and pixels take a part
+    # float32: summation order, and (ps_roi_align) sample positions an ulp apart
+    tol = 1e-4 if dtype == jnp.float32 else 1e-2
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())

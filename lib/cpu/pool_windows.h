@@ -185,12 +185,12 @@ struct WindowTable {
   }
 };
 
-// Output channels [first, first + n) of bin b (input channels first*bins +
-// b, then every `step` elements) of the block's ROIs, their gradients
-// gathered (gather_gradients), into their planes (zeroed). A run is covered by vectors of `bytes` shifted left to stay in
-// their row (a narrower map takes its pixels one by one); lanes outside the
-// run add +0, which leaves the gradient as it was (it starts at +0, so it
-// never holds -0).
+// Output channels [first, first + n) of bin b of the block's ROIs, their
+// gradients gathered (gather_gradients), into their planes (zeroed): the
+// first at `base`, the next every `step` elements. A run is covered by
+// vectors of `bytes` shifted left to stay in their row (a narrower map
+// takes its pixels one by one); lanes outside the run add +0, which leaves
+// the gradient as it was (it starts at +0, so it never holds -0).
 template <int bytes, typename G>
 JAX_ROI_ALWAYS_INLINE void window_backward_bin(const Shape& s, const GradientBlock& block,
                                                int64_t b, int64_t first, int64_t n, G* base,

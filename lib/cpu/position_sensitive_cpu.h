@@ -12,6 +12,9 @@
 // the bins outermost, zeroing a bin's planes just before every ROI adds to
 // them: they are written to memory once, and their updates hit the cache
 // (where zeroing the whole block first left them to be fetched again).
+// ps_roi_pool's backward sums a gradient large enough to stream in a
+// scratch that stays in cache (a bin's planes in NCHW, a row band in NHWC)
+// and streams it: zeroed in place, the gradient was read from memory first.
 // The NCHW forward of ps_roi_align reads a bin's planes interleaved in a
 // tile instead (bin_planes.h), so that a tap's channels are vector loads;
 // the NCHW backward of ps_roi_pool adds its bins' windows row by row as
@@ -204,12 +207,13 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
     BinPlanes<G> tile;          // NCHW forward's
     PoolWindows<G> windows;     // with Tabulate::kWindows, a ROI's or a block's
     std::vector<Span> rows, columns;  // NHWC backward's, unshared
+    std::vector<G> band;              // NHWC backward's row band, where streamed
   };
   static constexpr int64_t kNhwcChunksPerThread = 8;
   static constexpr NchwSplit kNchwSplit =
       Tabulate::kBinPlanes ? NchwSplit::kBins : NchwSplit::kRois;
   static constexpr bool kNchwFromChannelsLast = false;
-  static constexpr bool backward_writes_block(bool channels_last) { return !channels_last; }
+  static constexpr bool backward_writes_block(bool) { return true; }
 
   // With Tabulate::kWindows no taps: the NHWC backward's windows (shared
   // by the row bands), nothing for the NCHW one.
@@ -252,9 +256,9 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
   }
 
   // The block's ROIs (all of one image, all valid): NCHW a bin at a time,
-  // zeroing the bin's planes first (backward_writes_block); NHWC a ROI at a
-  // time into a zeroed row band (kNhwcBackwardRowBands), skipping the bins
-  // whose rows it does not meet.
+  // zeroing the bin's planes first; NHWC a ROI at a time into a zeroed row
+  // band (kNhwcBackwardRowBands), skipping the bins whose rows it does not
+  // meet. Either way it writes its whole block (backward_writes_block).
   template <typename T, typename G>
   static void backward(const Problem<G>& p, const GradientBlock& block, const Tables<G>& tables,
                        const T* grad_out, const int32_t*, G* grad, Scratch<G>& scratch) {
@@ -332,7 +336,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
     }
     // NHWC, or NCHW with taps too many to keep (tabulated at each visit,
     // so once).
-    if (!s.channels_last) zero_gradient_block(s, block, grad);
+    zero_gradient_block(s, block, grad);
     for (int64_t j = 0; j < list.size; ++j) {
       const BinTaps<G>& t = taps.of(list.ids + j, p, scratch.taps);
       if (t.batch < 0 || !t.may_meet(block.y0, block.y1)) continue;
@@ -399,6 +403,20 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
     const int64_t bins = s.pooled_h * s.pooled_w, step = mapped_channel_step(s);
     const int64_t row = s.channels * s.width;
     const WindowTable<G>& table = tables.windows;
+    // The block's rows from block.y0 on: a row band (every channel) of a
+    // gradient large enough to stream is summed in a scratch that stays in
+    // cache and streamed; other blocks are zeroed in place.
+    const int64_t elements = (block.y1 - block.y0) * row;
+    const bool stream = block.c0 == 0 && block.c1 == s.channels &&
+                        streamed_result<G>(s.feature_count());
+    G* const target = gradient_at(s, grad, block.batch, block.y0, 0, 0);
+    G* rows_from_y0 = target;
+    if (stream) {
+      scratch.band.assign(elements, G(0));
+      rows_from_y0 = scratch.band.data();
+    } else {
+      zero_gradient_block(s, block, grad);
+    }
     for (int64_t j = 0; j < block.rois.size; ++j) {
       const int64_t k = block.rois.ids[j];
       const Span *rows, *columns;
@@ -427,14 +445,18 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
         for (int64_t c = 0; c < n; ++c)
           g[c] = to_acc(grad_out[output_index(s, k, first + c, b / s.pooled_w, b % s.pooled_w)]) /
                  area;
-        G* const base = gradient_at(s, grad, block.batch, 0, 0, first * bins + b);
+        G* const base = rows_from_y0 + first * bins + b;
         for (int64_t y = y0; y < y1; ++y) {
           for (int64_t x = w.lo; x < w.hi; ++x) {
-            G* __restrict__ v = base + y * row + x * s.channels;
+            G* __restrict__ v = base + (y - block.y0) * row + x * s.channels;
             for (int64_t c = 0; c < n; ++c) v[c * step] += g[c];
           }
         }
       }
+    }
+    if (stream) {
+      stream_copy(target, scratch.band.data(), elements);
+      stream_fence();
     }
   }
 

@@ -1,7 +1,8 @@
 """Results and gradients of 8 MB or more, which the CPU kernels stream to
 memory past the cache (lib/cpu/stream_store.h: NCHW results, roi_align's
-NHWC ones, ps_roi_pool's NCHW gradient), hold the right values; the smaller ones of the other tests take
-the plain stores. float32 and bfloat16, both layouts.
+NHWC ones, ps_roi_pool's gradient), hold the right values; the smaller ones
+of the other tests take the plain stores. float32 and bfloat16, both
+layouts.
 
 The whole streamed result equals the kernels' results for quarters of the
 ROIs, each small enough for plain stores (roi_align's NCHW forward takes a
@@ -35,14 +36,20 @@ OPS = {
 }
 
 
+def random_boxes(rng, k, height, width):
+    """x0, y0, w, h of k boxes 4 to 150 pixels wide, many past the map's edges."""
+    x0, y0 = rng.uniform(-20, 2 * width, k), rng.uniform(-20, 2 * height, k)
+    w, h = rng.uniform(4, 150, k), rng.uniform(4, 150, k)
+    return x0, y0, w, h
+
+
 def inputs(op, dtype, layout):
     rng = np.random.default_rng(7)
     features = rng.standard_normal((1, C, H, W))
     if layout == "NHWC":
         features = features.transpose(0, 2, 3, 1)
     features = jnp.asarray(features, dtype)
-    x0, y0 = rng.uniform(-20, 2 * W, K), rng.uniform(-20, 2 * H, K)
-    w, h = rng.uniform(4, 150, K), rng.uniform(4, 150, K)
+    x0, y0, w, h = random_boxes(rng, K, H, W)
     if op == "roi_align_rotated":
         boxes = np.stack([np.zeros(K), x0, y0, w, h, rng.uniform(-90, 90, K)], 1)
     else:
@@ -92,9 +99,10 @@ def test_streamed_results_and_gradients_hold_the_right_values(op, dtype, layout)
 
 
 # The position-sensitive ops: 98 channels (2 output channels of 7 x 7
-# bins) of a 151 x 150 map, 8.9 MB in float32. ps_roi_pool's NCHW backward
-# sums each bin's planes in a scratch and streams them to the gradient;
-# its planes of 22,650 floats start every other one off a 16-byte boundary.
+# bins) of a 151 x 150 map, 8.9 MB in float32. ps_roi_pool's backward sums
+# each bin's planes (NCHW) or each row band (NHWC) in a scratch and streams
+# it to the gradient; its NCHW planes of 22,650 floats start every other
+# one off a 16-byte boundary.
 PS_C, PS_H, PS_W, PS_K = 98, 151, 150, 300
 PS_OPS = {
     "ps_roi_pool": partial(jax_roi.ps_roi_pool, output_size=7, spatial_scale=0.5),
@@ -109,8 +117,7 @@ PS_OPS = {
 def test_streamed_position_sensitive_gradients_hold_the_right_values(op, dtype, layout):
     rng = np.random.default_rng(9)
     features = rng.standard_normal((1, PS_C, PS_H, PS_W))
-    x0, y0 = rng.uniform(-20, 2 * PS_W, PS_K), rng.uniform(-20, 2 * PS_H, PS_K)
-    w, h = rng.uniform(4, 150, PS_K), rng.uniform(4, 150, PS_K)
+    x0, y0, w, h = random_boxes(rng, PS_K, PS_H, PS_W)
     rois = jnp.asarray(np.stack([np.zeros(PS_K), x0, y0, x0 + w, y0 + h], 1), jnp.float32)
     cotangent = rng.standard_normal((PS_K, PS_C // 49, 7, 7))
     if layout == "NHWC":

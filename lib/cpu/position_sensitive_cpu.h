@@ -208,6 +208,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
     PoolWindows<G> windows;     // with Tabulate::kWindows, a ROI's or a block's
     std::vector<Span> rows, columns;  // NHWC backward's, unshared
     std::vector<G> band;              // NHWC backward's row band, where streamed
+    std::vector<MappedChannels> mapped;  // NHWC backward's, per bin
   };
   static constexpr int64_t kNhwcChunksPerThread = 8;
   static constexpr NchwSplit kNchwSplit =
@@ -417,6 +418,10 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
     } else {
       zero_gradient_block(s, block, grad);
     }
+    // Each bin's output channels, found once for the block (a division
+    // each, where the bins of every ROI of every band need them).
+    scratch.mapped.resize(bins);
+    for (int64_t b = 0; b < bins; ++b) scratch.mapped[b] = mapped_channels(s, b, block.c0, block.c1);
     for (int64_t j = 0; j < block.rois.size; ++j) {
       const int64_t k = block.rois.ids[j];
       const Span *rows, *columns;
@@ -432,24 +437,27 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
         rows = scratch.rows.data();
         columns = scratch.columns.data();
       }
-      for (int64_t b = 0; b < bins; ++b) {
-        const Span h = rows[b / s.pooled_w], w = columns[b % s.pooled_w];
+      for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
+        const Span h = rows[ph];
         const int64_t y0 = std::max<int64_t>(h.lo, block.y0);
         const int64_t y1 = std::min<int64_t>(h.hi, block.y1);
-        const auto [first, last] = mapped_channels(s, b, block.c0, block.c1);
-        if (y1 <= y0 || w.hi <= w.lo || last == first) continue;
-        const int64_t n = last - first;
-        const G area = static_cast<G>(pooled_area(h, w));
-        scratch.acc.resize(n);
-        G* __restrict__ g = scratch.acc.data();
-        for (int64_t c = 0; c < n; ++c)
-          g[c] = to_acc(grad_out[output_index(s, k, first + c, b / s.pooled_w, b % s.pooled_w)]) /
-                 area;
-        G* const base = rows_from_y0 + first * bins + b;
-        for (int64_t y = y0; y < y1; ++y) {
-          for (int64_t x = w.lo; x < w.hi; ++x) {
-            G* __restrict__ v = base + (y - block.y0) * row + x * s.channels;
-            for (int64_t c = 0; c < n; ++c) v[c * step] += g[c];
+        if (y1 <= y0) continue;
+        for (int64_t pw = 0, b = ph * s.pooled_w; pw < s.pooled_w; ++pw, ++b) {
+          const Span w = columns[pw];
+          const auto [first, last] = scratch.mapped[b];
+          if (w.hi <= w.lo || last == first) continue;
+          const int64_t n = last - first;
+          const G area = static_cast<G>(pooled_area(h, w));
+          scratch.acc.resize(n);
+          G* __restrict__ g = scratch.acc.data();
+          const T* src = grad_out + output_index(s, k, first, ph, pw);  // NHWC: c contiguous
+          for (int64_t c = 0; c < n; ++c) g[c] = to_acc(src[c]) / area;
+          G* const base = rows_from_y0 + first * bins + b;
+          for (int64_t y = y0; y < y1; ++y) {
+            for (int64_t x = w.lo; x < w.hi; ++x) {
+              G* __restrict__ v = base + (y - block.y0) * row + x * s.channels;
+              for (int64_t c = 0; c < n; ++c) v[c * step] += g[c];
+            }
           }
         }
       }

@@ -207,6 +207,21 @@ void add_merged_samples(const Bilinear<G>* w, int64_t count, BinTaps<G>& t) {
       if (touched[cell]) t.add_new(y, x, weight[cell]);
 }
 
+// An aligned bin whose samples come from its ROI's axis tables
+// (axis_table.h): the samples align_bin_of's AlignBin computes, each
+// row's and column's interpolation computed once a ROI.
+template <typename G>
+struct TabledBin {
+  AlignRoi<G> roi;
+  SampleRange ys, xs;
+  const AxisWeights<G>* y;  // sample ys.lo's on
+  const AxisWeights<G>* x;  // sample xs.lo's on
+  G count;
+  Bilinear<G> sample(int64_t iy, int64_t ix, const Shape&) const {
+    return bilinear(y[iy - ys.lo], x[ix - xs.lo]);
+  }
+};
+
 // The taps of a bin's bilinear samples (in ranges ys x xs) of a Bin as the
 // element functions define it (elements/), ending the bin.
 template <typename G, typename Bin>

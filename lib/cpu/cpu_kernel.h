@@ -23,7 +23,7 @@
 //     channels instead;
 //   forward_nchw(p, list, tables, i0, i1, features, out, argmax, scratch):
 //     the listed ROIs' outputs as kNchwSplit says, the call's tables
-//     tabulated for kChannels only;
+//     tabulated for kChannels and kBins, not kRois;
 //   forward_nhwc(p, list, tables, features, out, argmax, scratch): every
 //     channel of the listed ROIs (a part of the tabulated list);
 //   backward(p, block, tables, grad_out, argmax, grad, scratch): the

@@ -159,20 +159,20 @@ JAX_ROI_ALWAYS_INLINE void mapped_backward_bin(const Shape& s, const BinTaps<G>&
   }
 }
 
-// NCHW: output bin b of a ROI whose taps are `t`'s bin 0, output channels
+// NCHW: output bin b of a ROI whose taps are `t`'s bin tb, output channels
 // [c, c + n), from the bin's planes in `tile`, kLanes channels at a time.
 template <int bytes, typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void tile_forward_bin(const Shape& s, const BinTaps<G>& t, int64_t b,
-                                            int64_t c, int64_t n, const BinPlanes<G>& tile,
-                                            T* out) {
+                                            int64_t tb, int64_t c, int64_t n,
+                                            const BinPlanes<G>& tile, T* out) {
   const int64_t step = s.pooled_h * s.pooled_w;  // between output channels
   T* dst = out + output_index(s, t.roi, c, b / s.pooled_w, b % s.pooled_w);
   for (int64_t lane0 = 0; lane0 < n; lane0 += kLanes) {
     LaneVectors<G, bytes> sum;
-    for (const Tap<G>* tap = t.begin(0); tap != t.end(0); ++tap)
+    for (const Tap<G>* tap = t.begin(tb); tap != t.end(tb); ++tap)
       sum.add_scaled(tap->weight, tile.at(s.width, tap->y, tap->x) + lane0);
     G lane[kLanes];
-    sum.divide(t.divisor[0]);
+    sum.divide(t.divisor[tb]);
     sum.store(lane);
     const int64_t lanes = std::min<int64_t>(kLanes, n - lane0);
     for (int64_t j = 0; j < lanes; ++j) dst[(lane0 + j) * step] = from_acc<T>(lane[j]);
@@ -232,17 +232,19 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
   }
 
   // With Tabulate::kBinPlanes, bins [i0, i1) of every output channel of
-  // the listed ROIs (NchwSplit::kBins: the call's taps are not tabulated;
-  // a ROI's bin is tabulated when it is visited), a bin's planes in a tile
-  // at a time (unless the map is too large for one). Else every bin and
-  // output channel of the listed ROIs (a part of them, NchwSplit::kRois), a
-  // ROI at a time.
+  // the listed ROIs (NchwSplit::kBins: the call's taps, where they are too
+  // many to keep a ROI's bin tabulated when it is visited), a bin's planes
+  // in a tile at a time (unless the map is too large for one). Else every
+  // bin and output channel of the listed ROIs (a part of them,
+  // NchwSplit::kRois), a ROI at a time.
   template <typename T, typename G>
-  static void forward_nchw(const Problem<G>& p, const RoiList& list, const Tables<G>&, int64_t i0,
-                           int64_t i1, const T* features, T* out, int32_t*, Scratch<G>& scratch) {
+  static void forward_nchw(const Problem<G>& p, const RoiList& list, const Tables<G>& tables,
+                           int64_t i0, int64_t i1, const T* features, T* out, int32_t*,
+                           Scratch<G>& scratch) {
     with_native_isa([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
       if constexpr (Tabulate::kBinPlanes)
-        forward_bin_planes<decltype(bytes)::value>(p, list, i0, i1, features, out, scratch);
+        forward_bin_planes<decltype(bytes)::value>(p, list, tables, i0, i1, features, out,
+                                                   scratch);
       else
         forward_part(p, list, features, out, scratch);
     });
@@ -281,19 +283,20 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
   // NCHW, Tabulate::kBinPlanes: see forward_nchw.
   template <int bytes, typename T, typename G>
   static JAX_ROI_ALWAYS_INLINE void forward_bin_planes(const Problem<G>& p, const RoiList& list,
-                                                       int64_t i0, int64_t i1, const T* features,
-                                                       T* out, Scratch<G>& scratch) {
+                                                       const Tables<G>& tables, int64_t i0,
+                                                       int64_t i1, const T* features, T* out,
+                                                       Scratch<G>& scratch) {
     const Shape& s = p.shape;
     const int64_t bins = s.pooled_h * s.pooled_w, C = s.out_channels;
     const int64_t most = BinPlanes<G>::max_lanes(s);
     if (most == 0) {  // a map too large for a tile: its planes themselves
       for (int64_t j = 0; j < list.size; ++j) {
         for (int64_t b = i0; b < i1; ++b) {
-          const BinTaps<G>& t = bin_taps(p, list.ids[j], b, scratch.taps);
+          const auto [t, tb] = roi_bin_taps(p, tables, list.ids + j, b, scratch.taps);
           if (t.batch < 0)
             zero_roi_output(s, t.roi, 0, C, out, b, b + 1);
           else
-            mapped_forward_bin(s, t, b, 0, features, out, scratch.acc);
+            mapped_forward_bin(s, t, b, tb, features, out, scratch.acc);
         }
       }
       return;
@@ -303,16 +306,31 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
       for (int64_t c = 0; c < C; c += most) {
         const int64_t n = std::min(most, C - c);
         for (int64_t j = 0; j < list.size; ++j) {
-          const BinTaps<G>& t = bin_taps(p, list.ids[j], b, scratch.taps);
+          const auto [t, tb] = roi_bin_taps(p, tables, list.ids + j, b, scratch.taps);
           if (t.batch < 0) {
             zero_roi_output(s, t.roi, c, c + n, out, b, b + 1);
             continue;
           }
           tile.load(s, features, t.batch, c * bins + b, bins, n);  // unless it holds them
-          tile_forward_bin<bytes>(s, t, b, c, n, tile, out);
+          tile_forward_bin<bytes>(s, t, b, tb, c, n, tile, out);
         }
       }
     }
+  }
+
+  // Bin b of a listed ROI: the call's taps and b where they are kept, else
+  // the bin alone, tabulated now, and 0.
+  template <typename G>
+  struct RoiBin {
+    const BinTaps<G>& taps;
+    int64_t bin;
+  };
+  template <typename G>
+  static JAX_ROI_ALWAYS_INLINE RoiBin<G> roi_bin_taps(const Problem<G>& p, const Tables<G>& tables,
+                                                      const int64_t* id, int64_t b,
+                                                      BinTaps<G>& own) {
+    if (tables.shared) return {tables.rois[id - tables.ids], b};
+    return {bin_taps(p, *id, b, own), 0};
   }
 
   // The taps of the block's ROIs: see backward.
@@ -525,12 +543,25 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
 struct PsAlignTaps {
   static constexpr bool kBinPlanes = true;
   static constexpr bool kWindows = false;
+  // Every bin of a ROI: its samples from the ROI's axis tables, which
+  // compute each row's and column's interpolation once where bin by bin
+  // recomputed them for every bin of the row or column (the same values;
+  // the tabulation was a third of psroi-rfcn's NHWC forward).
   template <typename G>
   static void build(const Problem<G>& p, int64_t k, BinTaps<G>& t) {
+    const Shape& s = p.shape;
     Roi<G> r;
     if (!start_taps(p, k, t, &r)) return;
-    for (int64_t ph = 0; ph < p.shape.pooled_h; ++ph)
-      for (int64_t pw = 0; pw < p.shape.pooled_w; ++pw) add_bin(p, r, ph, pw, t);
+    const AlignRoi<G> a =
+        align_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, p.sampling_ratio, p.aligned);
+    // The thread's, reused ROI after ROI (a build's callers keep none).
+    static thread_local RoiTables<G> axes;
+    axes.build(a, s);
+    for (int64_t ph = 0; ph < s.pooled_h; ++ph)
+      for (int64_t pw = 0; pw < s.pooled_w; ++pw)
+        add_sample_taps(TabledBin<G>{a, axes.y.ranges[ph], axes.x.ranges[pw], axes.y.begin(ph),
+                                     axes.x.begin(pw), a.count},
+                        s, t);
   }
   template <typename G>
   static void add_bin(const Problem<G>& p, const Roi<G>& r, int64_t ph, int64_t pw,

@@ -161,8 +161,9 @@ struct CpuBackend {
     constexpr NchwSplit split = Kernel::kNchwSplit;
     if (!s.channels_last && split == NchwSplit::kBins) {
       // Threads split the bins (and, when the bins are fewer than the
-      // threads, the ROIs into as many parts), tabulating a ROI's bin as
-      // they visit it.
+      // threads, the ROIs into as many parts); every thread visits every
+      // ROI of its part, so they are tabulated once.
+      Kernel::tabulate(pool, p, list, tables);
       const int64_t bins = s.pooled_h * s.pooled_w;
       const int64_t wanted =
           std::min(list.size, std::max<int64_t>(1, (pool.num_threads() + bins - 1) / bins));

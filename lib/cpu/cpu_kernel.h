@@ -5,9 +5,8 @@
 //   Scratch<G>: the buffers one thread reuses;
 //   kNhwcChunksPerThread: how finely NHWC forward splits the ROIs;
 //   kNchwSplit: what NCHW forward splits among threads, calling forward_nchw
-//     with output channels [i0, i1) (kChannels), with bins [i0, i1) of a
-//     part of the ROIs (kBins) or with a part of the ROIs and every channel
-//     (kRois);
+//     with output channels [i0, i1) (kChannels) or with bins [i0, i1) of a
+//     part of the ROIs (kBins);
 //   kNchwFromChannelsLast: NCHW forward on a small map copies it
 //     channels-last (channels_last_copy.h) and calls
 //     forward_from_channels_last(q, list, copy, out, scratch) with the ROIs
@@ -23,7 +22,7 @@
 //     channels instead;
 //   forward_nchw(p, list, tables, i0, i1, features, out, argmax, scratch):
 //     the listed ROIs' outputs as kNchwSplit says, the call's tables
-//     tabulated for kChannels and kBins, not kRois;
+//     tabulated;
 //   forward_nhwc(p, list, tables, features, out, argmax, scratch): every
 //     channel of the listed ROIs (a part of the tabulated list);
 //   backward(p, block, tables, grad_out, argmax, grad, scratch): the
@@ -40,7 +39,7 @@ namespace jax_roi {
 template <Op op>
 struct CpuKernel;
 
-enum class NchwSplit { kChannels, kBins, kRois };
+enum class NchwSplit { kChannels, kBins };
 
 // For kernels that tabulate per thread, as they go.
 struct NoCallTables {

@@ -211,32 +211,30 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
     std::vector<MappedChannels> mapped;  // NHWC backward's, per bin
   };
   static constexpr int64_t kNhwcChunksPerThread = 8;
-  static constexpr NchwSplit kNchwSplit =
-      Tabulate::kBinPlanes ? NchwSplit::kBins : NchwSplit::kRois;
+  static_assert(Tabulate::kBinPlanes || Tabulate::kWindows, "forward_nchw reads one or the other");
+  static constexpr NchwSplit kNchwSplit = NchwSplit::kBins;
   static constexpr bool kNchwFromChannelsLast = false;
   static constexpr bool backward_writes_block(bool) { return true; }
 
-  // With Tabulate::kWindows no taps: the NHWC backward's windows (shared
-  // by the row bands), nothing for the NCHW one.
+  // With Tabulate::kWindows no taps: the windows, which the NCHW forward's
+  // bins and the NHWC backward's row bands share (the NCHW backward finds
+  // its own).
   template <typename G>
   static void tabulate(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list,
                        Tables<G>& tables) {
     if constexpr (Tabulate::kWindows) {
-      if (p.shape.channels_last) {
-        tables.windows.build(pool, p, list);
-        tables.shared = true;
-      }
+      tables.windows.build(pool, p, list);
+      tables.shared = true;
     } else {
       CallTapTables<Tabulate, true>::tabulate(pool, p, list, tables);
     }
   }
 
-  // With Tabulate::kBinPlanes, bins [i0, i1) of every output channel of
-  // the listed ROIs (NchwSplit::kBins: the call's taps, where they are too
-  // many to keep a ROI's bin tabulated when it is visited), a bin's planes
-  // in a tile at a time (unless the map is too large for one). Else every
-  // bin and output channel of the listed ROIs (a part of them,
-  // NchwSplit::kRois), a ROI at a time.
+  // Bins [i0, i1) of every output channel of the listed ROIs. With
+  // Tabulate::kBinPlanes from the call's taps (where they are too many to
+  // keep, a ROI's bin tabulated when it is visited), a bin's planes in a
+  // tile at a time (unless the map is too large for one); with
+  // Tabulate::kWindows from the call's windows.
   template <typename T, typename G>
   static void forward_nchw(const Problem<G>& p, const RoiList& list, const Tables<G>& tables,
                            int64_t i0, int64_t i1, const T* features, T* out, int32_t*,
@@ -246,7 +244,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
         forward_bin_planes<decltype(bytes)::value>(p, list, tables, i0, i1, features, out,
                                                    scratch);
       else
-        forward_part(p, list, features, out, scratch);
+        forward_bin_windows(p, list, tables.windows, i0, i1, features, out, scratch.acc);
     });
   }
 
@@ -314,6 +312,35 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
           tile.load(s, features, t.batch, c * bins + b, bins, n);  // unless it holds them
           tile_forward_bin<bytes>(s, t, b, tb, c, n, tile, out);
         }
+      }
+    }
+  }
+
+  // NCHW, Tabulate::kWindows: bins [i0, i1) of the listed ROIs, bins
+  // outermost, so that the planes a bin reads stay in cache while every ROI
+  // reads them (ROI by ROI, every bin read every plane near the ROI:
+  // psroi-rfcn's forward, fastest calls, 2.3-2.5 -> 1.95-2.0 ms on the AVX2
+  // EPYC).
+  template <typename T, typename G>
+  static JAX_ROI_ALWAYS_INLINE void forward_bin_windows(const Problem<G>& p, const RoiList& list,
+                                                        const WindowTable<G>& table, int64_t i0,
+                                                        int64_t i1, const T* features, T* out,
+                                                        std::vector<G>& acc) {
+    const Shape& s = p.shape;
+    for (int64_t b = i0; b < i1; ++b) {
+      const int64_t ph = b / s.pooled_w, pw = b % s.pooled_w;
+      for (int64_t j = 0; j < list.size; ++j) {
+        const int64_t entry = table.entry(list.ids + j), k = list.ids[j];
+        if (table.batch[entry] < 0) {
+          zero_roi_output(s, k, 0, s.out_channels, out, b, b + 1);
+          continue;
+        }
+        const Span h = table.rows[entry * s.pooled_h + ph];
+        const Span w = table.columns[entry * s.pooled_w + pw];
+        const BinWindow win = h.empty() || w.empty()
+                                  ? BinWindow{}
+                                  : BinWindow{h.lo, h.hi, w.lo, w.hi, pooled_area(h, w)};
+        window_forward_bin(s, k, table.batch[entry], b, win, features, out, acc);
       }
     }
   }

@@ -191,15 +191,12 @@ struct CpuBackend {
       });
       return;
     }
-    // Each thread has ROIs of its own: it tabulates them as it visits them
-    // (the tables stay empty), each while its pixels are being read.
+    // NHWC: each thread has ROIs of its own: it tabulates them as it visits
+    // them (the tables stay empty), each while its pixels are being read.
     parallel_for(pool, list.size, nhwc_grain, [&](int64_t begin, int64_t end) {
       Scratch scratch;
-      const RoiList part{list.ids + begin, end - begin};
-      if (s.channels_last)
-        Kernel::forward_nhwc(p, part, tables, features, out, argmax, scratch);
-      else
-        Kernel::forward_nchw(p, part, tables, 0, s.out_channels, features, out, argmax, scratch);
+      Kernel::forward_nhwc(p, {list.ids + begin, end - begin}, tables, features, out, argmax,
+                           scratch);
     });
   }
 

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 
 #include "../ffi_problem.h"
 #include "align_avg_cpu.h"
@@ -25,6 +26,7 @@
 #include "precise_cpu.h"
 #include "roi_order.h"
 #include "rotated_cpu.h"
+#include "transpose.h"
 
 namespace jax_roi {
 
@@ -162,8 +164,10 @@ struct CpuBackend {
     if (!s.channels_last && split == NchwSplit::kBins) {
       // Threads split the bins (and, when the bins are fewer than the
       // threads, the ROIs into as many parts); every thread visits every
-      // ROI of its part, so they are tabulated once.
+      // ROI of its part, so they are tabulated once. The outputs are
+      // staged channels-last (see cpu_kernel.h), then transposed.
       Kernel::tabulate(pool, p, list, tables);
+      const std::unique_ptr<T[]> staged(new T[s.output_count()]);
       const int64_t bins = s.pooled_h * s.pooled_w;
       const int64_t wanted =
           std::min(list.size, std::max<int64_t>(1, (pool.num_threads() + bins - 1) / bins));
@@ -175,7 +179,15 @@ struct CpuBackend {
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t b = i / parts, first = (i % parts) * per_part;
           const RoiList part{list.ids + first, std::min(per_part, list.size - first)};
-          Kernel::forward_nchw(p, part, tables, b, b + 1, features, out, argmax, scratch);
+          Kernel::forward_nchw(p, part, tables, b, b + 1, features, staged.get(), argmax,
+                               scratch);
+        }
+      });
+      parallel_for(pool, list.size, nhwc_grain, [&](int64_t j0, int64_t j1) {
+        for (int64_t j = j0; j < j1; ++j) {
+          const int64_t block = list.ids[j] * bins * s.out_channels;
+          transpose_tiled(staged.get() + block, s.out_channels, bins, s.out_channels,
+                          out + block, bins, [](T v) { return v; });
         }
       });
       return;

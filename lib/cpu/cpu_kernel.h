@@ -6,8 +6,8 @@
 //   kNhwcChunksPerThread: how finely NHWC forward splits the ROIs;
 //   kNchwSplit: what NCHW forward splits among threads, calling forward_nchw
 //     with output channels [i0, i1) (kChannels) or with bins [i0, i1) of a
-//     part of the ROIs (kBins: it writes them channels-last, each ROI's
-//     [PH, PW, C] block, into a buffer the driver then transposes);
+//     part of the ROIs (kBins: it stages them bin-major, [PH*PW, K, C],
+//     in a buffer the driver then transposes);
 //   kNchwFromChannelsLast: NCHW forward on a small map copies it
 //     channels-last (channels_last_copy.h) and calls
 //     forward_from_channels_last(q, list, copy, out, scratch) with the ROIs

@@ -82,21 +82,30 @@ JAX_ROI_ALWAYS_INLINE void for_channel_blocks(int64_t n, F&& f) {
 // The NCHW forward splits the bins among threads, so a ROI's outputs come
 // from every thread; in NCHW a bin's channels lie PH*PW elements apart, and
 // the threads wrote to the same cache lines all along (psroi-rfcn's
-// ps_roi_pool forward: 2.0 ms on two cores, 1.4 ms on one). So it writes
-// the output channels-last, a ROI's bin as one run, into a buffer the
-// driver then transposes (CpuKernel's kNchwSplit::kBins). NHWC's output is
-// so already.
-inline Shape staged_output_shape(Shape s) {
-  s.channels_last = true;
-  return s;
+// ps_roi_pool forward: 2.0 ms on two cores, 1.4 ms on one). So it stages
+// them bin-major, [PH*PW, K, C], each thread writing runs of its own bins
+// one after another, in a buffer the driver then transposes (CpuKernel's
+// kNchwSplit::kBins). This is where a ROI's bin's output channels begin:
+// in that buffer, or in NHWC in the output itself.
+inline int64_t bin_run_index(const Shape& s, int64_t roi, int64_t b) {
+  if (s.channels_last) return output_index(s, roi, 0, b / s.pooled_w, b % s.pooled_w);
+  return (b * s.num_rois + roi) * s.out_channels;
+}
+
+// Output channels [c0, c1) of a ROI's bin b are 0.
+template <typename T>
+JAX_ROI_ALWAYS_INLINE void zero_bin_run(const Shape& s, int64_t roi, int64_t b, int64_t c0,
+                                        int64_t c1, T* out) {
+  std::fill(out + bin_run_index(s, roi, b) + c0, out + bin_run_index(s, roi, b) + c1,
+            from_acc<T>(acc_t<T>(0)));
 }
 
 // The sums of output bin b of a ROI (every output channel) over its
-// divisor into the (staged) output.
+// divisor into its run.
 template <typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void write_mapped_bin(const Shape& s, int64_t roi, int64_t b, const G* sum,
-                                            G divisor, T* staged) {
-  T* dst = staged + output_index(staged_output_shape(s), roi, 0, b / s.pooled_w, b % s.pooled_w);
+                                            G divisor, T* out) {
+  T* dst = out + bin_run_index(s, roi, b);
   for (int64_t c = 0; c < s.out_channels; ++c) dst[c] = from_acc<T>(sum[c] / divisor);
 }
 
@@ -173,21 +182,26 @@ JAX_ROI_ALWAYS_INLINE void mapped_backward_bin(const Shape& s, const BinTaps<G>&
 
 // NCHW: output bin b of a ROI whose taps are `t`'s bin tb, output channels
 // [c, c + n), from the bin's planes in `tile`, kLanes channels at a time,
-// into the staged output (staged_output_shape).
+// into its staged run (bin_run_index).
 template <int bytes, typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void tile_forward_bin(const Shape& s, const BinTaps<G>& t, int64_t b,
                                             int64_t tb, int64_t c, int64_t n,
                                             const BinPlanes<G>& tile, T* staged) {
-  T* dst = staged + output_index(staged_output_shape(s), t.roi, c, b / s.pooled_w,
-                                 b % s.pooled_w);
+  T* dst = staged + bin_run_index(s, t.roi, b) + c;
   for (int64_t lane0 = 0; lane0 < n; lane0 += kLanes) {
     LaneVectors<G, bytes> sum;
     for (const Tap<G>* tap = t.begin(tb); tap != t.end(tb); ++tap)
       sum.add_scaled(tap->weight, tile.at(s.width, tap->y, tap->x) + lane0);
-    G lane[kLanes];
     sum.divide(t.divisor[tb]);
-    sum.store(lane);
     const int64_t lanes = std::min<int64_t>(kLanes, n - lane0);
+    if constexpr (std::is_same_v<T, G>) {
+      if (lanes == kLanes) {  // a whole block: stored as vectors
+        sum.store(dst + lane0);
+        continue;
+      }
+    }
+    G lane[kLanes];
+    sum.store(lane);
     for (int64_t j = 0; j < lanes; ++j) dst[lane0 + j] = from_acc<T>(lane[j]);
   }
 }
@@ -248,7 +262,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
   // keep, a ROI's bin tabulated when it is visited), a bin's planes in a
   // tile at a time (unless the map is too large for one); with
   // Tabulate::kWindows from the call's windows. Into `staged`
-  // (staged_output_shape), which the driver transposes.
+  // (bin_run_index), which the driver transposes.
   template <typename T, typename G>
   static void forward_nchw(const Problem<G>& p, const RoiList& list, const Tables<G>& tables,
                            int64_t i0, int64_t i1, const T* features, T* staged, int32_t*,
@@ -306,7 +320,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
         for (int64_t b = i0; b < i1; ++b) {
           const auto [t, tb] = roi_bin_taps(p, tables, list.ids + j, b, scratch.taps);
           if (t.batch < 0)
-            zero_roi_output(staged_output_shape(s), t.roi, 0, C, out, b, b + 1);
+            zero_bin_run(s, t.roi, b, 0, C, out);
           else
             mapped_forward_bin(s, t, b, tb, features, out, scratch.acc);
         }
@@ -320,7 +334,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
         for (int64_t j = 0; j < list.size; ++j) {
           const auto [t, tb] = roi_bin_taps(p, tables, list.ids + j, b, scratch.taps);
           if (t.batch < 0) {
-            zero_roi_output(staged_output_shape(s), t.roi, c, c + n, out, b, b + 1);
+            zero_bin_run(s, t.roi, b, c, c + n, out);
             continue;
           }
           tile.load(s, features, t.batch, c * bins + b, bins, n);  // unless it holds them
@@ -346,7 +360,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
       for (int64_t j = 0; j < list.size; ++j) {
         const int64_t entry = table.entry(list.ids + j), k = list.ids[j];
         if (table.batch[entry] < 0) {
-          zero_roi_output(staged_output_shape(s), k, 0, s.out_channels, out, b, b + 1);
+          zero_bin_run(s, k, b, 0, s.out_channels, out);
           continue;
         }
         const Span h = table.rows[entry * s.pooled_h + ph];

@@ -165,7 +165,7 @@ struct CpuBackend {
       // Threads split the bins (and, when the bins are fewer than the
       // threads, the ROIs into as many parts); every thread visits every
       // ROI of its part, so they are tabulated once. The outputs are
-      // staged channels-last (see cpu_kernel.h), then transposed.
+      // staged bin-major (see cpu_kernel.h), then transposed.
       Kernel::tabulate(pool, p, list, tables);
       const std::unique_ptr<T[]> staged(new T[s.output_count()]);
       const int64_t bins = s.pooled_h * s.pooled_w;
@@ -184,10 +184,11 @@ struct CpuBackend {
         }
       });
       parallel_for(pool, list.size, nhwc_grain, [&](int64_t j0, int64_t j1) {
+        const int64_t C = s.out_channels;
         for (int64_t j = j0; j < j1; ++j) {
-          const int64_t block = list.ids[j] * bins * s.out_channels;
-          transpose_tiled(staged.get() + block, s.out_channels, bins, s.out_channels,
-                          out + block, bins, [](T v) { return v; });
+          const int64_t k = list.ids[j];
+          transpose_tiled(staged.get() + k * C, s.num_rois * C, bins, C, out + k * C * bins,
+                          bins, [](T v) { return v; });
         }
       });
       return;

@@ -67,7 +67,7 @@ JAX_ROI_HOST_DEVICE float to_acc(bfloat16_t v) { return bits_float(uint32_t(v.bi
 // or the float vector of U's shape. Without branches, so that loops over
 // lanes vectorise; every select's branches are computed for every lane.
 template <typename F, typename U>
-JAX_ROI_HOST_DEVICE F float_of_float16_bits(U h) {
+JAX_ROI_HOST_DEVICE_INLINED F float_of_float16_bits(U h) {
   const U sign = (h & 0x8000u) << 16;
   const U exponent = (h >> 10) & 0x1fu;
   const U mantissa = h & 0x3ffu;
@@ -103,13 +103,13 @@ struct StoreAs<double> {
 // is computed for every lane, so none may trap or shift out of range
 // (unsigned wraps are harmless).
 template <typename U>
-JAX_ROI_HOST_DEVICE U bfloat16_bits_of(U u) {
+JAX_ROI_HOST_DEVICE_INLINED U bfloat16_bits_of(U u) {
   const U rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
   return (u & 0x7fffffffu) > 0x7f800000u ? U((u >> 16) | 0x40u) : rounded;  // NaN stays NaN
 }
 
 template <typename U>
-JAX_ROI_HOST_DEVICE U float16_bits_of(U u) {
+JAX_ROI_HOST_DEVICE_INLINED U float16_bits_of(U u) {
   const U zero = u - u;  // a zero of U's shape: a scalar or a vector
   const U sign = (u >> 16) & 0x8000u;
   const U magnitude = u & 0x7fffffffu;

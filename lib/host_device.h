@@ -7,3 +7,17 @@
 #else
 #define JAX_ROI_HOST_DEVICE inline
 #endif
+
+// The same, forced inline on the host too: for the functions the CPU
+// kernels call with GCC vectors. A vector argument is passed as its ISA
+// says (AVX-512 in registers, baseline code in memory), and the kernels'
+// vector bodies are AVX2 or AVX-512 code while a callee left out of line is
+// baseline code (cpu/isa_dispatch.h): a call between them breaks its
+// arguments (float16 results on the AVX-512 path crashed so).
+#if defined(__CUDACC__)
+#define JAX_ROI_HOST_DEVICE_INLINED __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define JAX_ROI_HOST_DEVICE_INLINED inline __attribute__((always_inline))
+#else
+#define JAX_ROI_HOST_DEVICE_INLINED inline
+#endif

@@ -272,8 +272,8 @@ struct TapList {
   void build(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list, bool find_rows) {
     start(list);
     std::atomic<int64_t> total{0};
-    parallel_for(pool, list.size, balanced_grain(pool, list.size, 1, 8),
-                 [&](int64_t j0, int64_t j1) { tabulate_range(p, j0, j1, find_rows, total); });
+    parallel_for_guided(pool, list.size, 4,
+                        [&](int64_t j0, int64_t j1) { tabulate_range(p, j0, j1, find_rows, total); });
     finish(total.load());
   }
 

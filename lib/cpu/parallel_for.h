@@ -15,35 +15,35 @@
 namespace jax_roi {
 
 struct ChunkQueue {
-  int64_t chunks;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> finished{0};
+  int64_t n;
+  std::atomic<int64_t> next{0};      // the first index no thread has claimed
+  std::atomic<int64_t> finished{0};  // indices done
   std::mutex mutex;
   std::condition_variable all_finished;
 };
 
-// body(begin, end) runs once per chunk of at most `grain` indices.
-template <typename Body>
-void parallel_for(xla::ffi::ThreadPool& pool, int64_t n, int64_t grain,
-                  const Body& body) {
-  if (n <= 0) return;
-  grain = std::max<int64_t>(grain, 1);
-  int64_t chunks = (n + grain - 1) / grain;
-  int64_t workers = std::min<int64_t>(pool.num_threads(), chunks);
+// body(begin, end) for chunks of [0, n) claimed in turn by up to `workers`
+// threads, this one included; a chunk's size is chunk_size(unclaimed).
+template <typename ChunkSize, typename Body>
+void run_chunks(xla::ffi::ThreadPool& pool, int64_t n, int64_t workers,
+                const ChunkSize& chunk_size, const Body& body) {
   if (workers <= 1) {
     body(0, n);
     return;
   }
   auto queue = std::make_shared<ChunkQueue>();
-  queue->chunks = chunks;
+  queue->n = n;
   // A task that starts after every chunk is claimed returns without touching
   // `body`, which may then be gone.
-  auto drain = [queue, &body, n, grain]() {
+  auto drain = [queue, &body, &chunk_size, n]() {
     for (;;) {
-      int64_t c = queue->next.fetch_add(1);
-      if (c >= queue->chunks) return;
-      body(c * grain, std::min(n, (c + 1) * grain));
-      if (queue->finished.fetch_add(1) + 1 == queue->chunks) {
+      int64_t begin = queue->next.load(), end;
+      do {
+        if (begin >= n) return;
+        end = begin + std::min(n - begin, std::max<int64_t>(1, chunk_size(n - begin)));
+      } while (!queue->next.compare_exchange_weak(begin, end));
+      body(begin, end);
+      if (queue->finished.fetch_add(end - begin) + (end - begin) == n) {
         std::lock_guard<std::mutex> lock(queue->mutex);
         queue->all_finished.notify_all();
       }
@@ -52,7 +52,37 @@ void parallel_for(xla::ffi::ThreadPool& pool, int64_t n, int64_t grain,
   for (int64_t w = 1; w < workers; ++w) pool.Schedule([drain] { drain(); });
   drain();
   std::unique_lock<std::mutex> lock(queue->mutex);
-  queue->all_finished.wait(lock, [&] { return queue->finished.load() == queue->chunks; });
+  queue->all_finished.wait(lock, [&] { return queue->finished.load() == n; });
+}
+
+// body(begin, end) runs once per chunk of at most `grain` indices.
+template <typename Body>
+void parallel_for(xla::ffi::ThreadPool& pool, int64_t n, int64_t grain,
+                  const Body& body) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  const int64_t workers = std::min<int64_t>(pool.num_threads(), (n + grain - 1) / grain);
+  run_chunks(pool, n, workers, [grain](int64_t) { return grain; }, body);
+}
+
+// The same with chunks that shrink as the work runs out (guided
+// scheduling): each a share of what is left, none under min_grain. Early
+// chunks are long runs of neighbouring indices, and the last ones short, so
+// that the threads finish together. For passes of a few hundred
+// microseconds: a pool thread starts its task 1-60 us after it is
+// scheduled (a two-core VM), and with equal chunks the calling thread then
+// waited for the late thread's last chunk.
+template <typename Body>
+void parallel_for_guided(xla::ffi::ThreadPool& pool, int64_t n, int64_t min_grain,
+                         const Body& body) {
+  if (n <= 0) return;
+  min_grain = std::max<int64_t>(min_grain, 1);
+  const int64_t workers = std::min<int64_t>(pool.num_threads(), (n + min_grain - 1) / min_grain);
+  run_chunks(pool, n, workers,
+             [min_grain, workers](int64_t left) {
+               return std::max(min_grain, left / (2 * workers));
+             },
+             body);
 }
 
 // A grain that gives each thread about `chunks_per_thread` chunks, none

@@ -164,10 +164,9 @@ struct WindowTable {
     columns.resize(list.size * pooled_w);
     covered.assign(list.size, Span{});
     batch.resize(list.size);
-    parallel_for(pool, list.size, balanced_grain(pool, list.size, 64, 1),
-                 [&](int64_t j0, int64_t j1) {
-                   for (int64_t j = j0; j < j1; ++j) add_entry(p, j, pooled_h, pooled_w);
-                 });
+    parallel_for_guided(pool, list.size, 16, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) add_entry(p, j, pooled_h, pooled_w);
+    });
   }
 
   // The entry of a ROI of the list (or of a part of it).

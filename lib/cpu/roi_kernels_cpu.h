@@ -174,7 +174,10 @@ struct CpuBackend {
       const int64_t per_part = (list.size + wanted - 1) / wanted;
       const int64_t parts = (list.size + per_part - 1) / per_part;  // none of them empty
       const int64_t items = bins * parts;
-      parallel_for(pool, items, balanced_grain(pool, items, 1, 4), [&](int64_t i0, int64_t i1) {
+      // Guided chunks: the calling thread starts on long runs of bins while
+      // the others wake, and the last chunks are single bins, so that the
+      // threads finish together.
+      parallel_for_guided(pool, items, 1, [&](int64_t i0, int64_t i1) {
         Scratch scratch;
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t b = i / parts, first = (i % parts) * per_part;
@@ -183,7 +186,7 @@ struct CpuBackend {
                                scratch);
         }
       });
-      parallel_for(pool, list.size, nhwc_grain, [&](int64_t j0, int64_t j1) {
+      parallel_for_guided(pool, list.size, 4, [&](int64_t j0, int64_t j1) {
         const int64_t C = s.out_channels;
         for (int64_t j = j0; j < j1; ++j) {
           const int64_t k = list.ids[j];

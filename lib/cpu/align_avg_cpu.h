@@ -283,7 +283,6 @@ template <>
 struct CpuKernel<Op::kAlignAvg> : NoCallTables {
   template <typename G>
   using Scratch = AlignScratch<G>;
-  static constexpr int64_t kNhwcChunksPerThread = 4;  // each a few runs of neighbouring ROIs
   static constexpr NchwSplit kNchwSplit = NchwSplit::kChannels;
   static constexpr bool kNchwFromChannelsLast = true;
   static constexpr bool backward_writes_block(bool) { return false; }

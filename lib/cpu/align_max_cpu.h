@@ -190,7 +190,6 @@ template <>
 struct CpuKernel<Op::kAlignMax> : NoCallTables {
   template <typename G>
   using Scratch = AlignScratch<G>;
-  static constexpr int64_t kNhwcChunksPerThread = 8;
   static constexpr NchwSplit kNchwSplit = NchwSplit::kChannels;
   static constexpr bool kNchwFromChannelsLast = false;
   static constexpr bool backward_writes_block(bool) { return false; }

@@ -471,7 +471,6 @@ struct TapKernel : CallTapTables<Tabulate, /*kRowBands=*/false> {
   using Tables = TapList<G, Tabulate>;
   template <typename G>
   using Scratch = TapScratch<G>;
-  static constexpr int64_t kNhwcChunksPerThread = 8;
   static constexpr NchwSplit kNchwSplit = NchwSplit::kChannels;
   static constexpr bool kNchwFromChannelsLast = false;
   static constexpr bool backward_writes_block(bool channels_last) { return !channels_last; }

@@ -3,7 +3,6 @@
 //   Tables<G>, tabulate(pool, p, list, tables): what one call tabulates
 //     once for all its threads (NoCallTables: nothing);
 //   Scratch<G>: the buffers one thread reuses;
-//   kNhwcChunksPerThread: how finely NHWC forward splits the ROIs;
 //   kNchwSplit: what NCHW forward splits among threads, calling forward_nchw
 //     with output channels [i0, i1) (kChannels) or with bins [i0, i1) of a
 //     part of the ROIs (kBins: it stages them bin-major, [PH*PW, K, C],

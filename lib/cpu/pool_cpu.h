@@ -218,7 +218,6 @@ template <>
 struct CpuKernel<Op::kPool> : NoCallTables {
   template <typename G>
   using Scratch = PoolScratch<G>;
-  static constexpr int64_t kNhwcChunksPerThread = 8;
   static constexpr NchwSplit kNchwSplit = NchwSplit::kChannels;
   static constexpr bool kNchwFromChannelsLast = false;
   static constexpr bool backward_writes_block(bool) { return false; }

@@ -237,7 +237,6 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
     std::vector<G> band;              // NHWC backward's row band, where streamed
     std::vector<MappedChannels> mapped;  // NHWC backward's, per bin
   };
-  static constexpr int64_t kNhwcChunksPerThread = 8;
   static_assert(Tabulate::kBinPlanes || Tabulate::kWindows, "forward_nchw reads one or the other");
   static constexpr NchwSplit kNchwSplit = NchwSplit::kBins;
   static constexpr bool kNchwFromChannelsLast = false;

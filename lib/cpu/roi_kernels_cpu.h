@@ -36,6 +36,9 @@ struct CpuBackend {
   static constexpr bool kCommandBufferCompatible = false;
   // 16-bit gradients summed in float32 and narrowed here (gradient_target.h)
   static constexpr bool kNarrowsGradient = true;
+  // Passes over the ROIs take them in guided chunks (parallel_for_guided),
+  // none shorter than this: long runs of neighbours first, short ones last.
+  static constexpr int64_t kRoisPerChunk = 4;
 
   template <Op op, typename T, typename G>
   static ffi::Error forward(Context& pool, const Problem<G>& p, const T* features, T* out,
@@ -145,13 +148,11 @@ struct CpuBackend {
     using Scratch = typename Kernel::template Scratch<G>;
     const Shape& s = p.shape;
     if (list.size == 0 || s.out_channels == 0 || s.pooled_h * s.pooled_w == 0) return;
-    const int64_t nhwc_grain =
-        balanced_grain(pool, list.size, 1, Kernel::kNhwcChunksPerThread);
     if constexpr (Kernel::kNchwFromChannelsLast) {
       if (pays_for_channels_last_copy(s, list.size)) {
         const std::unique_ptr<G[]> copy = channels_last_copy<T, G>(pool, s, features);
         const Problem<G> q = channels_last_problem(p);
-        parallel_for(pool, list.size, nhwc_grain, [&](int64_t begin, int64_t end) {
+        parallel_for_guided(pool, list.size, kRoisPerChunk, [&](int64_t begin, int64_t end) {
           Scratch scratch;
           Kernel::forward_from_channels_last(q, {list.ids + begin, end - begin}, copy.get(),
                                              out, scratch);
@@ -186,7 +187,7 @@ struct CpuBackend {
                                scratch);
         }
       });
-      parallel_for_guided(pool, list.size, 4, [&](int64_t j0, int64_t j1) {
+      parallel_for_guided(pool, list.size, kRoisPerChunk, [&](int64_t j0, int64_t j1) {
         const int64_t C = s.out_channels;
         for (int64_t j = j0; j < j1; ++j) {
           const int64_t k = list.ids[j];
@@ -209,7 +210,7 @@ struct CpuBackend {
     }
     // NHWC: each thread has ROIs of its own: it tabulates them as it visits
     // them (the tables stay empty), each while its pixels are being read.
-    parallel_for(pool, list.size, nhwc_grain, [&](int64_t begin, int64_t end) {
+    parallel_for_guided(pool, list.size, kRoisPerChunk, [&](int64_t begin, int64_t end) {
       Scratch scratch;
       Kernel::forward_nhwc(p, {list.ids + begin, end - begin}, tables, features, out, argmax,
                            scratch);

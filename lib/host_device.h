@@ -2,6 +2,13 @@
 // and compiled for the GPU too when nvcc builds them.
 #pragma once
 
+// Forced inline on the host where the compiler has the attribute.
+#if defined(__GNUC__)
+#define JAX_ROI_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define JAX_ROI_ALWAYS_INLINE inline
+#endif
+
 #if defined(__CUDACC__)
 #define JAX_ROI_HOST_DEVICE __host__ __device__ __forceinline__
 #else
@@ -16,8 +23,6 @@
 // arguments (float16 results on the AVX-512 path crashed so).
 #if defined(__CUDACC__)
 #define JAX_ROI_HOST_DEVICE_INLINED __host__ __device__ __forceinline__
-#elif defined(__GNUC__)
-#define JAX_ROI_HOST_DEVICE_INLINED inline __attribute__((always_inline))
 #else
-#define JAX_ROI_HOST_DEVICE_INLINED inline
+#define JAX_ROI_HOST_DEVICE_INLINED JAX_ROI_ALWAYS_INLINE
 #endif

@@ -12,11 +12,11 @@
 #include <cstdlib>
 #include <type_traits>
 
+#include "../host_device.h"  // JAX_ROI_ALWAYS_INLINE
+
 #if defined(__GNUC__)
-#define JAX_ROI_ALWAYS_INLINE inline __attribute__((always_inline))
 #define JAX_ROI_INLINE_LAMBDA __attribute__((always_inline))
 #else
-#define JAX_ROI_ALWAYS_INLINE inline
 #define JAX_ROI_INLINE_LAMBDA
 #endif
 

@@ -96,8 +96,8 @@ inline int64_t bin_run_index(const Shape& s, int64_t roi, int64_t b) {
 template <typename T>
 JAX_ROI_ALWAYS_INLINE void zero_bin_run(const Shape& s, int64_t roi, int64_t b, int64_t c0,
                                         int64_t c1, T* out) {
-  std::fill(out + bin_run_index(s, roi, b) + c0, out + bin_run_index(s, roi, b) + c1,
-            from_acc<T>(acc_t<T>(0)));
+  T* const run = out + bin_run_index(s, roi, b);
+  std::fill(run + c0, run + c1, from_acc<T>(acc_t<T>(0)));
 }
 
 // The sums of output bin b of a ROI (every output channel) over its
@@ -309,7 +309,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
   template <int bytes, typename T, typename G>
   static JAX_ROI_ALWAYS_INLINE void forward_bin_planes(const Problem<G>& p, const RoiList& list,
                                                        const Tables<G>& tables, int64_t i0,
-                                                       int64_t i1, const T* features, T* out,
+                                                       int64_t i1, const T* features, T* staged,
                                                        Scratch<G>& scratch) {
     const Shape& s = p.shape;
     const int64_t bins = s.pooled_h * s.pooled_w, C = s.out_channels;
@@ -319,9 +319,9 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
         for (int64_t b = i0; b < i1; ++b) {
           const auto [t, tb] = roi_bin_taps(p, tables, list.ids + j, b, scratch.taps);
           if (t.batch < 0)
-            zero_bin_run(s, t.roi, b, 0, C, out);
+            zero_bin_run(s, t.roi, b, 0, C, staged);
           else
-            mapped_forward_bin(s, t, b, tb, features, out, scratch.acc);
+            mapped_forward_bin(s, t, b, tb, features, staged, scratch.acc);
         }
       }
       return;
@@ -333,11 +333,11 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
         for (int64_t j = 0; j < list.size; ++j) {
           const auto [t, tb] = roi_bin_taps(p, tables, list.ids + j, b, scratch.taps);
           if (t.batch < 0) {
-            zero_bin_run(s, t.roi, b, c, c + n, out);
+            zero_bin_run(s, t.roi, b, c, c + n, staged);
             continue;
           }
           tile.load(s, features, t.batch, c * bins + b, bins, n);  // unless it holds them
-          tile_forward_bin<bytes>(s, t, b, tb, c, n, tile, out);
+          tile_forward_bin<bytes>(s, t, b, tb, c, n, tile, staged);
         }
       }
     }
@@ -351,7 +351,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
   template <typename T, typename G>
   static JAX_ROI_ALWAYS_INLINE void forward_bin_windows(const Problem<G>& p, const RoiList& list,
                                                         const WindowTable<G>& table, int64_t i0,
-                                                        int64_t i1, const T* features, T* out,
+                                                        int64_t i1, const T* features, T* staged,
                                                         std::vector<G>& acc) {
     const Shape& s = p.shape;
     for (int64_t b = i0; b < i1; ++b) {
@@ -359,7 +359,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
       for (int64_t j = 0; j < list.size; ++j) {
         const int64_t entry = table.entry(list.ids + j), k = list.ids[j];
         if (table.batch[entry] < 0) {
-          zero_bin_run(s, k, b, 0, s.out_channels, out);
+          zero_bin_run(s, k, b, 0, s.out_channels, staged);
           continue;
         }
         const Span h = table.rows[entry * s.pooled_h + ph];
@@ -367,7 +367,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
         const BinWindow win = h.empty() || w.empty()
                                   ? BinWindow{}
                                   : BinWindow{h.lo, h.hi, w.lo, w.hi, pooled_area(h, w)};
-        window_forward_bin(s, k, table.batch[entry], b, win, features, out, acc);
+        window_forward_bin(s, k, table.batch[entry], b, win, features, staged, acc);
       }
     }
   }

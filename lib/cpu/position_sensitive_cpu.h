@@ -206,6 +206,15 @@ JAX_ROI_ALWAYS_INLINE void tile_forward_bin(const Shape& s, const BinTaps<G>& t,
   }
 }
 
+// `v` holds n zeros. Filled here, in the kernel's vector ISA: assign()
+// fills in libstdc++'s baseline code (psroi-rfcn's ps_roi_pool NCHW
+// backward 4% slower).
+template <typename G>
+JAX_ROI_ALWAYS_INLINE void zero_scratch(std::vector<G>& v, int64_t n) {
+  v.resize(n);
+  std::fill(v.begin(), v.end(), G(0));
+}
+
 // NCHW: zeroes bin b's planes of image `batch` in [c0, c1).
 template <typename G>
 void zero_mapped_planes(const Shape& s, int64_t batch, int64_t b, int64_t c0, int64_t c1,
@@ -454,7 +463,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
         window_backward_bin<kBytes>(s, block, b, first, n, planes, step, windows);
         continue;
       }
-      windows.planes.assign(n * pixels, G(0));
+      zero_scratch(windows.planes, n * pixels);
       window_backward_bin<kBytes>(s, block, b, first, n, windows.planes.data(), pixels, windows);
       for (int64_t c = 0; c < n; ++c)
         stream_copy(planes + c * step, windows.planes.data() + c * pixels, pixels);

@@ -15,32 +15,36 @@
 namespace jax_roi {
 
 struct ChunkQueue {
-  int64_t n;
   std::atomic<int64_t> next{0};      // the first index no thread has claimed
   std::atomic<int64_t> finished{0};  // indices done
   std::mutex mutex;
   std::condition_variable all_finished;
 };
 
-// body(begin, end) for chunks of [0, n) claimed in turn by up to `workers`
-// threads, this one included; a chunk's size is chunk_size(unclaimed).
+// body(begin, end) for chunks of [0, n) claimed in turn by the pool's
+// threads and this one, as many of them as chunks of min_grain give work
+// to; a chunk's size is chunk_size(unclaimed, threads working), at least
+// min_grain (less only at the end).
 template <typename ChunkSize, typename Body>
-void run_chunks(xla::ffi::ThreadPool& pool, int64_t n, int64_t workers,
+void run_chunks(xla::ffi::ThreadPool& pool, int64_t n, int64_t min_grain,
                 const ChunkSize& chunk_size, const Body& body) {
+  if (n <= 0) return;
+  min_grain = std::max<int64_t>(min_grain, 1);
+  const int64_t workers = std::min<int64_t>(pool.num_threads(), (n + min_grain - 1) / min_grain);
   if (workers <= 1) {
     body(0, n);
     return;
   }
   auto queue = std::make_shared<ChunkQueue>();
-  queue->n = n;
   // A task that starts after every chunk is claimed returns without touching
   // `body`, which may then be gone.
-  auto drain = [queue, &body, &chunk_size, n]() {
+  auto drain = [queue, &body, &chunk_size, n, min_grain, workers]() {
     for (;;) {
       int64_t begin = queue->next.load(), end;
       do {
         if (begin >= n) return;
-        end = begin + std::min(n - begin, std::max<int64_t>(1, chunk_size(n - begin)));
+        const int64_t size = std::max(min_grain, chunk_size(n - begin, workers));
+        end = begin + std::min(n - begin, size);
       } while (!queue->next.compare_exchange_weak(begin, end));
       body(begin, end);
       if (queue->finished.fetch_add(end - begin) + (end - begin) == n) {
@@ -59,10 +63,8 @@ void run_chunks(xla::ffi::ThreadPool& pool, int64_t n, int64_t workers,
 template <typename Body>
 void parallel_for(xla::ffi::ThreadPool& pool, int64_t n, int64_t grain,
                   const Body& body) {
-  if (n <= 0) return;
-  grain = std::max<int64_t>(grain, 1);
-  const int64_t workers = std::min<int64_t>(pool.num_threads(), (n + grain - 1) / grain);
-  run_chunks(pool, n, workers, [grain](int64_t) { return grain; }, body);
+  // (asking for no more than min_grain: every chunk is `grain` long)
+  run_chunks(pool, n, grain, [](int64_t, int64_t) { return int64_t(0); }, body);
 }
 
 // The same with chunks that shrink as the work runs out (guided
@@ -75,14 +77,8 @@ void parallel_for(xla::ffi::ThreadPool& pool, int64_t n, int64_t grain,
 template <typename Body>
 void parallel_for_guided(xla::ffi::ThreadPool& pool, int64_t n, int64_t min_grain,
                          const Body& body) {
-  if (n <= 0) return;
-  min_grain = std::max<int64_t>(min_grain, 1);
-  const int64_t workers = std::min<int64_t>(pool.num_threads(), (n + min_grain - 1) / min_grain);
-  run_chunks(pool, n, workers,
-             [min_grain, workers](int64_t left) {
-               return std::max(min_grain, left / (2 * workers));
-             },
-             body);
+  run_chunks(pool, n, min_grain,
+             [](int64_t left, int64_t workers) { return left / (2 * workers); }, body);
 }
 
 // A grain that gives each thread about `chunks_per_thread` chunks, none

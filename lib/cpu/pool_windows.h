@@ -86,8 +86,9 @@ struct PoolWindows {
   // Forced inline into the kernel's vector ISA: out of line it divided as
   // baseline code (psroi-rfcn's ps_roi_pool NCHW backward 2% slower).
   template <typename T>
-  JAX_ROI_ALWAYS_INLINE void gather_gradients(const Shape& s, const GradientBlock& block, int64_t first_channel,
-                        int64_t last_channel, const T* grad_out) {
+  JAX_ROI_ALWAYS_INLINE void gather_gradients(const Shape& s, const GradientBlock& block,
+                                              int64_t first_channel, int64_t last_channel,
+                                              const T* grad_out) {
     const int64_t rois = block.rois.size, bins = s.pooled_h * s.pooled_w;
     first = first_channel;
     channels = last_channel - first_channel;

@@ -22,17 +22,6 @@ struct AlignScratch {
   std::vector<int32_t> arg;
 };
 
-// Calls f(y, x, weight) for every tap of bin (ph, pw): each pixel its
-// in-map samples touch, with their summed bilinear weights.
-template <typename G, typename F>
-JAX_ROI_ALWAYS_INLINE void for_each_tap(const RoiTables<G>& t, int64_t ph, int64_t pw, const F& f) {
-  const AxisTap<G>* ys = t.y.taps_begin(ph);
-  const AxisTap<G>* xs = t.x.taps_begin(pw);
-  const int64_t ny = t.y.tap_count(ph), nx = t.x.tap_count(pw);
-  for (int64_t a = 0; a < ny; ++a)
-    for (int64_t b = 0; b < nx; ++b) f(ys[a].index, xs[b].index, ys[a].weight * xs[b].weight);
-}
-
 template <typename G>
 bool prepare_roi(const Problem<G>& p, int64_t k, Roi<G>* r, AlignRoi<G>* a,
                  RoiTables<G>* tables) {

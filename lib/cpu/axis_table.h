@@ -15,6 +15,7 @@
 #include <limits>
 #include <vector>
 
+#include "../host_device.h"
 #include "../problem.h"
 
 namespace jax_roi {
@@ -34,6 +35,24 @@ struct AxisTable {
   std::vector<int64_t> tap_first;
 
   void build(G roi_start, G bin_size, G grid, int64_t bins, int64_t extent) {
+    reset(grid, bins);
+    for (int64_t p = 0; p < bins; ++p) add_bin(roi_start, bin_size, grid, p, extent);
+  }
+
+  // Bin p alone, as the table's bin 0 (for a kernel that visits one bin of
+  // a ROI, with the same samples and taps as the whole table's bin p).
+  void build_bin(G roi_start, G bin_size, G grid, int64_t p, int64_t extent) {
+    reset(grid, 1);
+    add_bin(roi_start, bin_size, grid, p, extent);
+  }
+
+  const AxisWeights<G>* begin(int64_t p) const { return samples.data() + first[p]; }
+  int64_t count(int64_t p) const { return first[p + 1] - first[p]; }
+  const AxisTap<G>* taps_begin(int64_t p) const { return taps.data() + tap_first[p]; }
+  int64_t tap_count(int64_t p) const { return tap_first[p + 1] - tap_first[p]; }
+
+ private:
+  void reset(G grid, int64_t bins) {
     samples.clear();
     first.assign(1, 0);
     ranges.clear();
@@ -47,29 +66,24 @@ struct AxisTable {
     first.reserve(bins + 1);
     ranges.reserve(bins);
     tap_first.reserve(bins + 1);
-    for (int64_t p = 0; p < bins; ++p) {
-      SampleRange r = sample_range(roi_start, p, bin_size, grid, extent);
-      for (int64_t t = r.lo; t < r.hi; ++t) {
-        // Computed in place, as the taps are written (see add_new_tap).
-        AxisWeights<G>& w = samples.emplace_back();
-        w = axis_weights(sample_position(roi_start, p, bin_size, t, grid), extent);
-        if (w.inside) {
-          add_tap(w.i0, w.w0);
-          add_tap(w.i1, w.w1);
-        }
-      }
-      ranges.push_back(r);
-      first.push_back(static_cast<int64_t>(samples.size()));
-      tap_first.push_back(static_cast<int64_t>(taps.size()));
-    }
   }
 
-  const AxisWeights<G>* begin(int64_t p) const { return samples.data() + first[p]; }
-  int64_t count(int64_t p) const { return first[p + 1] - first[p]; }
-  const AxisTap<G>* taps_begin(int64_t p) const { return taps.data() + tap_first[p]; }
-  int64_t tap_count(int64_t p) const { return tap_first[p + 1] - tap_first[p]; }
+  void add_bin(G roi_start, G bin_size, G grid, int64_t p, int64_t extent) {
+    SampleRange r = sample_range(roi_start, p, bin_size, grid, extent);
+    for (int64_t t = r.lo; t < r.hi; ++t) {
+      // Computed in place, as the taps are written (see add_new_tap).
+      AxisWeights<G>& w = samples.emplace_back();
+      w = axis_weights(sample_position(roi_start, p, bin_size, t, grid), extent);
+      if (w.inside) {
+        add_tap(w.i0, w.w0);
+        add_tap(w.i1, w.w1);
+      }
+    }
+    ranges.push_back(r);
+    first.push_back(static_cast<int64_t>(samples.size()));
+    tap_first.push_back(static_cast<int64_t>(taps.size()));
+  }
 
- private:
   // Adds a weight to the current bin's tap for `index`. A tap is kept even
   // when its weights sum to 0, so that a NaN or infinite pixel a sample
   // touches still reaches the result, as it does sample by sample.
@@ -109,7 +123,24 @@ struct RoiTables {
     y.build(a.y_start, a.bin_h, a.grid_h, s.pooled_h, s.height);
     x.build(a.x_start, a.bin_w, a.grid_w, s.pooled_w, s.width);
   }
+
+  // Bin (ph, pw) alone, as bin (0, 0).
+  void build_bin(const AlignRoi<G>& a, const Shape& s, int64_t ph, int64_t pw) {
+    y.build_bin(a.y_start, a.bin_h, a.grid_h, ph, s.height);
+    x.build_bin(a.x_start, a.bin_w, a.grid_w, pw, s.width);
+  }
 };
+
+// Calls f(y, x, weight) for every tap of bin (ph, pw): each pixel its
+// in-map samples touch, with their summed bilinear weights.
+template <typename G, typename F>
+JAX_ROI_ALWAYS_INLINE void for_each_tap(const RoiTables<G>& t, int64_t ph, int64_t pw, const F& f) {
+  const AxisTap<G>* ys = t.y.taps_begin(ph);
+  const AxisTap<G>* xs = t.x.taps_begin(pw);
+  const int64_t ny = t.y.tap_count(ph), nx = t.x.tap_count(pw);
+  for (int64_t a = 0; a < ny; ++a)
+    for (int64_t b = 0; b < nx; ++b) f(ys[a].index, xs[b].index, ys[a].weight * xs[b].weight);
+}
 
 // The ROIs a call visits, in order (see roi_order.h): all of them for one
 // map, or those of one level for a pyramid.

@@ -166,7 +166,7 @@ bool samples_apart(const Bin& bin) {
 // A bin of at most kGridSamples samples whose corners span at most
 // kGridCells pixels merges them on a dense grid of those pixels instead of
 // searching the last taps for each corner (the search took a quarter of
-// psroi-rfcn's ps_roi_align forward). Its taps then come in row-major order.
+// psroi-rfcn's ps_roi_align forward when its taps were merged so). Its taps then come in row-major order.
 constexpr int64_t kGridSamples = 16;
 constexpr int64_t kGridCells = 64;
 
@@ -206,21 +206,6 @@ void add_merged_samples(const Bilinear<G>* w, int64_t count, BinTaps<G>& t) {
     for (int64_t x = x_lo; x <= x_hi; ++x, ++cell)
       if (touched[cell]) t.add_new(y, x, weight[cell]);
 }
-
-// An aligned bin whose samples come from its ROI's axis tables
-// (axis_table.h): the samples align_bin_of's AlignBin computes, each
-// row's and column's interpolation computed once a ROI.
-template <typename G>
-struct TabledBin {
-  AlignRoi<G> roi;
-  SampleRange ys, xs;
-  const AxisWeights<G>* y;  // sample ys.lo's on
-  const AxisWeights<G>* x;  // sample xs.lo's on
-  G count;
-  Bilinear<G> sample(int64_t iy, int64_t ix, const Shape&) const {
-    return bilinear(y[iy - ys.lo], x[ix - xs.lo]);
-  }
-};
 
 // The taps of a bin's bilinear samples (in ranges ys x xs) of a Bin as the
 // element functions define it (elements/), ending the bin.

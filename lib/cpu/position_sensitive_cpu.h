@@ -606,30 +606,46 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
 struct PsAlignTaps {
   static constexpr bool kBinPlanes = true;
   static constexpr bool kWindows = false;
-  // Every bin of a ROI: its samples from the ROI's axis tables, which
-  // compute each row's and column's interpolation once where bin by bin
-  // recomputed them for every bin of the row or column (the same values;
-  // the tabulation was a third of psroi-rfcn's NHWC forward).
+  // Every bin of a ROI from the ROI's axis tables: a bin's taps are the
+  // products of its y and x axis taps, as roi_align's "avg" reads them.
+  // (Merging each bin's bilinear corners instead, with each row's and
+  // column's interpolation tabled, took a third of psroi-rfcn's NCHW
+  // forward.)
   template <typename G>
   static void build(const Problem<G>& p, int64_t k, BinTaps<G>& t) {
     const Shape& s = p.shape;
     Roi<G> r;
     if (!start_taps(p, k, t, &r)) return;
-    const AlignRoi<G> a =
-        align_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, p.sampling_ratio, p.aligned);
+    const AlignRoi<G> a = align_roi_of(p, r);
     // The thread's, reused ROI after ROI (a build's callers keep none).
     static thread_local RoiTables<G> axes;
     axes.build(a, s);
     for (int64_t ph = 0; ph < s.pooled_h; ++ph)
-      for (int64_t pw = 0; pw < s.pooled_w; ++pw)
-        add_sample_taps(TabledBin<G>{a, axes.y.ranges[ph], axes.x.ranges[pw], axes.y.begin(ph),
-                                     axes.x.begin(pw), a.count},
-                        s, t);
+      for (int64_t pw = 0; pw < s.pooled_w; ++pw) add_axis_taps(axes, ph, pw, a.count, t);
   }
   template <typename G>
   static void add_bin(const Problem<G>& p, const Roi<G>& r, int64_t ph, int64_t pw,
                       BinTaps<G>& t) {
-    add_sample_taps(align_bin_of(p, r, ph, pw), p.shape, t);
+    const AlignRoi<G> a = align_roi_of(p, r);
+    static thread_local RoiTables<G> axes;
+    axes.build_bin(a, p.shape, ph, pw);
+    add_axis_taps(axes, 0, 0, a.count, t);
+  }
+
+ private:
+  template <typename G>
+  static AlignRoi<G> align_roi_of(const Problem<G>& p, const Roi<G>& r) {
+    const Shape& s = p.shape;
+    return align_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, p.sampling_ratio, p.aligned);
+  }
+  // Bin (ph, pw) of the tables as the taps' next bin.
+  template <typename G>
+  static void add_axis_taps(const RoiTables<G>& axes, int64_t ph, int64_t pw, G count,
+                            BinTaps<G>& t) {
+    for_each_tap(axes, ph, pw, [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
+      t.add_new(y, x, w);
+    });
+    t.end_bin(count);
   }
 };
 

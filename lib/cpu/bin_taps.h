@@ -38,7 +38,30 @@ struct Tap {
   G weight;
 };
 
-// One ROI's taps, bin by bin.
+// One ROI's taps as the kernels read them, bin by bin: a view into a
+// BinTaps or a TapList.
+template <typename G>
+struct RoiTaps {
+  const Tap<G>* taps = nullptr;    // indexed through `first`
+  const int64_t* first = nullptr;  // bin b's taps: [first[b], first[b + 1])
+  const G* divisor = nullptr;      // per bin
+  const Span* bin_rows = nullptr;  // per bin, where rows_found
+  Span rows;                       // all bins', where rows_found
+  bool rows_found = false;
+  int64_t bins = 0;
+  int64_t roi = -1, batch = -1;  // batch -1: the ROI reads nothing
+
+  const Tap<G>* begin(int64_t b) const { return taps + first[b]; }
+  const Tap<G>* end(int64_t b) const { return taps + first[b + 1]; }
+
+  // Whether rows [y0, y1) may hold a tap (of bin b): unknown rows may.
+  bool may_meet(int64_t y0, int64_t y1) const { return !rows_found || rows.meets(y0, y1); }
+  bool bin_may_meet(int64_t b, int64_t y0, int64_t y1) const {
+    return !rows_found || bin_rows[b].meets(y0, y1);
+  }
+};
+
+// One ROI's taps as a tabulation adds them, bin by bin.
 template <typename G>
 struct BinTaps {
   std::vector<Tap<G>> taps;      // bin b's: [first[b], first[b + 1])
@@ -51,6 +74,13 @@ struct BinTaps {
   std::vector<Span> bin_rows;
   Span rows;
   bool rows_found = false;
+
+  // The taps as the kernels read them, valid until the next change.
+  const RoiTaps<G>& view() {
+    viewed = {taps.data(), first.data(), divisor.data(), bin_rows.data(), rows, rows_found,
+              static_cast<int64_t>(divisor.size()), roi, batch};
+    return viewed;
+  }
 
   void start(int64_t k, int64_t b) {
     taps.clear();
@@ -79,12 +109,6 @@ struct BinTaps {
       rows = rows.joined(span);
     }
     rows_found = true;
-  }
-
-  // Whether rows [y0, y1) may hold a tap (of bin b): unknown rows may.
-  bool may_meet(int64_t y0, int64_t y1) const { return !rows_found || rows.meets(y0, y1); }
-  bool bin_may_meet(int64_t b, int64_t y0, int64_t y1) const {
-    return !rows_found || bin_rows[b].meets(y0, y1);
   }
 
   // Adds a weight to the current bin's tap of (y, x). A tap is kept even
@@ -137,6 +161,9 @@ struct BinTaps {
 
   const Tap<G>* begin(int64_t b) const { return taps.data() + first[b]; }
   const Tap<G>* end(int64_t b) const { return taps.data() + first[b + 1]; }
+
+ private:
+  RoiTaps<G> viewed;
 };
 
 // Starts ROI k's taps: loads it and returns whether it reads anything (a
@@ -249,7 +276,7 @@ void add_sample_taps(const Bin& bin, const Shape& s, BinTaps<G>& t) {
 template <typename G, typename Tabulate>
 struct TapList {
   static constexpr int64_t kSharedTaps = int64_t(1) << 22;  // about 50 MB
-  std::vector<BinTaps<G>> rois;
+  std::vector<RoiTaps<G>> rois;  // per entry, into `runs`
   const int64_t* ids = nullptr;
   bool shared = false;
 
@@ -272,34 +299,92 @@ struct TapList {
     return *this;
   }
 
-  const BinTaps<G>& of(const int64_t* id, const Problem<G>& p, BinTaps<G>& own) const {
+  // (Inlined: the NCHW backward asks for every ROI once a bin.)
+  JAX_ROI_ALWAYS_INLINE const RoiTaps<G>& of(const int64_t* id, const Problem<G>& p,
+                                             BinTaps<G>& own) const {
     if (shared) return rois[id - ids];
-    Tabulate::build(p, *id, own);
-    return own;
+    return tabulate_own(p, *id, own);
   }
 
  private:
-  void start(const RoiList& list) {
-    ids = list.ids;
-    rois.resize(list.size);
+  // The taps of a run of consecutive entries, one after another: a run
+  // allocates a few vectors where a vector per ROI cost psroi-rfcn's
+  // ps_roi_align NCHW forward a tenth of its time in malloc and free.
+  struct Run {
+    static constexpr size_t kRunReserve = size_t(1) << 16;
+    std::vector<Tap<G>> taps;
+    std::vector<int64_t> first;  // per entry, its bins + 1 offsets into taps
+    std::vector<G> divisor;
+    std::vector<Span> bin_rows;
+
+    void clear() {
+      taps.clear();
+      first.clear();
+      divisor.clear();
+      bin_rows.clear();
+    }
+
+    // Appends a ROI's taps (`entries_left` of the run's, this one included).
+    void append(const BinTaps<G>& t, int64_t entries_left) {
+      const int64_t bins = static_cast<int64_t>(t.divisor.size());
+      if (divisor.empty()) {  // sized for the run from its first entry, within reason
+        const auto expect = [&](size_t n) { return std::min(n * entries_left, kRunReserve); };
+        taps.reserve(expect(t.taps.size()));
+        first.reserve(expect(bins + 1));
+        divisor.reserve(expect(bins));
+        if (t.rows_found) bin_rows.reserve(expect(bins));
+      }
+      const int64_t base = static_cast<int64_t>(taps.size());
+      taps.insert(taps.end(), t.taps.begin(), t.taps.end());
+      for (int64_t f : t.first) first.push_back(base + f);
+      divisor.insert(divisor.end(), t.divisor.begin(), t.divisor.end());
+      if (t.rows_found) bin_rows.insert(bin_rows.end(), t.bin_rows.begin(), t.bin_rows.end());
+    }
+  };
+  std::vector<Run> runs;  // runs[j0]: the run of the chunk of entries from j0
+
+  static const RoiTaps<G>& tabulate_own(const Problem<G>& p, int64_t k, BinTaps<G>& own) {
+    Tabulate::build(p, k, own);
+    return own.view();
   }
 
-  // Entries [j0, j1), tabulated into one growing scratch, then copied at
-  // its size: a ROI's vectors are allocated once, not grown.
+  void start(const RoiList& list) {
+    ids = list.ids;
+    rois.assign(list.size, RoiTaps<G>{});
+    // Emptied, not freed: a list rebuilt block after block (an NCHW
+    // gradient block's part) reuses its runs' memory.
+    if (runs.size() < static_cast<size_t>(list.size)) runs.resize(list.size);
+    for (Run& run : runs) run.clear();
+  }
+
+  // Entries [j0, j1), each tabulated into one scratch, then appended to
+  // the run of j0; their views are taken once the run is whole.
   void tabulate_range(const Problem<G>& p, int64_t j0, int64_t j1, bool find_rows,
                       std::atomic<int64_t>& total) {
     BinTaps<G> scratch;
-    for (int64_t j = j0; j < j1 && total.load() <= kSharedTaps; ++j) {
+    Run& run = runs[j0];
+    int64_t j = j0;
+    for (; j < j1 && total.load() <= kSharedTaps; ++j) {
       Tabulate::build(p, ids[j], scratch);
       if (find_rows) scratch.find_rows();
-      rois[j] = scratch;
+      rois[j] = scratch.view();  // pointed into the run below
+      run.append(scratch, j1 - j);
       total += static_cast<int64_t>(scratch.taps.size());
+    }
+    int64_t at = 0;  // where entry i's bins start in the run
+    for (int64_t i = j0; i < j; ++i) {
+      RoiTaps<G>& view = rois[i];
+      view.taps = run.taps.data();
+      view.first = run.first.data() + at + (i - j0);  // each entry has bins + 1
+      view.divisor = run.divisor.data() + at;
+      view.bin_rows = view.rows_found ? run.bin_rows.data() + at : nullptr;
+      at += view.bins;
     }
   }
 
   void finish(int64_t total) {
     shared = total <= kSharedTaps;
-    if (!shared) rois.clear(), rois.shrink_to_fit();
+    if (!shared) rois.clear(), rois.shrink_to_fit(), runs.clear(), runs.shrink_to_fit();
   }
 };
 
@@ -313,11 +398,11 @@ constexpr int64_t kPrefetchTaps = 16;
 // NHWC, channels [c0, c0 + vectors * lanes) of one bin, in registers,
 // streamed past the cache when `stream` (stream_store.h).
 template <int bytes, int vectors, typename T, typename G>
-JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_block(const BinTaps<G>& t, int64_t b,
+JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_block(const RoiTaps<G>& t, int64_t b,
                                                   const Pixels<T>& px, T* dst, bool stream) {
   constexpr int64_t lanes = native_lanes<G, bytes>;
   NativeVector<G, bytes> sum[vectors] = {};
-  const Tap<G>* const prefetch_end = t.end(t.first.size() - 2);  // the ROI's last tap
+  const Tap<G>* const prefetch_end = t.end(t.bins - 1);  // the ROI's last tap
   for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap) {
     if (prefetch_end - tap > kPrefetchTaps) {
       const T* ahead = px.at(tap[kPrefetchTaps].y, tap[kPrefetchTaps].x);
@@ -335,7 +420,7 @@ JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_block(const BinTaps<G>& t, int64_t b
 // NHWC, every channel of bin b (not position-sensitive): register blocks,
 // then the last few channels.
 template <int bytes, typename T, typename G>
-JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_bin(const Shape& s, const BinTaps<G>& t, int64_t b,
+JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_bin(const Shape& s, const RoiTaps<G>& t, int64_t b,
                                                 const T* features, T* out, bool stream) {
   constexpr int64_t lanes = native_lanes<G, bytes>;
   const int64_t C = s.channels;
@@ -377,7 +462,7 @@ void zero_roi_output(const Shape& s, int64_t k, int64_t c0, int64_t c1, T* out, 
 
 // NCHW (not position-sensitive): a tile's channels of one ROI, into `block`.
 template <int bytes, typename G>
-JAX_ROI_ALWAYS_INLINE void tap_forward_lanes(const Shape& s, const BinTaps<G>& t,
+JAX_ROI_ALWAYS_INLINE void tap_forward_lanes(const Shape& s, const RoiTaps<G>& t,
                                              const LaneTile<G>& tile, OutputBlock<G>& block) {
   const int64_t bins = s.pooled_h * s.pooled_w;
   for (int64_t b = 0; b < bins; ++b) {
@@ -395,7 +480,7 @@ JAX_ROI_ALWAYS_INLINE void tap_forward_lanes(const Shape& s, const BinTaps<G>& t
 // (Row bands did not pay here: a tap's channels are one contiguous run,
 // which the prefetchers fetch whole; rot-p2 was no faster.)
 template <typename T, typename G>
-JAX_ROI_ALWAYS_INLINE void tap_backward_nhwc(const Shape& s, const BinTaps<G>& t, int64_t c0,
+JAX_ROI_ALWAYS_INLINE void tap_backward_nhwc(const Shape& s, const RoiTaps<G>& t, int64_t c0,
                                              int64_t c1, const T* grad_out, G* grad,
                                              std::vector<G>& scaled) {
   const int64_t width = c1 - c0, bins = s.pooled_h * s.pooled_w;
@@ -415,7 +500,7 @@ JAX_ROI_ALWAYS_INLINE void tap_backward_nhwc(const Shape& s, const BinTaps<G>& t
 // NCHW (not position-sensitive): ROI t's gradient for a tile's channels,
 // read from `block`, into the tile.
 template <int bytes, typename G>
-JAX_ROI_ALWAYS_INLINE void tap_backward_lanes(const Shape& s, const BinTaps<G>& t,
+JAX_ROI_ALWAYS_INLINE void tap_backward_lanes(const Shape& s, const RoiTaps<G>& t,
                                               const OutputBlock<G>& block, LaneTile<G>& tile) {
   const int64_t bins = s.pooled_h * s.pooled_w;
   for (int64_t b = 0; b < bins; ++b) {
@@ -473,7 +558,7 @@ struct TapKernel : CallTapTables<Tabulate, /*kRowBands=*/false> {
       for (int64_t c = c0; c < c1; c += kLanes) {
         const int lanes = static_cast<int>(std::min<int64_t>(kLanes, c1 - c));
         for (int64_t j = 0; j < list.size; ++j) {
-          const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
+          const RoiTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
           if (t.batch < 0) {
             zero_roi_output(s, t.roi, c, c + lanes, out);
             continue;
@@ -495,7 +580,7 @@ struct TapKernel : CallTapTables<Tabulate, /*kRowBands=*/false> {
       const int64_t bins = s.pooled_h * s.pooled_w;
       const bool stream = streamed_result<T>(s.output_count());
       for (int64_t j = 0; j < list.size; ++j) {
-        const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
+        const RoiTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
         if (t.batch < 0) {
           zero_roi_output(s, t.roi, 0, s.out_channels, out);
         } else {
@@ -516,7 +601,7 @@ struct TapKernel : CallTapTables<Tabulate, /*kRowBands=*/false> {
       const Shape& s = p.shape;
       if (s.channels_last) {
         for (int64_t j = 0; j < list.size; ++j) {
-          const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
+          const RoiTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
           if (t.batch >= 0) tap_backward_nhwc(s, t, c0, c1, grad_out, grad, scratch.scaled);
         }
         return;
@@ -533,7 +618,7 @@ struct TapKernel : CallTapTables<Tabulate, /*kRowBands=*/false> {
         const int lanes = static_cast<int>(std::min<int64_t>(kLanes, c1 - c));
         tile.load_zeros(s, image, c);
         for (int64_t j = 0; j < list.size; ++j) {
-          const BinTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
+          const RoiTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
           if (t.batch < 0) continue;
           scratch.block.read(grad_out + output_index(s, t.roi, c, 0, 0), lanes);
           tap_backward_lanes<decltype(bytes)::value>(s, t, scratch.block, tile);

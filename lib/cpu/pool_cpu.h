@@ -193,12 +193,17 @@ void pool_backward_roi(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1, c
       }
       return;
     }
+    // The bins' pointers are restrict locals, and one unsigned test bounds a
+    // pixel: through the lambda's captures, every update reloaded grad_out
+    // (pool-vgg's NCHW backward 16.5 -> 12.7 ms, interleaved calls).
     for (int64_t c = c0; c < c1; ++c) {
       G* __restrict__ plane = grad + (r.batch * s.channels + c) * pixels;
       const int64_t i = output_index(s, k, c, 0, 0);
+      const int32_t* __restrict__ arg = argmax + i;
+      const T* __restrict__ g = grad_out + i;
       for (int64_t b = 0; b < bins; ++b) {
-        const int32_t pixel = argmax[i + b];
-        if (pixel >= 0 && pixel < pixels) plane[pixel] += to_acc(grad_out[i + b]);
+        const int32_t pixel = arg[b];  // 0 <= pixel < pixels:
+        if (static_cast<uint32_t>(pixel) < static_cast<uint32_t>(pixels)) plane[pixel] += to_acc(g[b]);
       }
     }
   });

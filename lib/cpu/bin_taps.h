@@ -193,7 +193,8 @@ bool samples_apart(const Bin& bin) {
 // A bin of at most kGridSamples samples whose corners span at most
 // kGridCells pixels merges them on a dense grid of those pixels instead of
 // searching the last taps for each corner (the search took a quarter of
-// psroi-rfcn's ps_roi_align forward when its taps were merged so). Its taps then come in row-major order.
+// psroi-rfcn's ps_roi_align forward when its taps were merged so). Its taps
+// then come in row-major order.
 constexpr int64_t kGridSamples = 16;
 constexpr int64_t kGridCells = 64;
 

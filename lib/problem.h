@@ -101,4 +101,12 @@ struct Problem {
   bool clockwise;  // roi_align_rotated: angles turn clockwise
 };
 
+// ROI r's roi_align geometry (its bins and sampling grid) under the call's
+// attributes.
+template <typename G>
+JAX_ROI_HOST_DEVICE AlignRoi<G> align_roi_of(const Problem<G>& p, const Roi<G>& r) {
+  const Shape& s = p.shape;
+  return align_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, p.sampling_ratio, p.aligned);
+}
+
 }  // namespace jax_roi

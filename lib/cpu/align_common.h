@@ -28,7 +28,7 @@ bool prepare_roi(const Problem<G>& p, int64_t k, Roi<G>* r, AlignRoi<G>* a,
   const Shape& s = p.shape;
   *r = load_roi(p.rois, k);
   if (!r->valid || s.height <= 0 || s.width <= 0) return false;
-  *a = align_roi(*r, p.spatial_scale, s.pooled_h, s.pooled_w, p.sampling_ratio, p.aligned);
+  *a = align_roi_of(p, *r);
   tables->build(*a, s);
   return true;
 }

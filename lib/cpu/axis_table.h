@@ -182,7 +182,7 @@ struct RoiRun {
       bool reads = r.valid && s.height > 0 && s.width > 0;
       AlignRoi<G> a{};
       if (reads) {
-        a = align_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, p.sampling_ratio, p.aligned);
+        a = align_roi_of(p, r);
         t.build(a, s);
         entries += t.y.samples.size() + t.x.samples.size();
         pixels += static_cast<int64_t>(t.y.taps.size() * t.x.taps.size());

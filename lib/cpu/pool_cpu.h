@@ -202,8 +202,9 @@ void pool_backward_roi(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1, c
       const int32_t* __restrict__ arg = argmax + i;
       const T* __restrict__ g = grad_out + i;
       for (int64_t b = 0; b < bins; ++b) {
-        const int32_t pixel = arg[b];  // 0 <= pixel < pixels:
-        if (static_cast<uint32_t>(pixel) < static_cast<uint32_t>(pixels)) plane[pixel] += to_acc(g[b]);
+        const int32_t pixel = arg[b];
+        if (static_cast<uint32_t>(pixel) < static_cast<uint32_t>(pixels))  // 0 <= pixel < pixels
+          plane[pixel] += to_acc(g[b]);
       }
     }
   });

@@ -647,8 +647,7 @@ struct PsAlignTaps {
     Roi<G> r;
     if (!start_taps(p, k, t, &r)) return;
     const AlignRoi<G> a = align_roi_of(p, r);
-    // The thread's, reused ROI after ROI (a build's callers keep none).
-    static thread_local RoiTables<G> axes;
+    RoiTables<G>& axes = thread_tables<G>();
     axes.build(a, s);
     for (int64_t ph = 0; ph < s.pooled_h; ++ph)
       for (int64_t pw = 0; pw < s.pooled_w; ++pw) add_axis_taps(axes, ph, pw, a.count, t);
@@ -657,16 +656,18 @@ struct PsAlignTaps {
   static void add_bin(const Problem<G>& p, const Roi<G>& r, int64_t ph, int64_t pw,
                       BinTaps<G>& t) {
     const AlignRoi<G> a = align_roi_of(p, r);
-    static thread_local RoiTables<G> axes;
+    RoiTables<G>& axes = thread_tables<G>();
     axes.build_bin(a, p.shape, ph, pw);
     add_axis_taps(axes, 0, 0, a.count, t);
   }
 
  private:
+  // The thread's axis tables, reused ROI after ROI (a build's callers
+  // keep none).
   template <typename G>
-  static AlignRoi<G> align_roi_of(const Problem<G>& p, const Roi<G>& r) {
-    const Shape& s = p.shape;
-    return align_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, p.sampling_ratio, p.aligned);
+  static RoiTables<G>& thread_tables() {
+    static thread_local RoiTables<G> axes;
+    return axes;
   }
   // Bin (ph, pw) of the tables as the taps' next bin.
   template <typename G>

@@ -33,7 +33,7 @@ JAX_ROI_HOST_DEVICE AlignBin<G> align_bin_of(const Problem<G>& p, const Roi<G>& 
   const Shape& s = p.shape;
   AlignBin<G> bin{};
   bin.valid = true;
-  bin.roi = align_roi(r, p.spatial_scale, s.pooled_h, s.pooled_w, p.sampling_ratio, p.aligned);
+  bin.roi = align_roi_of(p, r);
   bin.count = bin.roi.count;
   bin.ph = ph;
   bin.pw = pw;

@@ -63,6 +63,45 @@ int64_t pool_bin_spans(const Problem<G>& p, int64_t k, Span* rows, Span* columns
 // The pixels of the bin of rows h and columns w: its average's divisor.
 inline int64_t pooled_area(Span h, Span w) { return int64_t(h.hi - h.lo) * (w.hi - w.lo); }
 
+// Every ROI's bin spans of a call's list, built once by all threads: the
+// NHWC backward's row bands each visit every ROI of their image and clip
+// its windows to their rows. (Spans, not windows: 14 for psroi-rfcn's 7 x 7
+// bins instead of 49, a table small enough for the heap's reused memory.)
+template <typename G>
+struct WindowTable {
+  std::vector<Span> rows;     // [entry][ph]
+  std::vector<Span> columns;  // [entry][pw]
+  std::vector<Span> covered;  // [entry]: every row its windows cover
+  std::vector<int64_t> batch;  // [entry]: -1 where the ROI reads nothing
+  const int64_t* ids = nullptr;
+
+  void build(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list) {
+    ids = list.ids;
+    const int64_t pooled_h = p.shape.pooled_h, pooled_w = p.shape.pooled_w;
+    rows.resize(list.size * pooled_h);
+    columns.resize(list.size * pooled_w);
+    covered.assign(list.size, Span{});
+    batch.resize(list.size);
+    parallel_for_guided(pool, list.size, 16, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) add_entry(p, j, pooled_h, pooled_w);
+    });
+  }
+
+  // The entry of a ROI of the list (or of a part of it).
+  int64_t entry(const int64_t* id) const { return id - ids; }
+
+ private:
+  void add_entry(const Problem<G>& p, int64_t j, int64_t pooled_h, int64_t pooled_w) {
+    Span* h = &rows[j * pooled_h];
+    Span* w = &columns[j * pooled_w];
+    batch[j] = pool_bin_spans(p, ids[j], h, w);
+    if (batch[j] < 0) return;
+    // None where no column holds a pixel: the bands skip the ROI.
+    if (std::all_of(w, w + pooled_w, [](Span c) { return c.empty(); })) return;
+    for (int64_t ph = 0; ph < pooled_h; ++ph) covered[j] = covered[j].joined(h[ph]);
+  }
+};
+
 template <typename G>
 struct PoolWindows {
   std::vector<BinWindow> windows;  // [bin][roi of the block]
@@ -73,12 +112,23 @@ struct PoolWindows {
   std::vector<BinWindow> roi;      // one ROI's (of_roi's): [bin]
 
   // The windows of the block's ROIs (all valid, of one image), clipped to
-  // its rows.
-  void build(const Problem<G>& p, const GradientBlock& block) {
+  // its rows: from the call's table where blocks share one (finding a
+  // ROI's spans again in every block took 4% of psroi-rfcn's NCHW
+  // backward), else found here.
+  void build(const Problem<G>& p, const GradientBlock& block, const WindowTable<G>* table) {
     const int64_t n = block.rois.size;
     windows.assign(p.shape.pooled_h * p.shape.pooled_w * n, BinWindow{});
-    for (int64_t j = 0; j < n; ++j)
-      clipped_windows(p, block.rois.ids[j], block.y0, block.y1, windows.data() + j, n);
+    for (int64_t j = 0; j < n; ++j) {
+      BinWindow* out = windows.data() + j;
+      if (!table) {
+        clipped_windows(p, block.rois.ids[j], block.y0, block.y1, out, n);
+        continue;
+      }
+      const int64_t entry = table->entry(block.rois.ids + j);
+      if (table->batch[entry] < 0) continue;
+      clip(p.shape, &table->rows[entry * p.shape.pooled_h],
+           &table->columns[entry * p.shape.pooled_w], block.y0, block.y1, out, n);
+    }
   }
 
   // The NCHW output gradients of the block's ROIs (of build's windows),
@@ -128,7 +178,14 @@ struct PoolWindows {
     rows.resize(s.pooled_h);
     columns.resize(s.pooled_w);
     const int64_t batch = pool_bin_spans(p, k, rows.data(), columns.data());
-    if (batch < 0) return -1;
+    if (batch >= 0) clip(s, rows.data(), columns.data(), y0, y1, out, stride);
+    return batch;
+  }
+
+  // The windows of a ROI's spans, clipped to rows [y0, y1), as
+  // clipped_windows leaves them.
+  static void clip(const Shape& s, const Span* rows, const Span* columns, int64_t y0, int64_t y1,
+                   BinWindow* out, int64_t stride) {
     for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
       const Span h = rows[ph];
       if (std::max<int64_t>(h.lo, y0) >= std::min<int64_t>(h.hi, y1)) continue;
@@ -141,50 +198,10 @@ struct PoolWindows {
                       pooled_area(h, w)};
       }
     }
-    return batch;
   }
 
   std::vector<Span> rows, columns;  // one ROI's
   std::vector<G> areas, quotients;  // gather_gradients' of one ROI: [bin]
-};
-
-// Every ROI's bin spans of a call's list, built once by all threads: the
-// NHWC backward's row bands each visit every ROI of their image and clip
-// its windows to their rows. (Spans, not windows: 14 for psroi-rfcn's 7 x 7
-// bins instead of 49, a table small enough for the heap's reused memory.)
-template <typename G>
-struct WindowTable {
-  std::vector<Span> rows;     // [entry][ph]
-  std::vector<Span> columns;  // [entry][pw]
-  std::vector<Span> covered;  // [entry]: every row its windows cover
-  std::vector<int64_t> batch;  // [entry]: -1 where the ROI reads nothing
-  const int64_t* ids = nullptr;
-
-  void build(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list) {
-    ids = list.ids;
-    const int64_t pooled_h = p.shape.pooled_h, pooled_w = p.shape.pooled_w;
-    rows.resize(list.size * pooled_h);
-    columns.resize(list.size * pooled_w);
-    covered.assign(list.size, Span{});
-    batch.resize(list.size);
-    parallel_for_guided(pool, list.size, 16, [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j) add_entry(p, j, pooled_h, pooled_w);
-    });
-  }
-
-  // The entry of a ROI of the list (or of a part of it).
-  int64_t entry(const int64_t* id) const { return id - ids; }
-
- private:
-  void add_entry(const Problem<G>& p, int64_t j, int64_t pooled_h, int64_t pooled_w) {
-    Span* h = &rows[j * pooled_h];
-    Span* w = &columns[j * pooled_w];
-    batch[j] = pool_bin_spans(p, ids[j], h, w);
-    if (batch[j] < 0) return;
-    // None where no column holds a pixel: the bands skip the ROI.
-    if (std::all_of(w, w + pooled_w, [](Span c) { return c.empty(); })) return;
-    for (int64_t ph = 0; ph < pooled_h; ++ph) covered[j] = covered[j].joined(h[ph]);
-  }
 };
 
 // Output channels [first, first + n) of bin b of the block's ROIs, their

@@ -334,8 +334,9 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
       if constexpr (Tabulate::kWindows) {
         const Shape& s = p.shape;
         if (!s.channels_last)
-          return backward_windows<decltype(bytes)::value>(p, block, grad_out, grad,
-                                                          scratch.windows);
+          return backward_windows<decltype(bytes)::value>(
+              p, block, tables.shared ? &tables.windows : nullptr, grad_out, grad,
+              scratch.windows);
         backward_windows_nhwc(p, block, tables, grad_out, grad, scratch);
       } else {
         backward_taps(p, block, tables, grad_out, grad, scratch);
@@ -465,11 +466,12 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
   template <int bytes, typename T, typename G>
   static JAX_ROI_ALWAYS_INLINE void backward_windows(const Problem<G>& p,
                                                      const GradientBlock& block,
+                                                     const WindowTable<G>* table,
                                                      const T* grad_out, G* grad,
                                                      PoolWindows<G>& windows) {
     const Shape& s = p.shape;
     const int64_t bins = s.pooled_h * s.pooled_w, step = mapped_channel_step(s);
-    windows.build(p, block);
+    windows.build(p, block, table);
     int64_t lo = s.out_channels, hi = 0;  // the output channels any bin maps
     for (int64_t b = 0; b < bins; ++b) {
       const MappedChannels m = mapped_channels(s, b, block.c0, block.c1);

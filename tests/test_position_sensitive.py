@@ -149,13 +149,16 @@ def test_ps_roi_align_nchw_forward_on_large_maps(h, w, c_out):
 
 @pytest.mark.parametrize("out_size", [(7, 7), (1, 2), (1, 1)])
 @pytest.mark.parametrize("dtype", [F32, F64])
-def test_ps_roi_align_nchw_forward_equals_nhwc_bitwise(out_size, dtype):
+@pytest.mark.parametrize("c_out", [5, 21, 70])
+def test_ps_roi_align_nchw_forward_equals_nhwc_bitwise(out_size, dtype, c_out):
     # NCHW reads a bin's planes through a tile, split among threads by bins
-    # (and by ROIs too when the bins are fewer than the threads); NHWC reads
-    # the pixels. The same taps summed in the same order give the same bits.
+    # (and by ROIs too when the bins are fewer than the threads), 64
+    # channels a pass and the rest in as many vectors as they need; NHWC
+    # reads the pixels. The same taps summed in the same order give the same
+    # bits.
     bins = out_size[0] * out_size[1]
-    rng = _rng("bitwise", out_size, str(dtype))
-    x = _features(rng, "NCHW", (2, 21 * bins, 12, 15))
+    rng = _rng("bitwise", out_size, str(dtype), c_out)
+    x = _features(rng, "NCHW", (2, c_out * bins, 12, 15))
     rois = jnp.asarray(_rois(rng, "K5", 2, 12, 15, 0.5, per_image=20))
     nchw = ps("align", jnp.asarray(x, dtype), rois, out_size, 0.5, 2, layout="NCHW")
     nhwc = ps("align", jnp.asarray(x.transpose(0, 2, 3, 1), dtype), rois, out_size, 0.5, 2,

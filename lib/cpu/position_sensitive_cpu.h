@@ -180,60 +180,68 @@ JAX_ROI_ALWAYS_INLINE void mapped_backward_bin(const Shape& s, const RoiTaps<G>&
   }
 }
 
-// Lanes [0, lanes) of a block of sums into dst.
+// Lanes [0, lanes) of a vector of sums into dst.
 template <int bytes, typename T, typename G>
-JAX_ROI_ALWAYS_INLINE void store_lanes(const LaneVectors<G, bytes>& sum, int64_t lanes, T* dst) {
-  if constexpr (std::is_same_v<T, G>) {
-    if (lanes == kLanes) {  // a whole block: stored as vectors
-      sum.store(dst);
-      return;
-    }
+JAX_ROI_ALWAYS_INLINE void store_lanes(const NativeVector<G, bytes>& sum, int64_t lanes, T* dst) {
+  constexpr int L = static_cast<int>(native_lanes<G, bytes>);
+  if (lanes == L) {  // a whole vector
+    store_native<bytes, T, G>(dst, sum);
+    return;
   }
-  G lane[kLanes];
-  sum.store(lane);
+  G lane[L];
+  store_native<bytes, G, G>(lane, sum);
   // Under a constant bound: a loop to `lanes` compiled to a call to
   // memmove a bin (4% of psroi-rfcn's ps_roi_align NCHW forward).
-  for (int j = 0; j < kLanes; ++j)
+  for (int j = 0; j < L; ++j)
     if (j < lanes) dst[j] = from_acc<T>(lane[j]);
 }
 
-// `blocks` blocks of kLanes channels from lane0 on (of n) of one bin, in
-// one pass over its taps: the blocks' sums are independent chains, where a
-// block at a time waited on one chain's additions (each channel's sum
+// `count` native vectors of channels from lane0 on (of n) of one bin, in
+// one pass over its taps: the vectors' sums are independent chains, where
+// a vector at a time waited on one chain's additions (each channel's sum
 // still adds its taps in order, as NHWC does).
-template <int blocks, int bytes, typename T, typename G>
-JAX_ROI_ALWAYS_INLINE void tile_forward_blocks(const Shape& s, const RoiTaps<G>& t, int64_t tb,
-                                               int64_t lane0, int64_t n,
-                                               const BinPlanes<G>& tile, T* dst) {
-  LaneVectors<G, bytes> sum[blocks];
+template <int count, int bytes, typename T, typename G>
+JAX_ROI_ALWAYS_INLINE void tile_forward_vectors(const Shape& s, const RoiTaps<G>& t, int64_t tb,
+                                                int64_t lane0, int64_t n,
+                                                const BinPlanes<G>& tile, T* dst) {
+  constexpr int64_t L = native_lanes<G, bytes>;
+  NativeVector<G, bytes> sum[count] = {};
   for (const Tap<G>* tap = t.begin(tb); tap != t.end(tb); ++tap) {
     const G* pixel = tile.at(s.width, tap->y, tap->x) + lane0;
-    for (int i = 0; i < blocks; ++i) sum[i].add_scaled(tap->weight, pixel + i * kLanes);
+    for (int i = 0; i < count; ++i) sum[i] += tap->weight * load_native<G, bytes>(pixel + i * L);
   }
-  for (int i = 0; i < blocks; ++i) {
-    const int64_t at = lane0 + i * kLanes;
-    sum[i].divide(t.divisor[tb]);
-    store_lanes<bytes>(sum[i], std::min<int64_t>(kLanes, n - at), dst + at);
+  for (int i = 0; i < count; ++i) {
+    const int64_t at = lane0 + i * L;
+    sum[i] /= t.divisor[tb];
+    store_lanes<bytes, T, G>(sum[i], std::min<int64_t>(L, n - at), dst + at);
   }
 }
 
+// f(integral_constant<k>) for the k (1 <= k <= most) that equals `count`.
+template <int most, typename F>
+JAX_ROI_ALWAYS_INLINE void with_count(int64_t count, F&& f) {
+  if (count == most) return f(std::integral_constant<int, most>{});
+  if constexpr (most > 1) with_count<most - 1>(count, f);
+}
+
 // NCHW: output bin b of a ROI whose taps are `t`'s bin tb, output channels
-// [c, c + n), from the bin's planes in `tile`, up to four blocks of kLanes
-// channels at a time, into its staged run (bin_run_index).
+// [c, c + n), from the bin's planes in `tile`, into its staged run
+// (bin_run_index): up to 64 channels in a pass, and the rest in as many
+// native vectors as they need (psroi-rfcn's 21 channels: three 8-lane
+// vectors with AVX2, where two 16-lane blocks took four).
 template <int bytes, typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void tile_forward_bin(const Shape& s, const RoiTaps<G>& t, int64_t b,
                                             int64_t tb, int64_t c, int64_t n,
                                             const BinPlanes<G>& tile, T* staged) {
+  constexpr int64_t L = native_lanes<G, bytes>;
+  constexpr int kPass = static_cast<int>(4 * kLanes / L);
   T* dst = staged + bin_run_index(s, t.roi, b) + c;
   int64_t lane0 = 0;
-  for (; n - lane0 > 3 * kLanes; lane0 += 4 * kLanes)
-    tile_forward_blocks<4, bytes>(s, t, tb, lane0, n, tile, dst);
-  switch ((n - lane0 + kLanes - 1) / kLanes) {
-    case 3: return tile_forward_blocks<3, bytes>(s, t, tb, lane0, n, tile, dst);
-    case 2: return tile_forward_blocks<2, bytes>(s, t, tb, lane0, n, tile, dst);
-    case 1: return tile_forward_blocks<1, bytes>(s, t, tb, lane0, n, tile, dst);
-    default: return;
-  }
+  for (; n - lane0 > (kPass - 1) * L; lane0 += kPass * L)
+    tile_forward_vectors<kPass, bytes>(s, t, tb, lane0, n, tile, dst);
+  with_count<kPass - 1>((n - lane0 + L - 1) / L, [&](auto count) JAX_ROI_INLINE_LAMBDA {
+    tile_forward_vectors<decltype(count)::value, bytes>(s, t, tb, lane0, n, tile, dst);
+  });
 }
 
 // `v` holds n zeros. Filled here, in the kernel's vector ISA: assign()

@@ -329,6 +329,12 @@ DEFAULT_REPEATS = 9
 # medians of millisecond calls rest on more than 9 samples each.
 DEFAULT_MIN_SECONDS = 2.0
 MAX_ROUNDS = 200
+# Hot timing warms each implementation with untimed calls of its own for at
+# least this long (one call at least) before its timed call. One call of a
+# millisecond op did not warm a two-core VM: psroi-rfcn's ps_roi_align NCHW
+# forward took 1.4 ms called back to back, 1.9 ms right after one call of
+# its own that followed torchvision's, 2.3 ms after 10 ms asleep.
+DEFAULT_WARM_MS = 5.0
 
 
 def min_seconds_or_default(min_seconds, quick_run):
@@ -338,17 +344,18 @@ def min_seconds_or_default(min_seconds, quick_run):
     return 0.0 if quick_run else DEFAULT_MIN_SECONDS
 
 
-def median_ms_in_rounds(calls, repeats, min_seconds=0.0, cold=False):
-    """Median ms of each named call, timed in rounds that call each twice in a
-    row and time the second (in an order that rotates): `repeats` rounds, and
-    more (up to MAX_ROUNDS) until the rounds have taken `min_seconds`. The
-    rounds make a slow spell of a shared machine weigh on every
-    implementation alike. The untimed call before each timed one leaves
-    caches, pages and cores as repeated calls of the same op leave them (hot,
-    a best case for every implementation alike); timed right after another
-    implementation's call (`cold`: one call each, as before 0.4.8), a call
-    also paid for waking idle cores and refetching what that call evicted,
-    and how much depended on which call it followed."""
+def median_ms_in_rounds(calls, repeats, min_seconds=0.0, cold=False, warm_ms=DEFAULT_WARM_MS):
+    """Median ms of each named call, timed in rounds that call each untimed
+    until `warm_ms` have passed (once at least), then time one more call (in
+    an order that rotates): `repeats` rounds, and more (up to MAX_ROUNDS)
+    until the rounds have taken `min_seconds`. The rounds make a slow spell
+    of a shared machine weigh on every implementation alike. The untimed
+    calls before each timed one leave caches, pages and cores as repeated
+    calls of the same op leave them (hot, a best case for every
+    implementation alike); timed right after another implementation's call
+    (`cold`: one call each, as before 0.4.8), a call also paid for waking
+    idle cores and refetching what that call evicted, and how much depended
+    on which call it followed."""
     for call in calls.values():
         call()  # compiles
     names = list(calls)
@@ -358,7 +365,10 @@ def median_ms_in_rounds(calls, repeats, min_seconds=0.0, cold=False):
     while r < repeats or (time.perf_counter() - began < min_seconds and r < MAX_ROUNDS):
         for name in names[r % len(names):] + names[:r % len(names)]:
             if not cold:
+                warm_until = time.perf_counter() + warm_ms / 1e3
                 calls[name]()
+                while time.perf_counter() < warm_until:
+                    calls[name]()
             start = time.perf_counter()
             calls[name]()
             times[name].append(time.perf_counter() - start)
@@ -404,7 +414,7 @@ def fresh_result(features):
 
 
 def run(quick_run=False, repeats=DEFAULT_REPEATS, with_torch=True, log=print, names=None,
-        with_onnxruntime=True, min_seconds=None, cold=False):
+        with_onnxruntime=True, min_seconds=None, cold=False, warm_ms=DEFAULT_WARM_MS):
     """The table's rows (`min_seconds`: see min_seconds_or_default)."""
     min_seconds = min_seconds_or_default(min_seconds, quick_run)
     results = []
@@ -445,7 +455,8 @@ def run(quick_run=False, repeats=DEFAULT_REPEATS, with_torch=True, log=print, na
             timed = {name: c[direction] for name, c in calls.items()}
             if direction == "forward":
                 timed.update(forward_only)
-            for name, ms in median_ms_in_rounds(timed, repeats, min_seconds, cold).items():
+            for name, ms in median_ms_in_rounds(timed, repeats, min_seconds, cold,
+                                                  warm_ms).items():
                 row[name][f"{direction}_ms"] = ms
         results.append(row)
         log(format_row(row))
@@ -520,8 +531,9 @@ def main(argv=None):
                         help="reduced sizes and one row per op (the layouts and dtypes in "
                              "turn): runs in seconds")
     parser.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS,
-                        help="timed rounds per case, at least: each calls every "
-                             "implementation twice and times the second call")
+                        help="timed rounds per case, at least: each warms every "
+                             "implementation with untimed calls (see --warm-ms), then "
+                             "times one call")
     parser.add_argument("--min-seconds", type=float,
                         help="go on with more rounds (up to %d) until the rounds of each "
                              "pass (forward, backward) of a case have taken this long "
@@ -530,6 +542,11 @@ def main(argv=None):
     parser.add_argument("--cold", action="store_true",
                         help="time one call of each implementation per round, right after "
                              "another implementation's (the timing before 0.4.8)")
+    parser.add_argument("--warm-ms", type=float, default=DEFAULT_WARM_MS,
+                        help="hot timing: untimed calls of an implementation, for at least "
+                             "this long (one call at least), before its timed call "
+                             "(default: %g; 0: one untimed call, the timing of 0.4.8 to "
+                             "0.4.25)" % DEFAULT_WARM_MS)
     parser.add_argument("--out", default="bench-results",
                         help="directory for bench.json and bench.png")
     parser.add_argument("--no-torch", action="store_true",
@@ -571,18 +588,23 @@ def main(argv=None):
         print("ONNX Runtime baseline: not run (onnx and onnxruntime are not installed"
               + (", or --no-onnxruntime)" if args.no_onnxruntime else ")"))
     min_seconds = min_seconds_or_default(args.min_seconds, args.quick)
+    if args.warm_ms < 0:
+        parser.error(f"--warm-ms: expected a number of milliseconds >= 0, got {args.warm_ms:g}")
     print(f"timing: at least {args.repeats} rounds and {min_seconds:g} s per pass; "
           + ("cold, each call right after another implementation's" if args.cold else
-             "hot, each call right after an untimed call of its own"))
+             f"hot, each call right after untimed calls of its own for {args.warm_ms:g} ms "
+             "(one at least)"))
     print("ratios are baseline time / jax_roi time: higher is better; '/ floor' is jax_roi's "
           "time over filling an array of the result's size\n")
     print(HEADER)
     results = run(args.quick, args.repeats, with_torch, names=args.workloads,
-                  with_onnxruntime=with_onnxruntime, min_seconds=min_seconds, cold=args.cold)
+                  with_onnxruntime=with_onnxruntime, min_seconds=min_seconds, cold=args.cold,
+                  warm_ms=args.warm_ms)
 
     os.makedirs(args.out, exist_ok=True)
     report = {"quick": args.quick, "repeats": args.repeats, "min_seconds": min_seconds,
-              "cold": args.cold, "jax": jax.__version__,
+              "cold": args.cold, "warm_ms": None if args.cold else args.warm_ms,
+              "jax": jax.__version__,
               "jax_roi": jax_roi.__version__, "machine": platform.machine(),
               "processor": processor_model(), "vector_bytes": vector_bytes(),
               "allocator": allocator, "huge_pages": huge_pages, "cores": os.cpu_count(),

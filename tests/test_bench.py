@@ -1,6 +1,7 @@
 """The benchmark command keeps working: a --quick run writes a complete report."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -79,7 +80,7 @@ def test_rounds_call_every_implementation_twice_in_a_row_in_rotating_order():
 
     order = []
     calls = {name: (lambda name=name: order.append(name)) for name in ("a", "b", "c")}
-    medians = median_ms_in_rounds(calls, repeats=3)
+    medians = median_ms_in_rounds(calls, repeats=3, warm_ms=0)
     assert set(medians) == {"a", "b", "c"} and all(ms >= 0 for ms in medians.values())
     # One compiling call each, then rounds that start one name later each time,
     # each name called twice in a row (the second timed).
@@ -108,6 +109,24 @@ def test_rounds_time_the_second_of_each_pair_of_calls(monkeypatch):
     # 1 s, so the median shows which one was timed
     call, _ = clocked_call(monkeypatch, lambda n: 5.0 if n % 2 == 0 else 1.0)
     assert bench.median_ms_in_rounds({"a": call}, repeats=3) == {"a": 1000.0}
+
+
+def test_rounds_warm_each_implementation_for_warm_ms_before_timing_it(monkeypatch):
+    from jax_roi import bench
+
+    # 1 s a call: 2.5 s of warming takes three untimed calls, then one timed
+    call, made = clocked_call(monkeypatch, lambda n: 1.0)
+    bench.median_ms_in_rounds({"a": call}, repeats=2, warm_ms=2500.0)
+    assert len(made) == 1 + 2 * (3 + 1)
+    # a call longer than warm_ms is warmed by one call, as with warm_ms=0
+    made.clear()
+    bench.median_ms_in_rounds({"a": call}, repeats=2, warm_ms=500.0)
+    assert len(made) == 1 + 2 * (1 + 1)
+    # the default warms a millisecond call (2**-10 s: exact sums) with several
+    call, made = clocked_call(monkeypatch, lambda n: 2.0 ** -10)
+    bench.median_ms_in_rounds({"a": call}, repeats=1)
+    warming = math.ceil(bench.DEFAULT_WARM_MS / 1e3 * 2 ** 10)
+    assert warming > 1 and len(made) == 1 + warming + 1
 
 
 def test_allocator_setting_names_only_malloc_settings(monkeypatch):
@@ -158,15 +177,21 @@ def test_main_passes_the_timing_options_on_and_reports_them(monkeypatch, tmp_pat
 
     seen = []
     monkeypatch.setattr(bench, "run", lambda quick, repeats, with_torch, **kw:
-                        seen.append((quick, repeats, kw["min_seconds"], kw["cold"])) or [])
+                        seen.append((quick, repeats, kw["min_seconds"], kw["cold"],
+                                     kw["warm_ms"])) or [])
     monkeypatch.setattr(bench, "plot", lambda results, path: False)
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # main sets it when unset
     common = ["--no-torch", "--no-onnxruntime", "--out", str(tmp_path)]
     bench.main(common + ["--repeats", "4"])
-    assert seen[-1] == (False, 4, bench.DEFAULT_MIN_SECONDS, False)
-    assert "hot, each call right after an untimed call of its own" in capsys.readouterr().out
+    assert seen[-1] == (False, 4, bench.DEFAULT_MIN_SECONDS, False, bench.DEFAULT_WARM_MS)
+    assert (f"hot, each call right after untimed calls of its own for "
+            f"{bench.DEFAULT_WARM_MS:g} ms") in capsys.readouterr().out
+    bench.main(common + ["--warm-ms", "0"])
+    assert seen[-1][-1] == 0.0
+    with open(os.path.join(tmp_path, "bench.json")) as f:
+        assert json.load(f)["warm_ms"] == 0.0
     bench.main(common + ["--quick", "--min-seconds", "3", "--cold"])
-    assert seen[-1] == (True, bench.DEFAULT_REPEATS, 3.0, True)
+    assert seen[-1][:4] == (True, bench.DEFAULT_REPEATS, 3.0, True)
     with open(os.path.join(tmp_path, "bench.json")) as f:
         report = json.load(f)
     assert report["cold"] is True and report["min_seconds"] == 3.0
@@ -175,6 +200,10 @@ def test_main_passes_the_timing_options_on_and_reports_them(monkeypatch, tmp_pat
         bench.main(common + ["--repeats", "0"])
     assert exit.value.code != 0
     assert "--repeats" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:
+        bench.main(common + ["--warm-ms", "-1"])
+    assert exit.value.code != 0
+    assert "--warm-ms" in capsys.readouterr().err
 
 
 def test_huge_page_setting_names_the_chosen_modes(tmp_path):

@@ -4,6 +4,7 @@
 
 #include "cpu/kernel_parts.h"
 #include "cpu/native_vector.h"
+#include "cpu/stream_store.h"
 #include "ffi_module.h"
 
 namespace jax_roi {
@@ -27,4 +28,6 @@ NB_MODULE(_jax_roi_cpu, m) {
   m.attr("abi_version") = JAX_ROI_ABI_VERSION;
   // The width of the vectors the kernels use on this machine, in bytes.
   m.def("vector_bytes", &::jax_roi::native_vector_bytes);
+  // The smallest result the kernels write past the cache, in bytes.
+  m.def("streamed_result_bytes", &::jax_roi::streamed_result_bytes);
 }

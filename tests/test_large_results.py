@@ -12,6 +12,9 @@ at about 10 s a call on all 1440 ROIs, checks a ninth of them: their
 result rows, and the whole streamed gradient for a cotangent that is 0 on
 the other ROIs."""
 
+import os
+import subprocess
+import sys
 from functools import partial
 
 import jax
@@ -55,6 +58,31 @@ def inputs(op, dtype, layout):
     else:
         boxes = np.stack([np.zeros(K), x0, y0, x0 + w, y0 + h], 1)
     return features, jnp.asarray(boxes, jnp.float32)
+
+
+def test_the_tests_stream_results_of_8_mb():
+    from jax_roi import _jax_roi_cpu
+    assert _jax_roi_cpu.streamed_result_bytes() == STREAMED_BYTES  # conftest.py's setting
+
+
+def streamed_bytes_in_a_fresh_process(setting):
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ROI_CPU_STREAM_MB"}
+    if setting is not None:
+        env["JAX_ROI_CPU_STREAM_MB"] = setting
+    out = subprocess.run([sys.executable, "-c", "from jax_roi import _jax_roi_cpu; "
+                          "print(_jax_roi_cpu.streamed_result_bytes())"],
+                         env=env, capture_output=True, text=True, timeout=120, check=True)
+    return int(out.stdout)
+
+
+def test_results_stream_from_8_mb_or_16_mb_on_a_large_l3_cache_unless_set():
+    # glibc's answer, which the kernels ask for too (Python's os.sysconf lacks the name)
+    answer = subprocess.run(["getconf", "LEVEL3_CACHE_SIZE"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    l3 = int(answer) if answer.isdigit() else 0  # "undefined" where unknown
+    assert streamed_bytes_in_a_fresh_process(None) == (16 if l3 >= 128 << 20 else 8) << 20
+    assert streamed_bytes_in_a_fresh_process("3") == 3 << 20
+    assert streamed_bytes_in_a_fresh_process("0") == 0  # every result streamed
 
 
 CHECKED = slice(None, None, 9)  # the ROIs the pure-JAX implementation checks

@@ -69,10 +69,14 @@ def streamed_bytes_in_a_fresh_process(setting):
     env = {k: v for k, v in os.environ.items() if k != "JAX_ROI_CPU_STREAM_MB"}
     if setting is not None:
         env["JAX_ROI_CPU_STREAM_MB"] = setting
-    out = subprocess.run([sys.executable, "-c", "from jax_roi import _jax_roi_cpu; "
-                          "print(_jax_roi_cpu.streamed_result_bytes())"],
-                         env=env, capture_output=True, text=True, timeout=120, check=True)
-    return int(out.stdout)
+    # run from this directory: from the checkout's root, `import jax_roi` would
+    # find the sources (without the built modules) before the installed package
+    child = subprocess.run([sys.executable, "-c", "from jax_roi import _jax_roi_cpu; "
+                            "print(_jax_roi_cpu.streamed_result_bytes())"],
+                           env=env, capture_output=True, text=True, timeout=120,
+                           cwd=os.path.dirname(os.path.abspath(__file__)))
+    assert child.returncode == 0, child.stderr[-3000:]
+    return int(child.stdout)
 
 
 def test_results_stream_from_8_mb_or_16_mb_on_a_large_l3_cache_unless_set():

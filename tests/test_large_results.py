@@ -87,6 +87,8 @@ def test_results_stream_from_8_mb_or_16_mb_on_a_large_l3_cache_unless_set():
     assert streamed_bytes_in_a_fresh_process(None) == (16 if l3 >= 128 << 20 else 8) << 20
     assert streamed_bytes_in_a_fresh_process("3") == 3 << 20
     assert streamed_bytes_in_a_fresh_process("0") == 0  # every result streamed
+    assert streamed_bytes_in_a_fresh_process("-5") == 0
+    assert streamed_bytes_in_a_fresh_process("99999999999999999") == 1 << 50  # at most 1 PB
 
 
 CHECKED = slice(None, None, 9)  # the ROIs the pure-JAX implementation checks

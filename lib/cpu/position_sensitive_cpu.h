@@ -166,10 +166,10 @@ JAX_ROI_ALWAYS_INLINE void window_forward_bin(const Shape& s, int64_t roi, int64
 }
 
 // Bin b of ROI t's gradient into the block's input channels and rows,
-// `mapped` the output channels bin b maps to them (mapped_channels, found
-// by the caller once for every ROI: not inlined, its divisions took 4% of
-// psroi-rfcn's ps_roi_align NCHW backward), `acc` holding the output
-// channels' gradients.
+// `mapped` the output channels bin b maps to them (mapped_channels, which
+// the caller finds once for all the block's ROIs: found for each ROI, its
+// divisions took 4% of psroi-rfcn's ps_roi_align NCHW backward), `acc`
+// holding the output channels' gradients.
 template <typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void mapped_backward_bin(const Shape& s, const RoiTaps<G>& t, int64_t b,
                                                MappedChannels mapped,

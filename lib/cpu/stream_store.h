@@ -33,7 +33,7 @@ namespace jax_roi {
 inline int64_t streamed_result_bytes() {
   static const int64_t bytes = [] {
     const char* v = std::getenv("JAX_ROI_CPU_STREAM_MB");
-    if (v && *v) return static_cast<int64_t>(std::max(std::atoll(v), 0LL)) << 20;
+    if (v && *v) return static_cast<int64_t>(std::clamp(std::atoll(v), 0LL, 1LL << 30)) << 20;
     long l3 = 0;
 #if defined(__linux__) && defined(_SC_LEVEL3_CACHE_SIZE)
     l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);

@@ -22,16 +22,14 @@
 #include <sys/mman.h>
 #endif
 
+#include "env_megabytes.h"
 #include "huge_pages.h"
 
 namespace jax_roi {
 
 inline size_t kept_scratch_cap_bytes() {
-  static const size_t cap = [] {
-    const char* v = std::getenv("JAX_ROI_CPU_KEPT_SCRATCH_MB");
-    const long long mb = v && *v ? std::atoll(v) : 256;
-    return mb > 0 ? static_cast<size_t>(mb) << 20 : size_t(0);
-  }();
+  static const size_t cap =
+      static_cast<size_t>(env_megabytes("JAX_ROI_CPU_KEPT_SCRATCH_MB", int64_t(256) << 20));
   return cap;
 }
 

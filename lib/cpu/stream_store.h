@@ -7,13 +7,13 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
 #if defined(__linux__)
 #include <unistd.h>
 #endif
 
+#include "env_megabytes.h"
 #include "native_vector.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -32,13 +32,12 @@ namespace jax_roi {
 // 9.8 MB gradient was faster streamed. JAX_ROI_CPU_STREAM_MB sets it.
 inline int64_t streamed_result_bytes() {
   static const int64_t bytes = [] {
-    const char* v = std::getenv("JAX_ROI_CPU_STREAM_MB");
-    if (v && *v) return static_cast<int64_t>(std::clamp(std::atoll(v), 0LL, 1LL << 30)) << 20;
     long l3 = 0;
 #if defined(__linux__) && defined(_SC_LEVEL3_CACHE_SIZE)
     l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
 #endif
-    return int64_t(l3 >= (long(128) << 20) ? 16 : 8) << 20;
+    return env_megabytes("JAX_ROI_CPU_STREAM_MB",
+                         int64_t(l3 >= (long(128) << 20) ? 16 : 8) << 20);
   }();
   return bytes;
 }

@@ -30,4 +30,6 @@ NB_MODULE(_jax_roi_cpu, m) {
   m.def("vector_bytes", &::jax_roi::native_vector_bytes);
   // The smallest result the kernels write past the cache, in bytes.
   m.def("streamed_result_bytes", &::jax_roi::streamed_result_bytes);
+  // The L3 cache size that decides it (0 where Linux does not report one).
+  m.def("l3_cache_bytes", &::jax_roi::l3_cache_bytes);
 }

@@ -18,7 +18,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 # The kernels stream results of 8 MB or more past the cache on every machine
-# the tests run on (by default 16 MB where the L3 cache holds 128 MB or more):
+# the tests run on (by default 16 MB where the L3 cache holds 32 MB or more):
 # test_large_results.py sizes its arrays for 8 MB. Read at the first call.
 os.environ.setdefault("JAX_ROI_CPU_STREAM_MB", "8")
 

@@ -79,12 +79,25 @@ def streamed_bytes_in_a_fresh_process(setting):
     return int(child.stdout)
 
 
-def test_results_stream_from_8_mb_or_16_mb_on_a_large_l3_cache_unless_set():
-    # glibc's answer, which the kernels ask for too (Python's os.sysconf lacks the name)
-    answer = subprocess.run(["getconf", "LEVEL3_CACHE_SIZE"], capture_output=True, text=True,
-                            check=True).stdout.strip()
-    l3 = int(answer) if answer.isdigit() else 0  # "undefined" where unknown
-    assert streamed_bytes_in_a_fresh_process(None) == (16 if l3 >= 128 << 20 else 8) << 20
+def l3_cache_bytes_from_sysfs():
+    """Linux's size of cpu0's L3 cache ("32768K"), 0 where it has none."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
+            text = f.read().strip()
+    except OSError:
+        return 0
+    units = {"K": 1 << 10, "M": 1 << 20}
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+
+
+def test_the_l3_cache_size_is_linux_s():
+    from jax_roi import _jax_roi_cpu
+    assert _jax_roi_cpu.l3_cache_bytes() == l3_cache_bytes_from_sysfs()
+
+
+def test_results_stream_from_8_mb_or_16_mb_on_a_32_mb_l3_cache_unless_set():
+    l3 = l3_cache_bytes_from_sysfs()
+    assert streamed_bytes_in_a_fresh_process(None) == (16 if l3 >= 32 << 20 else 8) << 20
     assert streamed_bytes_in_a_fresh_process("3") == 3 << 20
     assert streamed_bytes_in_a_fresh_process("0") == 0  # every result streamed
     assert streamed_bytes_in_a_fresh_process("-5") == 0

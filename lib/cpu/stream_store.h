@@ -7,11 +7,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
-
-#if defined(__linux__)
-#include <unistd.h>
-#endif
 
 #include "env_megabytes.h"
 #include "native_vector.h"
@@ -23,22 +20,33 @@
 
 namespace jax_roi {
 
+// The L3 cache size Linux reports for cpu0 (sysfs; the size of one cache,
+// shared by the cores listed beside it), 0 where unknown. Not glibc's
+// sysconf(_SC_LEVEL3_CACHE_SIZE): on a 32 MB-L3 EPYC VM it answered 320 MB.
+inline int64_t l3_cache_bytes() {
+  std::FILE* f = std::fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r");
+  if (!f) return 0;
+  long long size = 0;
+  char unit = 0;
+  const int read = std::fscanf(f, "%lld%c", &size, &unit);
+  std::fclose(f);
+  if (read < 1 || size < 0) return 0;
+  if (unit == 'K') return size << 10;
+  if (unit == 'M') return size << 20;
+  return read == 2 && unit != '\n' ? 0 : size;
+}
+
 // The smallest result that is streamed: 8 MB, or 16 MB where the L3 cache
-// holds 128 MB or more. A smaller result may still be in cache when the
-// next op reads it. On a 480 MB-L3 Xeon, psroi-rfcn's 9.8 MB ps_roi_pool
-// gradients were 12-22% faster written in place than through a streamed
-// scratch, where results of 21-25 MB (prroi-atom's gradient, rot-p2's
-// bfloat16 output) were still faster streamed; on an 8 MB-L3 EPYC the
-// 9.8 MB gradient was faster streamed. JAX_ROI_CPU_STREAM_MB sets it.
+// holds 32 MB or more. A smaller result may still be in cache when the
+// next op reads it. psroi-rfcn's 9.8 MB ps_roi_pool gradients were faster
+// written in place than through a streamed scratch on a 480 MB-L3 Xeon
+// (12-22%) and a 32 MB-L3 EPYC (up to 20%), where results of 21-25 MB
+// (prroi-atom's gradient, rot-p2's bfloat16 output) were still faster
+// streamed on the Xeon; on an 8 MB-L3 EPYC the 9.8 MB gradient was faster
+// streamed. JAX_ROI_CPU_STREAM_MB sets it.
 inline int64_t streamed_result_bytes() {
-  static const int64_t bytes = [] {
-    long l3 = 0;
-#if defined(__linux__) && defined(_SC_LEVEL3_CACHE_SIZE)
-    l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
-#endif
-    return env_megabytes("JAX_ROI_CPU_STREAM_MB",
-                         int64_t(l3 >= (long(128) << 20) ? 16 : 8) << 20);
-  }();
+  static const int64_t bytes = env_megabytes(
+      "JAX_ROI_CPU_STREAM_MB", int64_t(l3_cache_bytes() >= (int64_t(32) << 20) ? 16 : 8) << 20);
   return bytes;
 }
 

@@ -1,11 +1,15 @@
 """Forward and reverse mode for every op family from one mechanism: JVP and
 transpose rules on the primitives, as jax.lax ops have.
 
-A family has three primitives:
+A family has these primitives:
 
   forward(*operands) -> out            (the linear ops, reference.LINEAR_OPS)
                      -> out, argmax    (max modes: argmax records each
                                         output element's winner)
+                     -> out            (max modes bound with winners=False, as
+                                        the public ops bind them: a call that
+                                        is not differentiated writes no
+                                        argmax; its JVP binds winners=True)
   winner(*operands, argmax) -> out     the features read through the
                                        recorded winners: linear in the
                                        features, pure JAX (a gather)
@@ -34,6 +38,7 @@ import functools
 from typing import Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from jax.interpreters import ad
 
 from ._primitive import RoiPrimitive
@@ -71,6 +76,20 @@ def _as_cotangent(grad, aval):
             or jax.typeof(grad).sharding.spec == sharding.spec):
         return grad
     return jax.sharding.reshard(grad, sharding)
+
+
+def forward_results(out, op, winners):
+    """A forward primitive's result avals, from its output's."""
+    if op in LINEAR_OPS or not winners:
+        return [out]
+    return [out, out.update(dtype=jnp.int32)]
+
+
+def forward_kernel_name(op, winners, family=""):
+    """The forward kernel of `op` (lib/kernel_list.h): a max op without its
+    winners has a kernel of its own that writes none."""
+    values = "" if op in LINEAR_OPS or winners else "_values"
+    return f"{op}{family}{values}_forward"
 
 
 def define_rules(f):
@@ -113,12 +132,15 @@ def define_rules(f):
                 f"jax_roi: the derivative of {what} with respect to rois (a second derivative "
                 "involving the boxes) is not implemented")
 
-    def forward_jvp(primals, tangents, **params):
+    def forward_jvp(primals, tangents, *, winners=True, **params):
+        # The max modes' tangent reads the winners: they are computed here
+        # even where the call being differentiated did not ask for them.
         outs = f.forward.bind(*primals, **params)
+        kept = len(outs) if winners else 1
         features, geometry = f.split(primals)
         feature_tangents = feature_tangents_of(tangents)
         roi_tangent = roi_tangent_of(tangents, params)
-        zeros = [_zero(o) for o in outs]
+        zeros = [_zero(o) for o in outs[:kept]]
         argmax = outs[1:]
         out_tangent = None
         if feature_tangents is not None:
@@ -128,10 +150,11 @@ def define_rules(f):
             moved = f.box_jvp.bind(*f.box_join(features, geometry, roi_tangent, argmax), **params)
             out_tangent = moved if out_tangent is None else out_tangent + moved
         if out_tangent is None:
-            return outs, zeros
-        return outs, [out_tangent] + zeros[1:]
+            return outs[:kept], zeros
+        return outs[:kept], [out_tangent] + zeros[1:]
 
-    def forward_transpose(cts, *operands, **params):
+    def forward_transpose(cts, *operands, winners=True, **params):
+        del winners  # the linear ops have none
         if not is_linear(params):
             raise NotImplementedError(
                 f"jax_roi: {f.forward.name} with op={params['op']!r} is not linear")

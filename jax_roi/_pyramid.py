@@ -3,7 +3,9 @@ own level's map, so work and memory grow with the boxes, not with boxes x
 levels. The op family's primitives with all their rules, and the public
 functions multi_scale_roi_align and level_indices.
 
-  levels_forward(boxes, levels, *maps) -> out            ("align_avg")
+  levels_forward(boxes, levels, *maps) -> out            ("align_avg"; and
+                                                          "align_max" bound
+                                                          with winners=False)
                                        -> out, argmax    ("align_max")
   levels_winner(boxes, levels, *maps, argmax) -> out     (max tangent, pure JAX)
   levels_backward(grad_out, boxes, levels[, argmax]) -> *grad_maps
@@ -57,9 +59,9 @@ def _pooled_aval(boxes, levels, maps, *, output_size, layout, **_):
                     common_vma((boxes, levels, *maps)))
 
 
-def _forward_abstract(boxes, levels, *maps, op, **params):
+def _forward_abstract(boxes, levels, *maps, op, winners=True, **params):
     out = _pooled_aval(boxes, levels, maps, **params)
-    return [out] if op in reference.LINEAR_OPS else [out, out.update(dtype=jnp.int32)]
+    return _autodiff.forward_results(out, op, winners)
 
 
 def _winner_abstract(boxes, levels, *maps_and_argmax, **params):
@@ -96,11 +98,11 @@ levels_box_vjp_p.def_abstract_eval(_box_vjp_abstract)
 # ----------------------------------------------------------------- lowering
 
 def _forward_kernel(ctx, boxes, levels, *maps, op, output_size, spatial_scales,
-                    sampling_ratio, aligned, layout):
+                    sampling_ratio, aligned, layout, winners=True):
     del output_size  # read by the kernel from the result's dimensions
     boxes_aval, _, *map_avals = ctx.avals_in
     rule = jax.ffi.ffi_lowering(
-        _ffi.target(op + "_levels_forward"),
+        _ffi.target(_autodiff.forward_kernel_name(op, winners, "_levels")),
         extra_attributes=_sharding.levels_forward_attributes(
             [a.shape for a in map_avals], boxes_aval.shape, [a.shape for a in ctx.avals_out],
             layout))
@@ -268,7 +270,8 @@ def multi_scale_roi_align(features, boxes, output_size, scales, sampling_ratio=-
     # Cast before bind, so shard_map sums the gradients of replicated maps.
     boxes, index, *maps = match_vma(boxes, index, *maps)
     return levels_forward_p.bind(
-        boxes, index, *maps, op=op, output_size=_checks.output_size_pair(output_size),
+        boxes, index, *maps, op=op, winners=False,
+        output_size=_checks.output_size_pair(output_size),
         spatial_scales=tuple(2.0 ** -k for k in levels),
         sampling_ratio=_checks.sampling_ratio_value(sampling_ratio),
         aligned=_checks.aligned_value(aligned), layout=layout,

@@ -3,7 +3,9 @@ rules, and the public roi_align and roi_pool (roi_align_rotated and the
 position-sensitive ops have their own modules and bind the same primitives).
 
   roi_forward(features, rois) -> out           (the linear ops: "align_avg",
-                                                "rotated", "ps_align", "ps_pool")
+                                                "rotated", "ps_align", "ps_pool",
+                                                "prroi"; and the max ops bound
+                                                with winners=False)
                               -> out, argmax   ("align_max", "pool")
   roi_winner(features, rois, argmax) -> out    (max modes' tangent, pure JAX)
   roi_backward(grad_out, rois[, argmax]) -> grad_features
@@ -53,9 +55,9 @@ def _pooled_aval(features, rois, *, op, output_size, layout, **_):
                     common_vma((features, rois)))
 
 
-def _forward_abstract(features, rois, *, op, **params):
+def _forward_abstract(features, rois, *, op, winners=True, **params):
     out = _pooled_aval(features, rois, op=op, **params)
-    return [out] if op in reference.LINEAR_OPS else [out, out.update(dtype=jnp.int32)]
+    return _autodiff.forward_results(out, op, winners)
 
 
 def _winner_abstract(features, rois, argmax, **params):
@@ -89,11 +91,11 @@ roi_box_vjp_p.def_abstract_eval(_box_vjp_abstract)
 # ----------------------------------------------------------------- lowering
 
 def _forward_kernel(ctx, features, rois, *, op, output_size, spatial_scale, sampling_ratio,
-                    aligned, layout, clockwise=False):
+                    aligned, layout, clockwise=False, winners=True):
     del output_size  # read by the kernel from the result's dimensions
     features_aval, rois_aval = ctx.avals_in
     rule = jax.ffi.ffi_lowering(
-        _ffi.target(op + "_forward"),
+        _ffi.target(_autodiff.forward_kernel_name(op, winners)),
         extra_attributes=_sharding.forward_attributes(
             features_aval.shape, rois_aval.shape, [a.shape for a in ctx.avals_out], layout,
             position_sensitive=op in reference.POSITION_SENSITIVE_OPS))
@@ -237,7 +239,7 @@ def pooled(features, rois, **params):
     # Cast before bind, so that the gradient of features shared across
     # shard_map devices is summed by the cast's transpose.
     features, rois = match_vma(features, rois)
-    return roi_forward_p.bind(features, rois, **params)[0]
+    return roi_forward_p.bind(features, rois, winners=False, **params)[0]
 
 
 def roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,

@@ -829,8 +829,8 @@ BOX_OPS = ("align_avg", "align_max", "rotated", "ps_align", "prroi")
 
 
 def _pooled(table, sites, dtype, pixels, *, op, output_size, sampling_ratio, aligned,
-            clockwise=False, **_):
-    """[out] or [out, argmax], each [K, PH, PW, C_out]."""
+            clockwise=False, winners=True, **_):
+    """[out] or [out, argmax] (the max ops with `winners`), each [K, PH, PW, C_out]."""
     k, (ph, pw), c = sites.valid.shape[0], output_size, table.shape[1]
     c_out = c // (ph * pw) if op in POSITION_SENSITIVE_OPS else c
     if k == 0 or c_out == 0 or table.shape[0] == 0:
@@ -846,7 +846,7 @@ def _pooled(table, sites, dtype, pixels, *, op, output_size, sampling_ratio, ali
     else:
         outs = _align_forward(table, sites, output_size, sampling_ratio,
                               aligned or op == "ps_align", op, clockwise)
-    return [outs[0].astype(dtype)] + outs[1:]
+    return [outs[0].astype(dtype)] + (outs[1:] if winners else [])
 
 
 def _pulled_back(grad, argmax, sites, rows, channels, pixels, *, op, output_size,
@@ -884,7 +884,8 @@ def _read_winners(table, argmax, sites, dtype, pixels, *, op, output_size, sampl
 
 
 def roi_forward(features, rois, **params):
-    """roi_forward's results: [out] for the linear ops, [out, argmax] otherwise."""
+    """roi_forward's results: [out] for the linear ops and `winners=False`,
+    [out, argmax] otherwise."""
     if _several_images(rois):
         return _image_by_image(roi_forward, features, rois, **params)
     layout = params["layout"]

@@ -4,7 +4,8 @@
 //     stream) and what the handler receives;
 //   Backend::kCommandBufferCompatible: whether XLA may capture the handlers
 //     in command buffers (CUDA graphs);
-//   Backend::forward<op, T, G>(ctx, problem, features, out, argmax);
+//   Backend::forward<op, T, G>(ctx, problem, features, out, argmax), argmax
+//     null for the linear ops and for a max op's values alone;
 //   Backend::backward<op, T, G>(ctx, problem, grad_out, argmax, grad_features),
 //     which also zeroes grad_features;
 //   Backend::box_jvp<op, T, G>(ctx, problem, features, argmax, roi_tangents,
@@ -329,7 +330,9 @@ struct Handler {
 
   static auto bind() { return ffi::Ffi::Bind().template Ctx<typename Backend::Binding>(); }
 
-  static ffi::Error forward_linear(Ctx ctx, ffi::AnyBuffer features, ffi::AnyBuffer rois,
+  // The output alone: the linear ops' forward, and the max ops' when
+  // their winners are not wanted (a call that is not differentiated).
+  static ffi::Error forward_values(Ctx ctx, ffi::AnyBuffer features, ffi::AnyBuffer rois,
                                    Out out, Geometry g) {
     return forward<Backend, op>(ctx, features, rois, *out, nullptr, g);
   }
@@ -346,7 +349,7 @@ struct Handler {
     return backward<Backend, op>(ctx, grad_out, rois, &argmax, *grad, g);
   }
 
-  static ffi::Error levels_forward_linear(Ctx ctx, ffi::AnyBuffer rois, Int32 levels,
+  static ffi::Error levels_forward_values(Ctx ctx, ffi::AnyBuffer rois, Int32 levels,
                                           ffi::RemainingArgs maps, Out out, Scales scales,
                                           int64_t ratio, bool aligned, bool channels_last) {
     return forward_levels<Backend, op>(ctx, rois, levels, maps, *out, nullptr,
@@ -429,12 +432,18 @@ struct Handler {
       return std::move(binding).To(fn);
   }
 
+  static auto forward_binding() {
+    return bind().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>();
+  }
+  static auto values_forward_handler() {
+    return handler(forward_binding().template Attrs<Geometry>(), forward_values);
+  }
   static auto forward_handler() {
-    auto b = bind().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>();
     if constexpr (is_linear(op))
-      return handler(std::move(b).template Attrs<Geometry>(), forward_linear);
+      return values_forward_handler();
     else
-      return handler(std::move(b).template Ret<Int32>().template Attrs<Geometry>(), forward_argmax);
+      return handler(forward_binding().template Ret<Int32>().template Attrs<Geometry>(),
+                     forward_argmax);
   }
   static auto backward_handler() {
     auto b = bind().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>();
@@ -454,12 +463,18 @@ struct Handler {
         .template Attr<bool>("aligned")
         .template Attr<bool>("channels_last");
   }
+  static auto levels_forward_binding() {
+    return bind().template Arg<ffi::AnyBuffer>().template Arg<Int32>().RemainingArgs().template Ret<ffi::AnyBuffer>();
+  }
+  static auto levels_values_forward_handler() {
+    return handler(with_level_attrs(levels_forward_binding()), levels_forward_values);
+  }
   static auto levels_forward_handler() {
-    auto b = bind().template Arg<ffi::AnyBuffer>().template Arg<Int32>().RemainingArgs().template Ret<ffi::AnyBuffer>();
     if constexpr (is_linear(op))
-      return handler(with_level_attrs(std::move(b)), levels_forward_linear);
+      return levels_values_forward_handler();
     else
-      return handler(with_level_attrs(std::move(b).template Ret<Int32>()), levels_forward_argmax);
+      return handler(with_level_attrs(levels_forward_binding().template Ret<Int32>()),
+                     levels_forward_argmax);
   }
   static auto levels_backward_handler() {
     auto b = bind().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Arg<Int32>();
@@ -508,7 +523,8 @@ XLA_FFI_Error* call_handler(XLA_FFI_CallFrame* frame) {
 // largest ones (roi_align avg's forward and pyramid forward) do too.
 enum EntryKind : int {
   kForwardEntry, kBackwardEntry, kBoxJvpEntry, kBoxVjpEntry,
-  kLevelsForwardEntry, kLevelsBackwardEntry, kLevelsBoxJvpEntry, kLevelsBoxVjpEntry
+  kLevelsForwardEntry, kLevelsBackwardEntry, kLevelsBoxJvpEntry, kLevelsBoxVjpEntry,
+  kValuesForwardEntry, kLevelsValuesForwardEntry
 };
 constexpr int entry_part(Op op, EntryKind kind, int parts) {
   return (static_cast<int>(op) + kind) % parts;
@@ -530,12 +546,20 @@ std::vector<KernelEntry> kernel_entries() {
   JAX_ROI_ENTRY(op, kForwardEntry, #name "_forward",                           \
                 (Handler<Backend, Op::op>::forward_handler()))                 \
   JAX_ROI_ENTRY(op, kBackwardEntry, #name "_backward",                         \
-                (Handler<Backend, Op::op>::backward_handler()))
+                (Handler<Backend, Op::op>::backward_handler()))                \
+  if constexpr (!is_linear(Op::op)) {                                          \
+    JAX_ROI_ENTRY(op, kValuesForwardEntry, #name "_values_forward",            \
+                  (Handler<Backend, Op::op>::values_forward_handler()))        \
+  }
 #define JAX_ROI_LEVEL_ENTRIES(name, op)                                        \
   JAX_ROI_ENTRY(op, kLevelsForwardEntry, #name "_levels_forward",              \
                 (Handler<Backend, Op::op>::levels_forward_handler()))          \
   JAX_ROI_ENTRY(op, kLevelsBackwardEntry, #name "_levels_backward",            \
-                (Handler<Backend, Op::op>::levels_backward_handler()))
+                (Handler<Backend, Op::op>::levels_backward_handler()))         \
+  if constexpr (!is_linear(Op::op)) {                                          \
+    JAX_ROI_ENTRY(op, kLevelsValuesForwardEntry, #name "_levels_values_forward", \
+                  (Handler<Backend, Op::op>::levels_values_forward_handler()))   \
+  }
 #define JAX_ROI_BOX_ENTRIES(name, op)                                          \
   JAX_ROI_ENTRY(op, kBoxJvpEntry, #name "_box_jvp",                            \
                 (Handler<Backend, Op::op>::box_handler(true)))                 \

@@ -1,8 +1,11 @@
 // Every kernel, named once. Each op below has the FFI targets
-// <name>_forward and <name>_backward; each box op also <name>_box_jvp and
-// <name>_box_vjp (the derivative with respect to the ROIs, forward and
-// reverse mode); each level op (a feature pyramid) <name>_levels_forward,
-// <name>_levels_backward, <name>_levels_box_jvp and <name>_levels_box_vjp.
+// <name>_forward and <name>_backward; each max op (not linear: its forward
+// also records the winners, argmax) also <name>_values_forward, the forward
+// without them that calls which are not differentiated run; each box op
+// also <name>_box_jvp and <name>_box_vjp (the derivative with respect to
+// the ROIs, forward and reverse mode); each level op (a feature pyramid)
+// <name>_levels_forward, <name>_levels_backward, <name>_levels_box_jvp and
+// <name>_levels_box_vjp, and each level max op <name>_levels_values_forward.
 // The handlers (ffi_handlers.h), the registrations every module hands to
 // Python and the names Python lowers to all come from these lists.
 #pragma once

@@ -86,6 +86,16 @@ def test_cuda_element_functions_match_cpu_kernels(op, sampling_ratio, aligned, d
 TOLERANCE = {jnp.float64: 1e-12, jnp.float32: 2e-6, jnp.float16: 2e-3, jnp.bfloat16: 1e-2}
 
 
+def assert_values_forward_agrees(cpu_out, serial_out, features, rois, static):
+    values = dict(static, winners=False)
+    cpu = roi_forward_p.bind(features, rois, **values)
+    assert len(cpu) == 1
+    reference = jax.eval_shape(lambda: roi_forward_p.bind(features, rois, **values))
+    serial = serial_call("values_forward", static, reference, features, rois)
+    np.testing.assert_array_equal(cpu[0], cpu_out)
+    np.testing.assert_array_equal(serial[0], serial_out)
+
+
 def assert_kernels_agree(features, rois, static):
     tol = TOLERANCE[features.dtype.type]
     cpu = roi_forward_p.bind(features, rois, **static)
@@ -95,6 +105,8 @@ def assert_kernels_agree(features, rois, static):
     for a, b in zip(cpu[1:], serial[1:]):
         np.testing.assert_array_equal(a, b)
     assert np.any(np.asarray(cpu[0], np.float64) != 0)
+    if len(cpu) > 1:  # a max op's forward without winners: the same values
+        assert_values_forward_agrees(cpu[0], serial[0], features, rois, static)
 
     grad_out = jnp.asarray(np.random.default_rng(1).standard_normal(cpu[0].shape), features.dtype)
     argmax = cpu[1:]
@@ -299,6 +311,15 @@ def test_cuda_pyramid_element_functions_match_cpu_kernels(op, sampling_ratio, al
     for a, b in zip(cpu[1:], serial[1:]):
         np.testing.assert_array_equal(a, b)
     assert np.all(np.asarray(cpu[0], np.float64)[1, 2] == 0)  # the NaN box
+    if op == "align_max":  # the forward without winners: the same values
+        values = dict(static, winners=False)
+        reference = jax.eval_shape(lambda: roi_levels_forward_p.bind(boxes, levels, *maps,
+                                                                     **values))
+        assert len(reference) == 1
+        for prefix in (_ffi.TARGET_PREFIX, PREFIX):
+            alone = jax.ffi.ffi_call(prefix + op + "_levels_values_forward", reference)(
+                boxes, levels, *maps, **attrs["forward"])
+            np.testing.assert_array_equal(alone[0], (cpu if prefix != PREFIX else serial)[0])
     # -1 reads level 0 and 7 level 2: the same as the clamped indices
     clamped = roi_levels_forward_p.bind(boxes, jnp.clip(levels, 0, 2), *maps, **static)
     np.testing.assert_array_equal(np.asarray(clamped[0], np.float64),

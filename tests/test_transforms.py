@@ -223,3 +223,33 @@ def test_jit_does_not_recompile_for_same_static_arguments():
         static(make_features(rng, 1, 2, 8, 8, "NCHW"), make_rois(rng, 4, 1, 8, 8), 7, 0.25, 2,
                True, mode="max")
     assert static._cache_size() == 1
+
+
+def kernel_targets(compiled_text):
+    return sorted(set(t for t in compiled_text.split('custom_call_target="')[1:]
+                      for t in [t.split('"')[0]] if t.startswith("jax_roi_")))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("op,fn", OPS[2:], ids=OP_IDS[2:])
+def test_max_modes_write_winners_only_when_differentiated(op, fn, layout):
+    """Inference runs the max ops' kernel without winners: one result, no
+    argmax buffer, the same values; a gradient runs the kernel with them."""
+    rng = np.random.default_rng(12)
+    features = make_features(rng, 2, 21, 9, 11, layout, np.float32)
+    rois = make_rois(rng, 40, 2, 9, 11).astype(jnp.float32)
+    rois = rois.at[3, 0].set(-1.0).at[5, 1].set(jnp.nan)  # invalid ROIs give zeros
+    forward = jax.jit(lambda f: fn(f, rois, layout)).lower(features).compile()
+    assert kernel_targets(forward.as_text()) == [jax_roi._ffi.target(op + "_values_forward")]
+    assert forward.memory_analysis().temp_size_in_bytes < 4 * rois.size
+
+    grad = jax.jit(jax.grad(lambda f: jnp.sum(fn(f, rois, layout) ** 2)))
+    assert kernel_targets(grad.lower(features).compile().as_text()) == sorted(
+        jax_roi._ffi.target(op + kind) for kind in ("_backward", "_forward"))
+
+    with_winners = jax.jvp(lambda f: fn(f, rois, layout), (features,), (features,))[0]
+    values = jax.jit(lambda f: fn(f, rois, layout))(features)
+    np.testing.assert_array_equal(values, with_winners)
+    assert np.all(np.asarray(values)[[3, 5]] == 0) and np.any(np.asarray(values) != 0)
+    grads = grad(features)
+    assert np.isfinite(np.asarray(grads)).all() and np.any(np.asarray(grads) != 0)

@@ -18,6 +18,7 @@ struct AlignScratch {
   RoiRun<G> run;
   LaneTile<G> tile;
   OutputBlock<G> block;
+  WinnerBlock winners;
   std::vector<G> acc, value;
   std::vector<int32_t> arg;
 };

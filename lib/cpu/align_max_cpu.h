@@ -66,11 +66,12 @@ void align_max_forward_roi(const Problem<G>& p, int64_t k, const T* features, T*
     const Shape& s = p.shape;
     const int64_t C = s.channels, bins = s.pooled_h * s.pooled_w;
     T* roi_out = out + k * C * bins;
-    int32_t* roi_arg = argmax + k * C * bins;
+    int32_t* roi_arg = argmax ? argmax + k * C * bins : nullptr;
     Roi<G> r;
     AlignRoi<G> a;
     if (!prepare_roi(p, k, &r, &a, &scratch.tables)) {
-      for (int64_t i = 0; i < C * bins; ++i) roi_out[i] = from_acc<T>(G(0)), roi_arg[i] = -1;
+      std::fill(roi_out, roi_out + C * bins, from_acc<T>(G(0)));
+      if (roi_arg) std::fill(roi_arg, roi_arg + C * bins, -1);
       return;
     }
     const int64_t lanes = s.channels_last ? C : 1;
@@ -85,17 +86,18 @@ void align_max_forward_roi(const Problem<G>& p, int64_t k, const T* features, T*
                        scratch.value.data());
           // Lanes are contiguous in NHWC; in NCHW there is one.
           const int64_t i = output_index(s, 0, c0, ph, pw);
-          for (int64_t c = 0; c < lanes; ++c) {
-            roi_out[i + c] = from_acc<T>(scratch.acc[c]);
-            roi_arg[i + c] = scratch.arg[c];
-          }
+          for (int64_t c = 0; c < lanes; ++c) roi_out[i + c] = from_acc<T>(scratch.acc[c]);
+          if (roi_arg) std::copy_n(scratch.arg.data(), lanes, roi_arg + i);
         }
       }
     }
   });
 }
 
-// NCHW: channels [c0, c1) of the listed ROIs, through tiles of kLanes channels.
+// NCHW: channels [c0, c1) of the listed ROIs, through tiles of kLanes
+// channels. A ROI's results and winners for a tile are staged bin-major and
+// written as one stream each (OutputBlock, WinnerBlock); argmax is null
+// when only the values are wanted.
 template <typename T, typename G>
 void align_max_forward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0, int64_t c1,
                             const T* features, T* out, int32_t* argmax, AlignScratch<G>& scratch) {
@@ -104,28 +106,29 @@ void align_max_forward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0
     const int64_t bins = s.pooled_h * s.pooled_w;
     RoiRun<G>& run = scratch.run;
     LaneTile<G>& tile = scratch.tile;
+    OutputBlock<G>& block = scratch.block;
+    WinnerBlock& winners = scratch.winners;
+    block.resize(bins);
+    winners.resize(bins);
     for_each_run_and_lane_group(p, list, c0, c1, run, kRunCapacity, [&](int64_t c, int lanes) JAX_ROI_INLINE_LAMBDA {
       for (int64_t slot = 0; slot < run.size(); ++slot) {
         const int64_t batch = run.batch[slot];
         if (batch >= 0 && (tile.batch != batch || tile.channel != c))
           tile.load(s, features, batch, c, lanes);
         const Pixels<G> px{tile.data.data(), kLanes, s.width * kLanes};
-        const int64_t i = output_index(s, run.roi[slot], c, 0, 0);
         for (int64_t b = 0; b < bins; ++b) {
-          G best[kLanes], value[kLanes];
-          int32_t arg[kLanes];
+          G value[kLanes];
           if (batch >= 0) {
-            scan_max_bin(run.tables[slot], b / s.pooled_w, b % s.pooled_w, px, kLanes, best, arg,
-                         value);
+            scan_max_bin(run.tables[slot], b / s.pooled_w, b % s.pooled_w, px, kLanes,
+                         block.at(b), winners.at(b), value);
           } else {
-            std::fill(best, best + kLanes, G(0));
-            std::fill(arg, arg + kLanes, -1);
-          }
-          for (int j = 0; j < lanes; ++j) {
-            out[i + j * bins + b] = from_acc<T>(best[j]);
-            argmax[i + j * bins + b] = arg[j];
+            std::fill(block.at(b), block.at(b) + kLanes, G(0));
+            std::fill(winners.at(b), winners.at(b) + kLanes, -1);
           }
         }
+        const int64_t i = output_index(s, run.roi[slot], c, 0, 0);
+        block.write(out + i, lanes, s);
+        if (argmax) winners.write(argmax + i, lanes, s);
       }
     });
   });

@@ -194,4 +194,27 @@ struct OutputBlock {
   }
 };
 
+// A ROI's winners (argmax) for a tile's channels, bin-major as
+// OutputBlock's values, and moved to their NCHW places as OutputBlock::write
+// moves those (element by element, the max forwards' two strided outputs
+// cost as much as their sampling).
+struct WinnerBlock {
+  std::vector<int32_t> data, staged;
+  int64_t bins = 0;
+
+  void resize(int64_t bin_count) {
+    bins = bin_count;
+    data.resize(bins * kLanes);
+    staged.resize(bins * kLanes);
+  }
+  int32_t* at(int64_t b) { return data.data() + b * kLanes; }
+
+  JAX_ROI_ALWAYS_INLINE void write(int32_t* dst, int lanes, const Shape& s) {
+    transpose_tiled(data.data(), kLanes, bins, lanes, staged.data(), bins,
+                    [](int32_t v) JAX_ROI_INLINE_LAMBDA { return v; });
+    copy_result(dst, staged.data(), lanes * bins, streamed_result<int32_t>(s.output_count()));
+  }
+  ~WinnerBlock() { stream_fence(); }
+};
+
 }  // namespace jax_roi

@@ -79,19 +79,19 @@ void pool_forward_nhwc(const Problem<G>& p, int64_t k, const T* features, T* out
         const int64_t i = output_index(s, k, 0, ph, pw);
         for (int64_t c = 0; c < C; ++c) {
           out[i + c] = from_acc<T>(arg[c] < 0 ? G(0) : best[c]);
-          argmax[i + c] = arg[c];
         }
+        if (argmax) std::copy_n(arg, C, argmax + i);
       }
     }
   });
 }
 
 // NCHW: the tile's channels of ROI `slot` of `run`, from `tile`, into
-// `block` and `arg_block` (bin b's lanes at b * kLanes).
+// `block` and `winners`.
 template <typename G>
 JAX_ROI_ALWAYS_INLINE void pool_forward_lanes(const Problem<G>& p, const PoolRun<G>& run,
                                               int64_t slot, const LaneTile<G>& tile,
-                                              OutputBlock<G>& block, int32_t* arg_block) {
+                                              OutputBlock<G>& block, WinnerBlock& winners) {
   const Shape& s = p.shape;
   const int64_t bins = s.pooled_h * s.pooled_w;
   const PixelWindow* win = run.windows.data() + slot * bins;
@@ -110,33 +110,31 @@ JAX_ROI_ALWAYS_INLINE void pool_forward_lanes(const Problem<G>& p, const PoolRun
 #pragma GCC unroll 1
     for (int j = 0; j < kLanes; ++j) best[j] = arg[j] < 0 ? G(0) : best[j];
     std::memcpy(block.at(b), best, sizeof best);
-    std::memcpy(arg_block + b * kLanes, arg, sizeof arg);
+    std::memcpy(winners.at(b), arg, sizeof arg);
   }
 }
 
 // NCHW: channels [c0, c1) of the listed ROIs, through tiles of kLanes
-// channels. A ROI's results for a tile are written as one stream, as
-// align's are (OutputBlock).
+// channels. A ROI's results (and winners) for a tile are written as one
+// stream each, as align's are (OutputBlock).
 template <typename T, typename G>
 void pool_forward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0, int64_t c1,
                        const T* features, T* out, int32_t* argmax, PoolRun<G>& run,
-                       LaneTile<G>& tile, OutputBlock<G>& block, std::vector<int32_t>& arg_block) {
+                       LaneTile<G>& tile, OutputBlock<G>& block, WinnerBlock& winners) {
   with_native_isa([&](auto) JAX_ROI_INLINE_LAMBDA {
     const Shape& s = p.shape;
     const int64_t bins = s.pooled_h * s.pooled_w;
     block.resize(bins);
-    arg_block.resize(bins * kLanes);
+    winners.resize(bins);
     for_each_run_and_lane_group(p, list, c0, c1, run, kPoolRunCapacity, [&](int64_t c, int lanes) JAX_ROI_INLINE_LAMBDA {
       for (int64_t slot = 0; slot < run.size(); ++slot) {
         const int64_t batch = run.batch[slot];
         if (batch >= 0 && (tile.batch != batch || tile.channel != c))
           tile.load(s, features, batch, c, lanes);
-        pool_forward_lanes(p, run, slot, tile, block, arg_block.data());
+        pool_forward_lanes(p, run, slot, tile, block, winners);
         const int64_t i = output_index(s, run.roi[slot], c, 0, 0);
         block.write(out + i, lanes, s);
-        const int32_t* __restrict__ src = arg_block.data();
-        for (int j = 0; j < lanes; ++j)
-          for (int64_t b = 0; b < bins; ++b) argmax[i + j * bins + b] = src[b * kLanes + j];
+        if (argmax) winners.write(argmax + i, lanes, s);
       }
     });
   });
@@ -216,6 +214,7 @@ struct PoolScratch {
   PoolRun<G> run;
   LaneTile<G> tile;
   OutputBlock<G> block;
+  WinnerBlock winners;
   std::vector<G> best;
   std::vector<int32_t> arg;
 };
@@ -234,7 +233,7 @@ struct CpuKernel<Op::kPool> : NoCallTables {
                            int64_t c0, int64_t c1,
                            const T* features, T* out, int32_t* argmax, Scratch<G>& scratch) {
     pool_forward_nchw(p, list, c0, c1, features, out, argmax, scratch.run, scratch.tile,
-                      scratch.block, scratch.arg);
+                      scratch.block, scratch.winners);
   }
   template <typename T, typename G>
   static void forward_nhwc(const Problem<G>& p, const RoiList& list, const Tables<G>&,

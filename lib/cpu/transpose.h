@@ -74,14 +74,16 @@ inline void transpose_16x16(const float*, int64_t, float*, int64_t) {}
 // j < cols. A tile's rows are copied in whole, then read down its columns
 // at the tile's fixed stride, which the vectoriser turns into permutes (a
 // runtime stride on either side leaves one scalar load and store per
-// element). From float to float, convert is the identity (to_acc,
-// from_acc<float>), and whole tiles may skip it (register tiles).
+// element). From float to float, and from int32 to int32 (winners),
+// convert is the identity (to_acc, from_acc<float>), and whole tiles may
+// skip it: register tiles move 4-byte words, whatever their bits mean.
 template <typename S, typename D, typename Convert>
 JAX_ROI_ALWAYS_INLINE void transpose_tiled(const S* src, int64_t src_stride, int64_t rows,
                                            int64_t cols, D* dst, int64_t dst_stride,
                                            Convert convert) {
   constexpr int64_t kTile = 16;
-  constexpr bool kFloats = std::is_same_v<S, float> && std::is_same_v<D, float> &&
+  constexpr bool kFloats = std::is_same_v<S, D> &&
+                           (std::is_same_v<S, float> || std::is_same_v<S, int32_t>) &&
                            transpose_detail::kHasRegisterTiles;
   const bool in_registers = kFloats && transpose_detail::register_tiles();
   S tile[kTile][kTile];
@@ -93,7 +95,8 @@ JAX_ROI_ALWAYS_INLINE void transpose_tiled(const S* src, int64_t src_stride, int
       D* to = dst + j0 * dst_stride + i0;
       if constexpr (kFloats) {
         if (in_registers && ni == kTile && nj == kTile) {
-          transpose_detail::transpose_16x16(from, src_stride, to, dst_stride);
+          transpose_detail::transpose_16x16(reinterpret_cast<const float*>(from), src_stride,
+                                            reinterpret_cast<float*>(to), dst_stride);
           continue;
         }
       }

@@ -140,7 +140,7 @@ struct Elements<Op::kAlignMax> {
     }
     settle_max(bin.ys, bin.xs, &best, &packed);
     out[i] = from_acc<T>(best);
-    argmax[i] = static_cast<int32_t>(packed);
+    if (argmax) argmax[i] = static_cast<int32_t>(packed);  // null: the values alone
   }
 
   template <typename T, typename G, typename Add>

@@ -34,7 +34,7 @@ struct Elements<Op::kPool> {
       if (best_index < 0) best = G(0);
     }
     out[i] = from_acc<T>(best);
-    argmax[i] = static_cast<int32_t>(best_index);
+    if (argmax) argmax[i] = static_cast<int32_t>(best_index);  // null: the values alone
   }
 
   template <typename T, typename G, typename Add>

@@ -82,10 +82,10 @@ JAX_ROI_ALWAYS_INLINE void transpose_tiled(const S* src, int64_t src_stride, int
                                            int64_t cols, D* dst, int64_t dst_stride,
                                            Convert convert) {
   constexpr int64_t kTile = 16;
-  constexpr bool kFloats = std::is_same_v<S, D> &&
-                           (std::is_same_v<S, float> || std::is_same_v<S, int32_t>) &&
-                           transpose_detail::kHasRegisterTiles;
-  const bool in_registers = kFloats && transpose_detail::register_tiles();
+  constexpr bool kFourByteWords = std::is_same_v<S, D> &&
+                                  (std::is_same_v<S, float> || std::is_same_v<S, int32_t>) &&
+                                  transpose_detail::kHasRegisterTiles;
+  const bool in_registers = kFourByteWords && transpose_detail::register_tiles();
   S tile[kTile][kTile];
   for (int64_t i0 = 0; i0 < rows; i0 += kTile) {
     const int64_t ni = std::min(kTile, rows - i0);
@@ -93,7 +93,7 @@ JAX_ROI_ALWAYS_INLINE void transpose_tiled(const S* src, int64_t src_stride, int
       const int64_t nj = std::min(kTile, cols - j0);
       const S* from = src + i0 * src_stride + j0;
       D* to = dst + j0 * dst_stride + i0;
-      if constexpr (kFloats) {
+      if constexpr (kFourByteWords) {
         if (in_registers && ni == kTile && nj == kTile) {
           transpose_detail::transpose_16x16(reinterpret_cast<const float*>(from), src_stride,
                                             reinterpret_cast<float*>(to), dst_stride);

@@ -29,6 +29,7 @@
 #include "native_vector.h"
 #include "parallel_for.h"
 #include "stream_store.h"
+#include "reused_scratch.h"
 
 namespace jax_roi {
 
@@ -74,6 +75,8 @@ struct BinTaps {
   std::vector<Span> bin_rows;
   Span rows;
   bool rows_found = false;
+
+  size_t bytes() const { return vector_bytes(taps, first, divisor, bin_rows); }
 
   // The taps as the kernels read them, valid until the next change.
   const RoiTaps<G>& view() {
@@ -284,9 +287,10 @@ struct TapList {
   // `find_rows`: each entry's rows are found too (BinTaps::find_rows).
   void build(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list, bool find_rows) {
     start(list);
-    std::atomic<int64_t> total{0};
-    parallel_for_guided(pool, list.size, 4,
-                        [&](int64_t j0, int64_t j1) { tabulate_range(p, j0, j1, find_rows, total); });
+    std::atomic<int64_t> total{0}, chunks{0};
+    parallel_for_guided(pool, list.size, 4, [&](int64_t j0, int64_t j1) {
+      tabulate_range(p, j0, j1, find_rows, total, runs[chunks++]);
+    });
     finish(total.load());
   }
 
@@ -295,9 +299,21 @@ struct TapList {
   const TapList& build_serial(const Problem<G>& p, const RoiList& list) {
     start(list);
     std::atomic<int64_t> total{0};
-    tabulate_range(p, 0, list.size, /*find_rows=*/false, total);
+    tabulate_range(p, 0, list.size, /*find_rows=*/false, total, runs[0]);
     finish(total.load());
     return *this;
+  }
+
+  // Kept between calls (reused_scratch.h): emptied, its memory kept.
+  void forget() {
+    ids = nullptr;
+    shared = false;
+    rois.clear();
+  }
+  size_t bytes() const {
+    size_t n = vector_bytes(rois, runs);
+    for (const Run& run : runs) n += vector_bytes(run.taps, run.first, run.divisor, run.bin_rows);
+    return n;
   }
 
   // (Inlined: the NCHW backward asks for every ROI once a bin.)
@@ -342,7 +358,9 @@ struct TapList {
       if (t.rows_found) bin_rows.insert(bin_rows.end(), t.bin_rows.begin(), t.bin_rows.end());
     }
   };
-  std::vector<Run> runs;  // runs[j0]: the run of the chunk of entries from j0
+  // A run for each chunk of entries, taken in the order the chunks start,
+  // so that a list built call after call reuses the same runs' memory.
+  std::vector<Run> runs;
 
   static const RoiTaps<G>& tabulate_own(const Problem<G>& p, int64_t k, BinTaps<G>& own) {
     Tabulate::build(p, k, own);
@@ -354,16 +372,17 @@ struct TapList {
     rois.assign(list.size, RoiTaps<G>{});
     // Emptied, not freed: a list rebuilt block after block (an NCHW
     // gradient block's part) reuses its runs' memory.
-    if (runs.size() < static_cast<size_t>(list.size)) runs.resize(list.size);
+    // (at least one: build_serial's, for an empty list too)
+    if (runs.size() < static_cast<size_t>(std::max<int64_t>(list.size, 1)))
+      runs.resize(std::max<int64_t>(list.size, 1));
     for (Run& run : runs) run.clear();
   }
 
   // Entries [j0, j1), each tabulated into one scratch, then appended to
-  // the run of j0; their views are taken once the run is whole.
+  // `run`; their views are taken once the run is whole.
   void tabulate_range(const Problem<G>& p, int64_t j0, int64_t j1, bool find_rows,
-                      std::atomic<int64_t>& total) {
+                      std::atomic<int64_t>& total, Run& run) {
     BinTaps<G> scratch;
-    Run& run = runs[j0];
     int64_t j = j0;
     for (; j < j1 && total.load() <= kSharedTaps; ++j) {
       Tabulate::build(p, ids[j], scratch);
@@ -526,12 +545,15 @@ struct CallTapTables {
   }
 };
 
+// Kept between calls (reused_scratch.h).
 template <typename G>
 struct TapScratch {
   BinTaps<G> taps;  // a ROI's, when the call's are not shared
   LaneTile<G> tile;
-  OutputBlock<G> block;  // its end fences the thread's streamed stores, NHWC's too
+  OutputBlock<G> block;
   std::vector<G> scaled;
+  size_t bytes() const { return taps.bytes() + tile.bytes() + block.bytes() + vector_bytes(scaled); }
+  void forget() { tile.forget(); }  // (the rest is written before it is read)
 };
 
 // The kernels of the ops whose bins read every channel (roi_align_rotated,

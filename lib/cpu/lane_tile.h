@@ -15,6 +15,7 @@
 #include "isa_dispatch.h"
 #include "native_vector.h"
 #include "stream_store.h"
+#include "reused_scratch.h"
 #include "transpose.h"
 
 namespace jax_roi {
@@ -122,6 +123,8 @@ struct LaneTile {
     batch = channel = -1;
   }
   ~LaneTile() { stream_fence(); }
+  size_t bytes() const { return vector_bytes(data, staged); }
+  void forget() { batch = channel = -1; }
 
  private:
   std::vector<G> staged;  // flush_into's
@@ -172,6 +175,7 @@ struct OutputBlock {
     copy_result(dst, staged, lanes * bins, streamed_result<T>(s.output_count()));
   }
   ~OutputBlock() { stream_fence(); }
+  size_t bytes() const { return vector_bytes(data, staged); }
 
   // A ROI's result computed channels-last, roi_out[b * C + c], to its NCHW
   // output dst[c * bins + b]: transposed in cache, then copied out as write

@@ -24,6 +24,7 @@
 #include "gradient_blocks.h"
 #include "native_vector.h"
 #include "parallel_for.h"
+#include "reused_scratch.h"
 
 namespace jax_roi {
 
@@ -74,6 +75,8 @@ struct WindowTable {
   std::vector<Span> covered;  // [entry]: every row its windows cover
   std::vector<int64_t> batch;  // [entry]: -1 where the ROI reads nothing
   const int64_t* ids = nullptr;
+
+  size_t bytes() const { return vector_bytes(rows, columns, covered, batch); }
 
   void build(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list) {
     ids = list.ids;

@@ -285,6 +285,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
   template <typename G>
   struct Tables : TapList<G, Tabulate> {
     WindowTable<G> windows;
+    size_t bytes() const { return TapList<G, Tabulate>::bytes() + windows.bytes(); }
   };
   template <typename G>
   struct Scratch {

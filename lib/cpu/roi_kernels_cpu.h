@@ -25,6 +25,7 @@
 #include "position_sensitive_cpu.h"
 #include "precise_cpu.h"
 #include "roi_order.h"
+#include "reused_scratch.h"
 #include "rotated_cpu.h"
 #include "transpose.h"
 
@@ -153,14 +154,16 @@ struct CpuBackend {
         const std::unique_ptr<G[]> copy = channels_last_copy<T, G>(pool, s, features);
         const Problem<G> q = channels_last_problem(p);
         parallel_for_guided(pool, list.size, kRoisPerChunk, [&](int64_t begin, int64_t end) {
-          Scratch scratch;
-          Kernel::forward_from_channels_last(q, {list.ids + begin, end - begin}, copy.get(),
-                                             out, scratch);
+          with_thread_scratch<Scratch>([&](Scratch& scratch) {
+            Kernel::forward_from_channels_last(q, {list.ids + begin, end - begin}, copy.get(),
+                                               out, scratch);
+          });
         });
         return;
       }
     }
-    typename Kernel::template Tables<G> tables;
+    TablesLease<typename Kernel::template Tables<G>> lease;
+    auto& tables = lease.get();
     constexpr NchwSplit split = Kernel::kNchwSplit;
     if (!s.channels_last && split == NchwSplit::kBins) {
       // Threads split the bins (and, when the bins are fewer than the
@@ -179,13 +182,14 @@ struct CpuBackend {
       // the others wake, and the last chunks are single bins, so that the
       // threads finish together.
       parallel_for_guided(pool, items, 1, [&](int64_t i0, int64_t i1) {
-        Scratch scratch;
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t b = i / parts, first = (i % parts) * per_part;
-          const RoiList part{list.ids + first, std::min(per_part, list.size - first)};
-          Kernel::forward_nchw(p, part, tables, b, b + 1, features, staged.get(), argmax,
-                               scratch);
-        }
+        with_thread_scratch<Scratch>([&](Scratch& scratch) {
+          for (int64_t i = i0; i < i1; ++i) {
+            const int64_t b = i / parts, first = (i % parts) * per_part;
+            const RoiList part{list.ids + first, std::min(per_part, list.size - first)};
+            Kernel::forward_nchw(p, part, tables, b, b + 1, features, staged.get(), argmax,
+                                 scratch);
+          }
+        });
       });
       // Transposed in runs of consecutive ROIs, whose staged outputs lie
       // side by side: a ROI alone (psroi-rfcn's 21 channels) left most of
@@ -210,17 +214,19 @@ struct CpuBackend {
       Kernel::tabulate(pool, p, list, tables);
       const int64_t C = s.out_channels;
       parallel_for(pool, C, balanced_grain(pool, C, 1, 4), [&](int64_t c0, int64_t c1) {
-        Scratch scratch;
-        Kernel::forward_nchw(p, list, tables, c0, c1, features, out, argmax, scratch);
+        with_thread_scratch<Scratch>([&](Scratch& scratch) {
+          Kernel::forward_nchw(p, list, tables, c0, c1, features, out, argmax, scratch);
+        });
       });
       return;
     }
     // NHWC: each thread has ROIs of its own: it tabulates them as it visits
     // them (the tables stay empty), each while its pixels are being read.
     parallel_for_guided(pool, list.size, kRoisPerChunk, [&](int64_t begin, int64_t end) {
-      Scratch scratch;
-      Kernel::forward_nhwc(p, {list.ids + begin, end - begin}, tables, features, out, argmax,
-                           scratch);
+      with_thread_scratch<Scratch>([&](Scratch& scratch) {
+        Kernel::forward_nhwc(p, {list.ids + begin, end - begin}, tables, features, out, argmax,
+                             scratch);
+      });
     });
   }
 
@@ -252,18 +258,21 @@ struct CpuBackend {
     // channels instead.
     const bool blocks_share_rois = std::any_of(
         blocks.begin(), blocks.end(), [&](const GradientBlock& b) { return !b.whole_image(s); });
-    typename Kernel::template Tables<G> tables;
+    TablesLease<typename Kernel::template Tables<G>> lease;
+    auto& tables = lease.get();
     if (blocks_share_rois) Kernel::tabulate(pool, p, list, tables);
     if constexpr (Kernel::kNhwcBackwardRowBands)
       if (row_bands && !tables.shared) blocks = gradient_blocks(p, list, threads, false);
+    using Scratch = typename Kernel::template Scratch<G>;
     parallel_for(pool, static_cast<int64_t>(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
-      typename Kernel::template Scratch<G> scratch;
-      for (int64_t b = b0; b < b1; ++b) {
-        if (!Kernel::backward_writes_block(s.channels_last))
-          zero_gradient_block(s, blocks[b], grad);
-        Kernel::backward(p, blocks[b], tables, grad_out, argmax, grad, scratch);
-        target.finish(blocks[b]);
-      }
+      with_thread_scratch<Scratch>([&](Scratch& scratch) {
+        for (int64_t b = b0; b < b1; ++b) {
+          if (!Kernel::backward_writes_block(s.channels_last))
+            zero_gradient_block(s, blocks[b], grad);
+          Kernel::backward(p, blocks[b], tables, grad_out, argmax, grad, scratch);
+          target.finish(blocks[b]);
+        }
+      });
     });
   }
 };

@@ -1,0 +1,141 @@
+"""The tap kernels' per-thread scratch and per-call tables are kept between
+calls (lib/cpu/reused_scratch.h). Whatever an earlier call left in them
+(another op's or layout's tables, a larger map's lane tiles, NaN features),
+and whether a call finds them kept, grows them, or has its own (past the
+cap, JAX_ROI_CPU_KEPT_SCRATCH_MB=0 keeps nothing, or while another call
+holds them), every result is the same bits."""
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jax_roi
+
+# The ops whose kernels keep scratch or tables, each a (feature map, rois)
+# -> output function of its layout.
+OPS = {
+    "roi_align_rotated": lambda layout: partial(
+        jax_roi.roi_align_rotated, output_size=3, spatial_scale=0.5, sampling_ratio=2,
+        layout=layout),
+    "prroi_pool": lambda layout: partial(jax_roi.prroi_pool, output_size=3, spatial_scale=0.5,
+                                         layout=layout),
+    "ps_roi_align": lambda layout: partial(jax_roi.ps_roi_align, output_size=2,
+                                           spatial_scale=0.5, sampling_ratio=2, layout=layout),
+    "ps_roi_pool": lambda layout: partial(jax_roi.ps_roi_pool, output_size=2, spatial_scale=0.5,
+                                          layout=layout),
+}
+
+
+def problem(op, layout, side, k, seed, poison=False):
+    """Features, ROIs and a cotangent for `op` on a side x side map with k
+    ROIs (NaN features where poisoned)."""
+    rng = np.random.default_rng(seed)
+    c = 20 if op.startswith("ps_") else 24  # 5 (or 20) output channels of 2 x 2 bins
+    images = 1 if side < 20 else 2  # (one image: a thread's tiles are of image 0 only)
+    shape = (images, c, side, side) if layout == "NCHW" else (images, side, side, c)
+    features = rng.standard_normal(shape).astype(np.float32)
+    if poison:
+        features[:] = np.nan
+    x0, y0 = rng.uniform(-4, 2 * side, k), rng.uniform(-4, 2 * side, k)
+    wh = rng.uniform(2, 2 * side, (2, k))
+    batch = rng.integers(0, images, k)
+    if op == "roi_align_rotated":
+        rois = np.stack([batch, x0, y0, wh[0], wh[1], rng.uniform(-180, 180, k)], 1)
+    else:
+        rois = np.stack([batch, x0, y0, x0 + wh[0], y0 + wh[1]], 1)
+    fn = OPS[op](layout)
+    rois = jnp.asarray(rois, jnp.float32)
+    out_shape = jax.eval_shape(fn, jnp.asarray(features), rois).shape
+    cotangent = jnp.asarray(rng.standard_normal(out_shape), jnp.float32)
+    return fn, jnp.asarray(features), rois, cotangent
+
+
+def results(op, layout, side, k, seed, poison=False):
+    """The forward and the feature gradient, as bits."""
+    fn, features, rois, cotangent = problem(op, layout, side, k, seed, poison)
+    out, vjp = jax.vjp(lambda f: fn(f, rois), features)
+    grad = vjp(cotangent)[0]
+    return np.asarray(out).view(np.uint32), np.asarray(grad).view(np.uint32)
+
+
+# Small and large maps, few and many ROIs, both layouts, each op after the
+# others, and NaN features in between.
+STEPS = [(op, layout, side, k, seed)
+         for side, k, seed in [(12, 6, 0), (40, 300, 1), (12, 6, 0), (24, 60, 2)]
+         for op in OPS for layout in ("NCHW", "NHWC")]
+
+
+def sequence():
+    saved = {}
+    for i, (op, layout, side, k, seed) in enumerate(STEPS):
+        # Just before: NaN features of the same shapes (what a thread's lane
+        # tile last held must not be taken for this call's).
+        results(op, layout, side, k, seed, poison=True)
+        out, grad = results(op, layout, side, k, seed)
+        saved[f"{i}_out"], saved[f"{i}_grad"] = out, grad
+        results(op, "NHWC" if layout == "NCHW" else "NCHW", 3 * side, k, seed + 50, poison=True)
+    return saved
+
+
+def run_sequence(cap_mb):
+    env = dict(os.environ)
+    env.pop("JAX_ROI_CPU_KEPT_SCRATCH_MB", None)
+    if cap_mb is not None:
+        env["JAX_ROI_CPU_KEPT_SCRATCH_MB"] = str(cap_mb)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "results.npz")
+        child = subprocess.run([sys.executable, os.path.abspath(__file__), path], env=env,
+                               capture_output=True, text=True, timeout=900, cwd=tmp)
+        assert child.returncode == 0, child.stderr[-3000:]
+        with np.load(path) as saved:
+            return dict(saved)
+
+
+def test_results_do_not_depend_on_what_earlier_calls_kept():
+    kept, none_kept = run_sequence(None), run_sequence(0)
+    assert set(kept) == set(none_kept) == {f"{i}_{r}" for i in range(len(STEPS))
+                                           for r in ("out", "grad")}
+    for key, value in none_kept.items():
+        np.testing.assert_array_equal(kept[key], value, err_msg=f"{key}: {STEPS[int(key.split('_')[0])]}")
+    # The same problem early and late in the sequence gives the same bits.
+    repeated = 0
+    for i, step in enumerate(STEPS):
+        j = STEPS.index(step)
+        repeated += j != i
+        for r in ("out", "grad"):
+            np.testing.assert_array_equal(kept[f"{i}_{r}"], kept[f"{j}_{r}"])
+        assert np.any(kept[f"{i}_out"].view(np.float32) != 0), step
+    assert repeated == 2 * len(OPS)
+
+
+def test_calls_at_once_each_get_their_own_tables():
+    """Python threads run compiled calls at once: one has the kept tables,
+    the others their own, and every thread's scratch is its own."""
+    jobs = [(op, layout, side, k, 7) for op in ("roi_align_rotated", "ps_roi_pool")
+            for layout in ("NCHW", "NHWC") for side, k in ((12, 6), (40, 300))]
+    expected = [results(*job) for job in jobs]
+    mismatches = []
+
+    def work(i):
+        for _ in range(4):
+            out, grad = results(*jobs[i])
+            if not (np.array_equal(out, expected[i][0]) and np.array_equal(grad, expected[i][1])):
+                mismatches.append(jobs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not mismatches
+
+
+if __name__ == "__main__":
+    np.savez(sys.argv[1], **sequence())

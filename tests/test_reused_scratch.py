@@ -103,7 +103,8 @@ def test_results_do_not_depend_on_what_earlier_calls_kept():
     assert set(kept) == set(none_kept) == {f"{i}_{r}" for i in range(len(STEPS))
                                            for r in ("out", "grad")}
     for key, value in none_kept.items():
-        np.testing.assert_array_equal(kept[key], value, err_msg=f"{key}: {STEPS[int(key.split('_')[0])]}")
+        step = STEPS[int(key.split("_")[0])]
+        np.testing.assert_array_equal(kept[key], value, err_msg=f"{key}: {step}")
     # The same problem early and late in the sequence gives the same bits.
     repeated = 0
     for i, step in enumerate(STEPS):

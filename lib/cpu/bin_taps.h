@@ -28,8 +28,8 @@
 #include "lane_tile.h"
 #include "native_vector.h"
 #include "parallel_for.h"
-#include "stream_store.h"
 #include "reused_scratch.h"
+#include "stream_store.h"
 
 namespace jax_roi {
 
@@ -552,7 +552,9 @@ struct TapScratch {
   LaneTile<G> tile;
   OutputBlock<G> block;
   std::vector<G> scaled;
-  size_t bytes() const { return taps.bytes() + tile.bytes() + block.bytes() + vector_bytes(scaled); }
+  size_t bytes() const {
+    return taps.bytes() + tile.bytes() + block.bytes() + vector_bytes(scaled);
+  }
   void forget() { tile.forget(); }  // (the rest is written before it is read)
 };
 

@@ -2,7 +2,8 @@
 // them. Each op's file specialises CpuKernel<op> with:
 //   Tables<G>, tabulate(pool, p, list, tables): what one call tabulates
 //     once for all its threads (NoCallTables: nothing);
-//   Scratch<G>: the buffers one thread reuses;
+//   Scratch<G>: the buffers one thread reuses (with bytes() and forget(),
+//     kept by each thread between calls: reused_scratch.h; the tables too);
 //   kNchwSplit: what NCHW forward splits among threads, calling forward_nchw
 //     with output channels [i0, i1) (kChannels) or with bins [i0, i1) of a
 //     part of the ROIs (kBins: it stages them bin-major, [PH*PW, K, C],

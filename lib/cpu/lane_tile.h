@@ -10,12 +10,12 @@
 #include <cstring>
 #include <vector>
 
-#include "../problem.h"
 #include "../dtypes.h"
+#include "../problem.h"
 #include "isa_dispatch.h"
 #include "native_vector.h"
-#include "stream_store.h"
 #include "reused_scratch.h"
+#include "stream_store.h"
 #include "transpose.h"
 
 namespace jax_roi {

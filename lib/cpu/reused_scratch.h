@@ -15,10 +15,10 @@
 // A kernel's scratch or tables opt in with `size_t bytes() const`, the
 // memory they hold, and `forget()`, which empties them but keeps their
 // memory: a use begins with it, so that nothing a kernel caches in its
-// scratch (what a lane tile holds) is taken for the next call's. Scratch whose end fenced the thread's streamed stores
-// no longer ends, so every use ends with the fence. A thread that is
-// already using its kept scratch (a call run inside another's task) gets a
-// new one.
+// scratch (what a lane tile holds) is taken for the next call's. Scratch
+// whose end fenced the thread's streamed stores no longer ends, so every
+// use ends with the fence. A thread already using its kept scratch or
+// tables (a call run inside another's task) gets its own.
 #pragma once
 
 #include <cstddef>
@@ -80,7 +80,9 @@ class TablesLease {
  public:
   TablesLease() {
     if constexpr (KeptBetweenCalls<Tables>::value) {
-      if (mutex().try_lock()) {
+      // (a mutex its owner tries again is undefined behaviour)
+      if (!holding() && mutex().try_lock()) {
+        holding() = true;
         tables_ = &kept();
         tables_->forget();
         return;
@@ -90,8 +92,9 @@ class TablesLease {
   }
   ~TablesLease() {
     if constexpr (KeptBetweenCalls<Tables>::value) {
-      if (tables_ != &kept()) return;
+      if (own_) return;
       if (tables_->bytes() > kept_scratch_cap_bytes()) *tables_ = Tables{};
+      holding() = false;
       mutex().unlock();
     }
   }
@@ -108,6 +111,10 @@ class TablesLease {
   static Tables& kept() {
     static Tables t;
     return t;
+  }
+  static bool& holding() {  // whether this thread holds the kept tables
+    static thread_local bool h = false;
+    return h;
   }
 
   std::optional<Tables> own_;

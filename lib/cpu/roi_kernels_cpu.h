@@ -24,8 +24,8 @@
 #include "pool_cpu.h"
 #include "position_sensitive_cpu.h"
 #include "precise_cpu.h"
-#include "roi_order.h"
 #include "reused_scratch.h"
+#include "roi_order.h"
 #include "rotated_cpu.h"
 #include "transpose.h"
 

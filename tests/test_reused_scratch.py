@@ -1,5 +1,5 @@
-"""The tap kernels' per-thread scratch and per-call tables are kept between
-calls (lib/cpu/reused_scratch.h). Whatever an earlier call left in them
+"""The CPU kernels' per-thread scratch and the tap ops' per-call tables are
+kept between calls (lib/cpu/reused_scratch.h). Whatever an earlier call left in them
 (another op's or layout's tables, a larger map's lane tiles, NaN features),
 and whether a call finds them kept, grows them, or has its own (past the
 cap, JAX_ROI_CPU_KEPT_SCRATCH_MB=0 keeps nothing, or while another call
@@ -21,6 +21,13 @@ import jax_roi
 # The ops whose kernels keep scratch or tables, each a (feature map, rois)
 # -> output function of its layout.
 OPS = {
+    "roi_align": lambda layout: partial(jax_roi.roi_align, output_size=3, spatial_scale=0.5,
+                                        sampling_ratio=2, aligned=True, layout=layout),
+    "roi_align_max": lambda layout: partial(jax_roi.roi_align, output_size=3, spatial_scale=0.5,
+                                            sampling_ratio=2, aligned=True, mode="max",
+                                            layout=layout),
+    "roi_pool": lambda layout: partial(jax_roi.roi_pool, output_size=3, spatial_scale=0.5,
+                                       layout=layout),
     "roi_align_rotated": lambda layout: partial(
         jax_roi.roi_align_rotated, output_size=3, spatial_scale=0.5, sampling_ratio=2,
         layout=layout),
@@ -33,12 +40,11 @@ OPS = {
 }
 
 
-def problem(op, layout, side, k, seed, poison=False):
-    """Features, ROIs and a cotangent for `op` on a side x side map with k
-    ROIs (NaN features where poisoned)."""
+def problem(op, layout, side, k, images, seed, poison=False):
+    """Features, ROIs and a cotangent for `op` on `images` side x side maps
+    with k ROIs (NaN features where poisoned)."""
     rng = np.random.default_rng(seed)
     c = 20 if op.startswith("ps_") else 24  # 5 (or 20) output channels of 2 x 2 bins
-    images = 1 if side < 20 else 2  # (one image: a thread's tiles are of image 0 only)
     shape = (images, c, side, side) if layout == "NCHW" else (images, side, side, c)
     features = rng.standard_normal(shape).astype(np.float32)
     if poison:
@@ -57,30 +63,34 @@ def problem(op, layout, side, k, seed, poison=False):
     return fn, jnp.asarray(features), rois, cotangent
 
 
-def results(op, layout, side, k, seed, poison=False):
+def results(op, layout, side, k, images, seed, poison=False):
     """The forward and the feature gradient, as bits."""
-    fn, features, rois, cotangent = problem(op, layout, side, k, seed, poison)
+    fn, features, rois, cotangent = problem(op, layout, side, k, images, seed, poison)
     out, vjp = jax.vjp(lambda f: fn(f, rois), features)
     grad = vjp(cotangent)[0]
     return np.asarray(out).view(np.uint32), np.asarray(grad).view(np.uint32)
 
 
-# Small and large maps, few and many ROIs, both layouts, each op after the
-# others, and NaN features in between.
-STEPS = [(op, layout, side, k, seed)
-         for side, k, seed in [(12, 6, 0), (40, 300, 1), (12, 6, 0), (24, 60, 2)]
+# Small and large maps, few and many ROIs, one image and two, both layouts,
+# each op after the others, and NaN features in between. (With one image
+# a thread's lane tiles are of image 0 call after call; the small maps with
+# many ROIs are copied channels-last by roi_align instead.)
+STEPS = [(op, layout, side, k, images, seed)
+         for side, k, images, seed in [(12, 6, 1, 0), (40, 300, 2, 1), (12, 6, 1, 0),
+                                       (24, 60, 2, 2), (40, 60, 1, 3)]
          for op in OPS for layout in ("NCHW", "NHWC")]
 
 
 def sequence():
     saved = {}
-    for i, (op, layout, side, k, seed) in enumerate(STEPS):
+    for i, (op, layout, side, k, images, seed) in enumerate(STEPS):
         # Just before: NaN features of the same shapes (what a thread's lane
         # tile last held must not be taken for this call's).
-        results(op, layout, side, k, seed, poison=True)
-        out, grad = results(op, layout, side, k, seed)
+        results(op, layout, side, k, images, seed, poison=True)
+        out, grad = results(op, layout, side, k, images, seed)
         saved[f"{i}_out"], saved[f"{i}_grad"] = out, grad
-        results(op, "NHWC" if layout == "NCHW" else "NCHW", 3 * side, k, seed + 50, poison=True)
+        results(op, "NHWC" if layout == "NCHW" else "NCHW", 3 * side, k, 2, seed + 50,
+                poison=True)
     return saved
 
 
@@ -119,8 +129,9 @@ def test_results_do_not_depend_on_what_earlier_calls_kept():
 def test_calls_at_once_each_get_their_own_tables():
     """Python threads run compiled calls at once: one has the kept tables,
     the others their own, and every thread's scratch is its own."""
-    jobs = [(op, layout, side, k, 7) for op in ("roi_align_rotated", "ps_roi_pool")
-            for layout in ("NCHW", "NHWC") for side, k in ((12, 6), (40, 300))]
+    jobs = [(op, layout, side, k, images, 7)
+            for op in ("roi_align", "roi_align_rotated", "ps_roi_pool")
+            for layout in ("NCHW", "NHWC") for side, k, images in ((12, 6, 1), (40, 300, 2))]
     expected = [results(*job) for job in jobs]
     mismatches = []
 

@@ -664,9 +664,9 @@ struct PsAlignTaps {
   // products of its y and x axis taps, as roi_align's "avg" reads them.
   // (Merging each bin's bilinear corners instead, with each row's and
   // column's interpolation tabled, took a third of psroi-rfcn's NCHW
-  // forward.)
+  // forward.) (One compiled copy: see bin_taps.h, JAX_ROI_TABULATION.)
   template <typename G>
-  static void build(const Problem<G>& p, int64_t k, BinTaps<G>& t) {
+  JAX_ROI_TABULATION static void build(const Problem<G>& p, int64_t k, BinTaps<G>& t) {
     const Shape& s = p.shape;
     Roi<G> r;
     if (!start_taps(p, k, t, &r)) return;
@@ -677,8 +677,8 @@ struct PsAlignTaps {
       for (int64_t pw = 0; pw < s.pooled_w; ++pw) add_axis_taps(axes, ph, pw, a.count, t);
   }
   template <typename G>
-  static void add_bin(const Problem<G>& p, const Roi<G>& r, int64_t ph, int64_t pw,
-                      BinTaps<G>& t) {
+  JAX_ROI_TABULATION static void add_bin(const Problem<G>& p, const Roi<G>& r, int64_t ph,
+                                         int64_t pw, BinTaps<G>& t) {
     const AlignRoi<G> a = align_roi_of(p, r);
     RoiTables<G>& axes = thread_tables<G>();
     axes.build_bin(a, p.shape, ph, pw);

@@ -11,8 +11,9 @@
 namespace jax_roi {
 
 struct PreciseTaps {
+  // (One compiled copy: see bin_taps.h, JAX_ROI_TABULATION.)
   template <typename G>
-  static void build(const Problem<G>& p, int64_t k, BinTaps<G>& t) {
+  JAX_ROI_TABULATION static void build(const Problem<G>& p, int64_t k, BinTaps<G>& t) {
     const Shape& s = p.shape;
     Roi<G> r;
     if (!start_taps(p, k, t, &r)) return;

@@ -1,8 +1,10 @@
 // Scratch kept between calls for the kernels whose scratch is large. Made
 // anew in every call, its pages were faulted in again each time: a tap
 // kernel's lane tile holds 16 planes of the map (4 MB a thread for rot-p2's
-// 256 x 256) and its tap tables about 10 MB a call; with them, 84% of
-// rot-p2's NCHW backward's 4,300 page faults a call.
+// 256 x 256) and a tap op's tables about 10 MB a call; with them, 84% of
+// rot-p2's NCHW backward's 4,300 page faults a call. (roi_align's and
+// roi_pool's scratch opted in too raised test_huge.py's peak memory by
+// 0.5 GB, enough for it to run out beside another test: not kept yet.)
 // - Each pool thread keeps its scratch after a call while it holds at most
 //   1/32 of JAX_ROI_CPU_KEPT_SCRATCH_MB (8 MB by default: a machine's every
 //   thread keeping that much is bounded, and a larger scratch is freed when

@@ -4,11 +4,7 @@ everywhere), and whether a call takes the kept buffer, grows it, or
 allocates its own (past the cap set by JAX_ROI_CPU_KEPT_SCRATCH_MB, or
 while another call holds it), the gradient is the same bits."""
 
-import os
-import subprocess
 import sys
-import tempfile
-import threading
 from functools import partial
 
 import jax
@@ -16,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jax_roi
+from kept_scratch_runs import mismatches_at_once, run_with_cap
 
 # NHWC roi_align sums in row bands; NCHW ps_roi_pool in channel blocks.
 OPS = {
@@ -71,17 +68,7 @@ def sequence():
 
 
 def run_sequence(cap_mb):
-    env = dict(os.environ)
-    env.pop("JAX_ROI_CPU_KEPT_SCRATCH_MB", None)
-    if cap_mb is not None:
-        env["JAX_ROI_CPU_KEPT_SCRATCH_MB"] = str(cap_mb)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "gradients.npz")
-        child = subprocess.run([sys.executable, os.path.abspath(__file__), path], env=env,
-                               capture_output=True, text=True, timeout=600)
-        assert child.returncode == 0, child.stderr[-3000:]
-        with np.load(path) as saved:
-            return dict(saved)
+    return run_with_cap(__file__, cap_mb, timeout=600)
 
 
 def test_gradients_do_not_depend_on_the_kept_scratch():
@@ -104,21 +91,7 @@ def test_calls_at_once_each_get_their_own_sums():
     them would sum into one buffer."""
     jobs = [(op, side, seed) for op in OPS for side in (SMALL, 3 * LARGE) for seed in (4, 5)]
     calls = [gradient_call(*job) for job in jobs]
-    expected = [call() for call in calls]
-    mismatches = []
-
-    def work(i):
-        for _ in range(10):
-            if not np.array_equal(calls[i](), expected[i]):
-                mismatches.append(jobs[i])
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not mismatches
-
+    assert not [jobs[i] for i in mismatches_at_once(calls, repeats=10)]
 
 if __name__ == "__main__":
     np.savez(sys.argv[1], **sequence())

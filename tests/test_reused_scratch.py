@@ -5,11 +5,7 @@ and whether a call finds them kept, grows them, or has its own (past the
 cap, JAX_ROI_CPU_KEPT_SCRATCH_MB=0 keeps nothing, or while another call
 holds them), every result is the same bits."""
 
-import os
-import subprocess
 import sys
-import tempfile
-import threading
 from functools import partial
 
 import jax
@@ -17,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jax_roi
+from kept_scratch_runs import mismatches_at_once, run_with_cap
 
 # The ops whose kernels keep scratch or tables, each a (feature map, rois)
 # -> output function of its layout.
@@ -95,17 +92,7 @@ def sequence():
 
 
 def run_sequence(cap_mb):
-    env = dict(os.environ)
-    env.pop("JAX_ROI_CPU_KEPT_SCRATCH_MB", None)
-    if cap_mb is not None:
-        env["JAX_ROI_CPU_KEPT_SCRATCH_MB"] = str(cap_mb)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "results.npz")
-        child = subprocess.run([sys.executable, os.path.abspath(__file__), path], env=env,
-                               capture_output=True, text=True, timeout=900, cwd=tmp)
-        assert child.returncode == 0, child.stderr[-3000:]
-        with np.load(path) as saved:
-            return dict(saved)
+    return run_with_cap(__file__, cap_mb, timeout=900)
 
 
 def test_results_do_not_depend_on_what_earlier_calls_kept():
@@ -132,22 +119,8 @@ def test_calls_at_once_each_get_their_own_tables():
     jobs = [(op, layout, side, k, images, 7)
             for op in ("roi_align", "roi_align_rotated", "ps_roi_pool")
             for layout in ("NCHW", "NHWC") for side, k, images in ((12, 6, 1), (40, 300, 2))]
-    expected = [results(*job) for job in jobs]
-    mismatches = []
-
-    def work(i):
-        for _ in range(4):
-            out, grad = results(*jobs[i])
-            if not (np.array_equal(out, expected[i][0]) and np.array_equal(grad, expected[i][1])):
-                mismatches.append(jobs[i])
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not mismatches
-
+    calls = [partial(results, *job) for job in jobs]
+    assert not [jobs[i] for i in mismatches_at_once(calls, repeats=4)]
 
 if __name__ == "__main__":
     np.savez(sys.argv[1], **sequence())

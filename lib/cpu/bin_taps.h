@@ -531,12 +531,14 @@ JAX_ROI_ALWAYS_INLINE void tap_backward_nhwc(const Shape& s, const RoiTaps<G>& t
 template <int bytes, typename G>
 JAX_ROI_ALWAYS_INLINE void tap_backward_lanes(const Shape& s, const RoiTaps<G>& t,
                                               const OutputBlock<G>& block, LaneTile<G>& tile) {
-  const int64_t bins = s.pooled_h * s.pooled_w;
+  const int64_t bins = s.pooled_h * s.pooled_w, width = s.width;
+  G* const pixels = tile.at(width, 0, 0);
   for (int64_t b = 0; b < bins; ++b) {
     LaneVectors<G, bytes> g = block.template get<bytes>(b);
     g.divide(t.divisor[b]);
-    for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap)
-      g.add_scaled_to(tile.at(s.width, tap->y, tap->x), tap->weight);
+    const Tap<G>* const end = t.end(b);
+    for (const Tap<G>* tap = t.begin(b); tap != end; ++tap)
+      g.add_scaled_to(pixels + (tap->y * width + tap->x) * kLanes, tap->weight);
   }
 }
 

@@ -240,15 +240,15 @@ JAX_ROI_ALWAYS_INLINE void align_avg_backward_lanes(const Problem<G>& p, const R
                                                     int64_t slot, const OutputBlock<G>& block,
                                                     LaneTile<G>& tile) {
   const Shape& s = p.shape;
-  const int64_t bins = s.pooled_h * s.pooled_w, width = s.width;
-  G* const pixels = tile.at(width, 0, 0);  // (see tap_backward_lanes)
+  const int64_t bins = s.pooled_h * s.pooled_w;
+  const typename LaneTile<G>::View pixels = tile.view(s.width);  // (see View)
   const G count = run.count[slot];
   for (int64_t b = 0; b < bins; ++b) {
     LaneVectors<G, bytes> g = block.template get<bytes>(b);
     g.divide(count);
     for_each_tap(run.tables[slot], b / s.pooled_w, b % s.pooled_w,
                  [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
-      g.add_scaled_to(pixels + (y * width + x) * kLanes, w);
+      g.add_scaled_to(pixels.at(y, x), w);
     });
   }
 }

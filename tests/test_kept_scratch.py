@@ -93,5 +93,38 @@ def test_calls_at_once_each_get_their_own_sums():
     calls = [gradient_call(*job) for job in jobs]
     assert not [jobs[i] for i in mismatches_at_once(calls, repeats=10)]
 
+def test_large_nhwc_blocks_zero_the_pixels_no_tap_reaches():
+    """roi_align_rotated's NHWC backward zeroes a large block's pixels at
+    their first tap and the rest at the end (lib/cpu/first_touch.h), not
+    the whole block first. A call that filled the kept scratch with NaN
+    leaves nothing in a later call's gradient, at the pixels its taps reach
+    or at those they miss."""
+    rng = np.random.default_rng(6)
+    # 96 x 96 x 256: a 9.4 MB float32 scratch, 4.7 MB a block when the
+    # image is split by channels between two threads
+    features = jnp.asarray(rng.standard_normal((1, 96, 96, 256)), jnp.bfloat16)
+    def gradient(rois, cotangent_fill=None, sampling_ratio=2):
+        op = partial(jax_roi.roi_align_rotated, output_size=5, sampling_ratio=sampling_ratio,
+                     layout="NHWC")
+        rois = jnp.asarray(rois, jnp.float32)
+        shape = jax.eval_shape(op, features, rois).shape
+        cotangent = (np.random.default_rng(7).standard_normal(shape) if cotangent_fill is None
+                     else np.full(shape, cotangent_fill))
+        vjp = jax.vjp(lambda f: op(f, rois), features)[1]
+        return np.asarray(vjp(jnp.asarray(cotangent, jnp.bfloat16))[0], np.float32)
+
+    # boxes in the upper left corner and one past the right edge
+    some = [[0, 20, 24, 30, 18, 30], [0, 12, 10, 16, 16, -75], [0, 100, 50, 20, 40, 10]]
+    every = [[0, 48, 48, 96, 96, 0]]  # its 100 x 100 samples read every pixel
+    first = gradient(some)
+    first_again = gradient(some)
+    assert np.isnan(gradient(every, cotangent_fill=np.nan, sampling_ratio=-1)).all()
+    after_nan = gradient(some)
+    np.testing.assert_array_equal(first, first_again)
+    np.testing.assert_array_equal(after_nan, first)
+    reached = np.any(first != 0, axis=-1)
+    assert 0.01 < reached.mean() < 0.5  # both kinds of pixel are there
+
+
 if __name__ == "__main__":
     np.savez(sys.argv[1], **sequence())

@@ -24,6 +24,7 @@
 
 #include "axis_table.h"
 #include "cpu_common.h"
+#include "first_touch.h"
 #include "isa_dispatch.h"
 #include "lane_tile.h"
 #include "native_vector.h"
@@ -419,10 +420,11 @@ struct TapList {
 
 // ------------------------------------------------------------------ forward
 
-// How many taps ahead the NHWC forward prefetches a pixel's channels: the
-// rows of a large map miss the cache (rot-p2 forward 11.6 -> 10.7 ms with
-// AVX-512, 14.2 -> 11.7 with AVX2; 4 taps ahead was too few for AVX2).
-constexpr int64_t kPrefetchTaps = 16;
+// How many taps ahead the NHWC tap loops prefetch a pixel's channels (into
+// L2: prefetch_into_l2): the rows of a large map miss the cache (rot-p2
+// forward 11.6 -> 10.7 ms with AVX-512, 14.2 -> 11.7 with AVX2 when first
+// prefetched into L1, 16 ahead; 4 ahead was too few for AVX2).
+constexpr int64_t kPrefetchTaps = 24;
 
 // NHWC, channels [c0, c0 + vectors * lanes) of one bin, in registers,
 // streamed past the cache when `stream` (stream_store.h).
@@ -433,10 +435,8 @@ JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_block(const RoiTaps<G>& t, int64_t b
   NativeVector<G, bytes> sum[vectors] = {};
   const Tap<G>* const prefetch_end = t.end(t.bins - 1);  // the ROI's last tap
   for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap) {
-    if (prefetch_end - tap > kPrefetchTaps) {
-      const T* ahead = px.at(tap[kPrefetchTaps].y, tap[kPrefetchTaps].x);
-      for (int i = 0; i < vectors; ++i) __builtin_prefetch(ahead + i * lanes);
-    }
+    if (prefetch_end - tap > kPrefetchTaps)
+      prefetch_into_l2(px.at(tap[kPrefetchTaps].y, tap[kPrefetchTaps].x), vectors * lanes);
     const T* __restrict__ v = px.at(tap->y, tap->x);
     for (int i = 0; i < vectors; ++i) sum[i] += tap->weight * load_native<G, bytes>(v + i * lanes);
   }
@@ -506,22 +506,35 @@ JAX_ROI_ALWAYS_INLINE void tap_forward_lanes(const Shape& s, const RoiTaps<G>& t
 // ----------------------------------------------------------------- backward
 
 // NHWC (not position-sensitive): ROI t's gradient into channels [c0, c1).
-// (Row bands did not pay here: a tap's channels are one contiguous run,
-// which the prefetchers fetch whole; rot-p2 was no faster.)
-template <typename T, typename G>
+// In a block too large for the cache (kUncached) a tap prefetches the
+// pixel kPrefetchTaps ahead, as the forward does (rot-p2 15% faster), and
+// the block is zeroed at first touch (first_touch.h; 4-6% more). A small
+// block was zeroed whole and is read from cache, where both only cost
+// (prroi-atom 2-6%). (Row bands did not pay here: a tap's channels are one
+// contiguous run, which the prefetchers fetch whole; rot-p2 was no faster.)
+template <bool kUncached, typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void tap_backward_nhwc(const Shape& s, const RoiTaps<G>& t, int64_t c0,
                                              int64_t c1, const T* grad_out, G* grad,
-                                             std::vector<G>& scaled) {
+                                             std::vector<G>& scaled, FirstTouch& touch) {
   const int64_t width = c1 - c0, bins = s.pooled_h * s.pooled_w;
   scaled.resize(width);
   G* __restrict__ g = scaled.data();
+  const Tap<G>* const prefetch_end = t.end(t.bins - 1);  // the ROI's last tap
   for (int64_t b = 0; b < bins; ++b) {
     const T* src = grad_out + output_index(s, t.roi, c0, b / s.pooled_w, b % s.pooled_w);
     for (int64_t c = 0; c < width; ++c) g[c] = to_acc(src[c]) / t.divisor[b];
     for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap) {
+      if (kUncached && prefetch_end - tap > kPrefetchTaps) {
+        const Tap<G>& next = tap[kPrefetchTaps];
+        prefetch_into_l2(gradient_at(s, grad, t.batch, next.y, next.x, c0), width);
+      }
       G* __restrict__ d = gradient_at(s, grad, t.batch, tap->y, tap->x, c0);
       const G w = tap->weight;
-      for (int64_t c = 0; c < width; ++c) d[c] += g[c] * w;
+      if (kUncached && touch.first(tap->y * s.width + tap->x)) {
+        for (int64_t c = 0; c < width; ++c) d[c] = G(0) + g[c] * w;  // += on a zero, unread
+      } else {
+        for (int64_t c = 0; c < width; ++c) d[c] += g[c] * w;
+      }
     }
   }
 }
@@ -563,8 +576,9 @@ struct TapScratch {
   LaneTile<G> tile;
   OutputBlock<G> block;
   std::vector<G> scaled;
+  FirstTouch touch;  // the NHWC backward's
   size_t bytes() const {
-    return taps.bytes() + tile.bytes() + block.bytes() + vector_bytes(scaled);
+    return taps.bytes() + tile.bytes() + block.bytes() + vector_bytes(scaled) + touch.bytes();
   }
   void forget() { tile.forget(); }  // (the rest is written before it is read)
 };
@@ -579,7 +593,7 @@ struct TapKernel : CallTapTables<Tabulate, /*kRowBands=*/false> {
   using Scratch = TapScratch<G>;
   static constexpr NchwSplit kNchwSplit = NchwSplit::kChannels;
   static constexpr bool kNchwFromChannelsLast = false;
-  static constexpr bool backward_writes_block(bool channels_last) { return !channels_last; }
+  static constexpr bool backward_writes_block(bool) { return true; }
 
   // Output channels [c0, c1) of the listed ROIs, channels outermost so
   // that a plane (or a tile of them) stays in cache while every ROI reads it.
@@ -636,16 +650,27 @@ struct TapKernel : CallTapTables<Tabulate, /*kRowBands=*/false> {
       const int64_t c0 = block.c0, c1 = block.c1;
       const Shape& s = p.shape;
       if (s.channels_last) {
-        for (int64_t j = 0; j < list.size; ++j) {
-          const RoiTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
-          if (t.batch >= 0) tap_backward_nhwc(s, t, c0, c1, grad_out, grad, scratch.scaled);
+        auto add_rois = [&](auto uncached) JAX_ROI_INLINE_LAMBDA {
+          for (int64_t j = 0; j < list.size; ++j) {
+            const RoiTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
+            if (t.batch >= 0)
+              tap_backward_nhwc<decltype(uncached)::value>(s, t, c0, c1, grad_out, grad,
+                                                           scratch.scaled, scratch.touch);
+          }
+        };
+        if (FirstTouch::pays(s, block, sizeof(G))) {
+          scratch.touch.start(s, block);
+          add_rois(std::true_type{});
+          scratch.touch.zero_the_rest(s, block, grad);
+        } else {
+          zero_gradient_block(s, block, grad);
+          add_rois(std::false_type{});
         }
         return;
       }
       // NCHW: each tile of channels takes every ROI's gradient, then is
       // written to the gradient whole. The list is one image's valid ROIs
-      // (gradient_blocks.h), so the tiles write all of the block, which is
-      // not zeroed first (backward_writes_block).
+      // (gradient_blocks.h), so the tiles write all of the block.
       if (list.size == 0) return;
       const int64_t image = load_roi(p.rois, list.ids[0]).batch;
       scratch.block.resize(s.pooled_h * s.pooled_w);

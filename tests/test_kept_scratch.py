@@ -93,6 +93,7 @@ def test_calls_at_once_each_get_their_own_sums():
     calls = [gradient_call(*job) for job in jobs]
     assert not [jobs[i] for i in mismatches_at_once(calls, repeats=10)]
 
+
 def test_large_nhwc_blocks_zero_the_pixels_no_tap_reaches():
     """roi_align_rotated's NHWC backward zeroes a large block's pixels at
     their first tap and the rest at the end (lib/cpu/first_touch.h), not
@@ -103,6 +104,7 @@ def test_large_nhwc_blocks_zero_the_pixels_no_tap_reaches():
     # 96 x 96 x 256: a 9.4 MB float32 scratch, 4.7 MB a block when the
     # image is split by channels between two threads
     features = jnp.asarray(rng.standard_normal((1, 96, 96, 256)), jnp.bfloat16)
+
     def gradient(rois, cotangent_fill=None, sampling_ratio=2):
         op = partial(jax_roi.roi_align_rotated, output_size=5, sampling_ratio=sampling_ratio,
                      layout="NHWC")

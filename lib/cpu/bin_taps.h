@@ -659,7 +659,7 @@ struct TapKernel : CallTapTables<Tabulate, /*kRowBands=*/false> {
           }
         };
         if (FirstTouch::pays(s, block, sizeof(G))) {
-          scratch.touch.start(s, block);
+          scratch.touch.start(s);
           add_rois(std::true_type{});
           scratch.touch.zero_the_rest(s, block, grad);
         } else {

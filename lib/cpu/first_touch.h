@@ -30,10 +30,7 @@ class FirstTouch {
   }
 
   // A block of `s`'s NHWC gradient, none of it zeroed yet.
-  void start(const Shape& s, const GradientBlock& block) {
-    width_ = block.c1 - block.c0;
-    zeroed_.assign(s.height * s.width, 0);
-  }
+  void start(const Shape& s) { zeroed_.assign(s.height * s.width, 0); }
 
   // Whether this is the first tap to reach pixel q (of the image): the
   // caller then writes its channels instead of adding to them.
@@ -46,7 +43,7 @@ class FirstTouch {
   // Zeroes the block's pixels no tap reached, a run of them at a time.
   template <typename G>
   void zero_the_rest(const Shape& s, const GradientBlock& block, G* grad) const {
-    const int64_t C = s.channels, q1 = block.y1 * s.width;
+    const int64_t C = s.channels, width = block.c1 - block.c0, q1 = block.y1 * s.width;
     for (int64_t q = block.y0 * s.width; q < q1;) {
       if (zeroed_[q]) {
         ++q;
@@ -55,10 +52,10 @@ class FirstTouch {
       int64_t end = q + 1;
       while (end < q1 && !zeroed_[end]) ++end;
       G* run = gradient_at(s, grad, block.batch, q / s.width, q % s.width, block.c0);
-      if (width_ == C)
+      if (width == C)
         std::fill(run, run + (end - q) * C, G(0));
       else
-        for (int64_t i = 0; i < end - q; ++i) std::fill(run + i * C, run + i * C + width_, G(0));
+        for (int64_t i = 0; i < end - q; ++i) std::fill(run + i * C, run + i * C + width, G(0));
       q = end;
     }
   }
@@ -66,7 +63,6 @@ class FirstTouch {
   size_t bytes() const { return zeroed_.capacity(); }
 
  private:
-  int64_t width_ = 0;
   std::vector<uint8_t> zeroed_;  // per pixel of the image
 };
 

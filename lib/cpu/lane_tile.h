@@ -73,7 +73,6 @@ struct LaneTile {
 
   static int64_t offset(int64_t width, int64_t y, int64_t x) { return (y * width + x) * kLanes; }
   const G* at(int64_t width, int64_t y, int64_t x) const { return data.data() + offset(width, y, x); }
-  G* at(int64_t width, int64_t y, int64_t x) { return data.data() + offset(width, y, x); }
 
   // Channels [c0, c0 + lanes) of image `b`; lanes past them read 0. A
   // whole tile goes through 16 x 16 blocks in L1 (transpose.h), reading

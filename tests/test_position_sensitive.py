@@ -167,6 +167,28 @@ def test_ps_roi_align_nchw_forward_equals_nhwc_bitwise(out_size, dtype, c_out):
     np.testing.assert_array_equal(np.asarray(nchw), np.asarray(nhwc).transpose(0, 3, 1, 2))
 
 
+@pytest.mark.parametrize("c_out,out_size", [(21, (7, 7)), (700, (7, 7)), (3, (1, 1))])
+@pytest.mark.parametrize("dtype", [F32, F64, BF16])
+def test_ps_roi_pool_nhwc_forward_equals_nchw_bitwise(c_out, out_size, dtype):
+    # NHWC sums a part of the ROIs in one pass down the rows of their
+    # images (ROIs of three images in no order, some invalid), in runs whose
+    # sums fit 256 KB (700 channels of 7 x 7 bins: a ROI a run); NCHW sums
+    # each bin's window on its own. The same pixels in the same order give
+    # the same bits.
+    bins = out_size[0] * out_size[1]
+    rng = _rng("pool-forward-bitwise", c_out, out_size, str(dtype))
+    x = _features(rng, "NCHW", (3, c_out * bins, 14, 11))
+    rois = _rois(rng, "K5", 3, 14, 11, 0.5, per_image=12)
+    rois[::7, 0] = -1                         # invalid: zeros
+    rois[3] = [1, 30.0, 40.0, 90.0, 90.0]     # outside the map: every bin empty
+    nchw = ps("pool", jnp.asarray(x, dtype), jnp.asarray(rois), out_size, 0.5, layout="NCHW")
+    nhwc = ps("pool", jnp.asarray(x.transpose(0, 2, 3, 1), dtype), jnp.asarray(rois), out_size,
+              0.5, layout="NHWC")
+    nchw = np.asarray(nchw.astype(jnp.float64))
+    assert np.any(nchw != 0) and not np.any(nchw[::7]) and not np.any(nchw[3])
+    np.testing.assert_array_equal(nchw, np.asarray(nhwc.astype(jnp.float64)).transpose(0, 3, 1, 2))
+
+
 @pytest.mark.parametrize("width", [3, 8, 13, 45])
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_ps_roi_pool_nchw_backward_equals_nhwc_bitwise(width, dtype):

@@ -79,22 +79,32 @@ struct WindowTable {
   size_t bytes() const { return vector_bytes(rows, columns, covered, batch); }
 
   void build(ffi::ThreadPool& pool, const Problem<G>& p, const RoiList& list) {
-    ids = list.ids;
-    const int64_t pooled_h = p.shape.pooled_h, pooled_w = p.shape.pooled_w;
-    rows.resize(list.size * pooled_h);
-    columns.resize(list.size * pooled_w);
-    covered.assign(list.size, Span{});
-    batch.resize(list.size);
+    start(p, list);
     parallel_for_guided(pool, list.size, 16, [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j) add_entry(p, j, pooled_h, pooled_w);
+      for (int64_t j = j0; j < j1; ++j) add_entry(p, j);
     });
+  }
+
+  // The same for one thread's part of a list.
+  void build_serial(const Problem<G>& p, const RoiList& list) {
+    start(p, list);
+    for (int64_t j = 0; j < list.size; ++j) add_entry(p, j);
   }
 
   // The entry of a ROI of the list (or of a part of it).
   int64_t entry(const int64_t* id) const { return id - ids; }
 
  private:
-  void add_entry(const Problem<G>& p, int64_t j, int64_t pooled_h, int64_t pooled_w) {
+  void start(const Problem<G>& p, const RoiList& list) {
+    ids = list.ids;
+    rows.resize(list.size * p.shape.pooled_h);
+    columns.resize(list.size * p.shape.pooled_w);
+    covered.assign(list.size, Span{});
+    batch.resize(list.size);
+  }
+
+  void add_entry(const Problem<G>& p, int64_t j) {
+    const int64_t pooled_h = p.shape.pooled_h, pooled_w = p.shape.pooled_w;
     Span* h = &rows[j * pooled_h];
     Span* w = &columns[j * pooled_w];
     batch[j] = pool_bin_spans(p, ids[j], h, w);
@@ -112,7 +122,6 @@ struct PoolWindows {
   std::vector<G> gradient;
   int64_t first = 0, channels = 0;
   std::vector<G> planes;  // one bin's, where the gradient is streamed
-  std::vector<BinWindow> roi;      // one ROI's (of_roi's): [bin]
 
   // The windows of the block's ROIs (all valid, of one image), clipped to
   // its rows: from the call's table where blocks share one (finding a
@@ -163,13 +172,6 @@ struct PoolWindows {
   // ROI j's gradients of bin b from output channel c on.
   const G* gradients_of(int64_t b, int64_t rois, int64_t j, int64_t c) const {
     return gradient.data() + (b * rois + j) * channels + (c - first);
-  }
-
-  // ROI k's windows (every row) into `roi`. Returns the ROI's image, or -1
-  // where it reads nothing.
-  int64_t of_roi(const Problem<G>& p, int64_t k) {
-    roi.assign(p.shape.pooled_h * p.shape.pooled_w, BinWindow{});
-    return clipped_windows(p, k, 0, p.shape.height, roi.data(), 1);
   }
 
  private:

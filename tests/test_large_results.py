@@ -2,7 +2,9 @@
 memory past the cache (lib/cpu/stream_store.h: NCHW results, roi_align's
 NHWC ones, ps_roi_pool's gradient), hold the right values; the smaller ones
 of the other tests take the plain stores. float32 and bfloat16, both
-layouts.
+layouts. The map of 8.7 MB in float32 (and every float32 gradient) is also
+large enough for roi_align's NHWC loops to prefetch a bin ahead
+(lib/cpu/align_avg_cpu.h, kNhwcPrefetchImageBytes).
 
 The whole streamed result equals the kernels' results for quarters of the
 ROIs, each small enough for plain stores (roi_align's NCHW forward takes a

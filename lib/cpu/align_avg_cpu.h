@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "align_common.h"
+#include "cpu_common.h"
 #include "cpu_kernel.h"
 #include "native_vector.h"
 #include "stream_store.h"
@@ -29,14 +30,22 @@ constexpr size_t kNhwcRunCapacity = 1 << 12;  // axis entries: about 64 ROIs of 
 // float channels over box-p2's runs of 64 ROIs read about 13 MB, past an
 // 8 MB L3, and took 1.4x as long as runs of 2-4 ROIs).
 constexpr int64_t kNhwcRunBlockBytes = int64_t(512) << 10;
+// An image of at least this much has its pixels' channels prefetched into
+// L2 a bin ahead (for_each_tap_ahead): its rows miss the cache (box-p2's
+// 56 MB images, median paired ratios 0.83 with AVX-512, 0.75 with AVX2;
+// fpn 0.86-0.87 with its 14 MB P3 too, 0.90 with P2 alone), where a
+// smaller one's stay in it and the prefetches only cost (mask-c4's 3.5 MB:
+// 1.10-1.14).
+constexpr int64_t kNhwcPrefetchImageBytes = int64_t(8) << 20;
 
 // NHWC: channels [c0, c0 + vectors * lanes) of ROI `slot` of `run`, into
-// its output `roi_out` ([PH, PW, C]).
+// its output `roi_out` ([PH, PW, C]), prefetching a bin ahead where
+// `prefetch` (kNhwcPrefetchImageBytes).
 template <int bytes, int vectors, typename T, typename G>
 JAX_ROI_ALWAYS_INLINE void align_avg_forward_nhwc_block(const Problem<G>& p, const RoiRun<G>& run,
                                                         int64_t slot, int64_t c0,
                                                         const T* features, T* roi_out,
-                                                        bool stream) {
+                                                        bool stream, bool prefetch) {
   constexpr int64_t lanes = native_lanes<G, bytes>;
   const Shape& s = p.shape;
   const bool reads = run.batch[slot] >= 0;
@@ -46,10 +55,18 @@ JAX_ROI_ALWAYS_INLINE void align_avg_forward_nhwc_block(const Problem<G>& p, con
     for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
       NativeVector<G, bytes> sum[vectors] = {};
       if (reads) {
-        for_each_tap(run.tables[slot], ph, pw, [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
+        auto add = [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
           const T* __restrict__ v = px.at(y, x);
           for (int i = 0; i < vectors; ++i) sum[i] += w * load_native<G, bytes>(v + i * lanes);
-        });
+        };
+        if (prefetch) {
+          for_each_tap_ahead(run.tables[slot], ph, pw, s.pooled_h, s.pooled_w, add,
+                             [&](int64_t y, int64_t x) JAX_ROI_INLINE_LAMBDA {
+                               prefetch_into_l2(px.at(y, x), vectors * lanes);
+                             });
+        } else {
+          for_each_tap(run.tables[slot], ph, pw, add);
+        }
         for (int i = 0; i < vectors; ++i) sum[i] /= count;
       }
       T* dst = roi_out + (ph * s.pooled_w + pw) * s.channels + c0;
@@ -94,13 +111,15 @@ template <int bytes, typename T, typename G, typename OutOf>
 JAX_ROI_ALWAYS_INLINE int64_t align_avg_forward_nhwc_blocks(const Problem<G>& p,
                                                             const RoiRun<G>& run, int64_t c0,
                                                             const T* features,
-                                                            const OutOf& out_of, bool stream) {
+                                                            const OutOf& out_of, bool stream,
+                                                            bool prefetch = false) {
   constexpr int64_t lanes = native_lanes<G, bytes>;
   const int64_t vectors = std::min<int64_t>(sum_registers<bytes>, (p.shape.channels - c0) / lanes);
   auto each_roi = [&](auto block) JAX_ROI_INLINE_LAMBDA {
     constexpr int n = decltype(block)::value;
     for (int64_t slot = 0; slot < run.size(); ++slot)
-      align_avg_forward_nhwc_block<bytes, n>(p, run, slot, c0, features, out_of(slot), stream);
+      align_avg_forward_nhwc_block<bytes, n>(p, run, slot, c0, features, out_of(slot), stream,
+                                             prefetch);
     return c0 + n * lanes;
   };
   if constexpr (sum_registers<bytes> >= 16)
@@ -123,6 +142,8 @@ void align_avg_forward_nhwc(const Problem<G>& p, const RoiList& list,
   const int64_t roi_size = p.shape.pooled_h * p.shape.pooled_w * p.shape.channels;
   auto out_of = [&](int64_t slot) JAX_ROI_INLINE_LAMBDA { return out + run.roi[slot] * roi_size; };
   const bool stream = streamed_result<T>(p.shape.output_count());
+  const bool prefetch = p.shape.height * p.shape.width * p.shape.channels * int64_t(sizeof(T)) >=
+                        kNhwcPrefetchImageBytes;
   with_native_isa([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
     constexpr int kBytes = decltype(bytes)::value;
     // The widest block of channels _blocks keeps in registers
@@ -133,7 +154,8 @@ void align_avg_forward_nhwc(const Problem<G>& p, const RoiList& list,
     for (int64_t j = 0; j < list.size;) {
       j = run.build(p, list, j, kNhwcRunCapacity, max_pixels);
       for (int64_t c0 = 0; c0 < p.shape.channels;)
-        c0 = align_avg_forward_nhwc_blocks<kBytes>(p, run, c0, features, out_of, stream);
+        c0 = align_avg_forward_nhwc_blocks<kBytes>(p, run, c0, features, out_of, stream,
+                                                   prefetch);
     }
   });
 }
@@ -208,11 +230,16 @@ void align_avg_forward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0
   });
 }
 
-// NHWC: ROI k's gradient into channels [c0, c1).
+// NHWC: ROI k's gradient into channels [c0, c1), prefetching the pixels'
+// channels a bin ahead where an image's are kNhwcPrefetchImageBytes or
+// more (box-p2: median paired ratios 0.85 on either vector width; mask-c4,
+// were it to: 1.11-1.34).
 template <typename T, typename G>
 void align_avg_backward_nhwc(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
                              const T* grad_out, G* grad, AlignScratch<G>& scratch) {
   const Shape& s = p.shape;
+  const bool prefetch =
+      s.height * s.width * (c1 - c0) * int64_t(sizeof(G)) >= kNhwcPrefetchImageBytes;
   Roi<G> r;
   AlignRoi<G> a;
   if (!prepare_roi(p, k, &r, &a, &scratch.tables)) return;
@@ -224,10 +251,18 @@ void align_avg_backward_nhwc(const Problem<G>& p, int64_t k, int64_t c0, int64_t
       for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
         const T* src = grad_out + output_index(s, k, c0, ph, pw);
         for (int64_t c = 0; c < width; ++c) g[c] = to_acc(src[c]) / a.count;
-        for_each_tap(scratch.tables, ph, pw, [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
+        auto add = [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
           G* __restrict__ d = gradient_at(s, grad, r.batch, y, x, c0);
           for (int64_t c = 0; c < width; ++c) d[c] += g[c] * w;
-        });
+        };
+        if (prefetch) {
+          for_each_tap_ahead(scratch.tables, ph, pw, s.pooled_h, s.pooled_w, add,
+                             [&](int64_t y, int64_t x) JAX_ROI_INLINE_LAMBDA {
+                               prefetch_into_l2(gradient_at(s, grad, r.batch, y, x, c0), width);
+                             });
+        } else {
+          for_each_tap(scratch.tables, ph, pw, add);
+        }
       }
     }
   });

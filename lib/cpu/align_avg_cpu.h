@@ -38,6 +38,12 @@ constexpr int64_t kNhwcRunBlockBytes = int64_t(512) << 10;
 // 1.10-1.14).
 constexpr int64_t kNhwcPrefetchImageBytes = int64_t(8) << 20;
 
+// Whether an NHWC loop over `channels` of an image of `s` in elements of
+// `element_bytes` prefetches a bin ahead (kNhwcPrefetchImageBytes).
+inline bool nhwc_prefetch_pays(const Shape& s, int64_t channels, int64_t element_bytes) {
+  return s.height * s.width * channels * element_bytes >= kNhwcPrefetchImageBytes;
+}
+
 // NHWC: channels [c0, c0 + vectors * lanes) of ROI `slot` of `run`, into
 // its output `roi_out` ([PH, PW, C]), prefetching a bin ahead where
 // `prefetch` (kNhwcPrefetchImageBytes).
@@ -142,8 +148,7 @@ void align_avg_forward_nhwc(const Problem<G>& p, const RoiList& list,
   const int64_t roi_size = p.shape.pooled_h * p.shape.pooled_w * p.shape.channels;
   auto out_of = [&](int64_t slot) JAX_ROI_INLINE_LAMBDA { return out + run.roi[slot] * roi_size; };
   const bool stream = streamed_result<T>(p.shape.output_count());
-  const bool prefetch = p.shape.height * p.shape.width * p.shape.channels * int64_t(sizeof(T)) >=
-                        kNhwcPrefetchImageBytes;
+  const bool prefetch = nhwc_prefetch_pays(p.shape, p.shape.channels, sizeof(T));
   with_native_isa([&](auto bytes) JAX_ROI_INLINE_LAMBDA {
     constexpr int kBytes = decltype(bytes)::value;
     // The widest block of channels _blocks keeps in registers
@@ -238,8 +243,7 @@ template <typename T, typename G>
 void align_avg_backward_nhwc(const Problem<G>& p, int64_t k, int64_t c0, int64_t c1,
                              const T* grad_out, G* grad, AlignScratch<G>& scratch) {
   const Shape& s = p.shape;
-  const bool prefetch =
-      s.height * s.width * (c1 - c0) * int64_t(sizeof(G)) >= kNhwcPrefetchImageBytes;
+  const bool prefetch = nhwc_prefetch_pays(s, c1 - c0, sizeof(G));
   Roi<G> r;
   AlignRoi<G> a;
   if (!prepare_roi(p, k, &r, &a, &scratch.tables)) return;

@@ -64,6 +64,12 @@ int64_t pool_bin_spans(const Problem<G>& p, int64_t k, Span* rows, Span* columns
 // The pixels of the bin of rows h and columns w: its average's divisor.
 inline int64_t pooled_area(Span h, Span w) { return int64_t(h.hi - h.lo) * (w.hi - w.lo); }
 
+// A bin's average divisor: its pixels, or 1 where it has none (an empty
+// bin sums to 0, whatever it is divided by).
+inline int64_t pooled_divisor(Span h, Span w) {
+  return h.empty() || w.empty() ? 1 : pooled_area(h, w);
+}
+
 // Every ROI's bin spans of a call's list, built once by all threads: the
 // NHWC backward's row bands each visit every ROI of their image and clip
 // its windows to their rows. (Spans, not windows: 14 for psroi-rfcn's 7 x 7

@@ -162,8 +162,7 @@ JAX_ROI_ALWAYS_INLINE void window_forward_bin(const Shape& s, int64_t roi, int64
     }
     std::copy(sum, sum + count, acc.data() + c);
   });
-  // An empty bin sums to 0, whatever its divisor.
-  write_mapped_bin(s, roi, b, acc.data(), win.empty() ? G(1) : static_cast<G>(win.area), out);
+  write_mapped_bin(s, roi, b, acc.data(), static_cast<G>(win.area), out);
 }
 
 // NHWC ps_roi_pool: a part's ROIs in one pass down the rows of their
@@ -252,10 +251,8 @@ JAX_ROI_ALWAYS_INLINE void pooled_forward_by_rows(const Problem<G>& p, const Roi
     for (int64_t b = 0; b < bins; ++b) {
       const Span h = table.rows[j * s.pooled_h + b / s.pooled_w];
       const Span w = table.columns[j * s.pooled_w + b % s.pooled_w];
-      // An empty bin sums to 0, whatever its divisor.
-      const G divisor = h.empty() || w.empty() ? G(1) : static_cast<G>(pooled_area(h, w));
-      write_mapped_bin(s, list.ids[j], b, &pass.sums[(j * bins + b) * s.out_channels], divisor,
-                       out);
+      write_mapped_bin(s, list.ids[j], b, &pass.sums[(j * bins + b) * s.out_channels],
+                       static_cast<G>(pooled_divisor(h, w)), out);
     }
   }
 }
@@ -522,9 +519,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
         }
         const Span h = table.rows[entry * s.pooled_h + ph];
         const Span w = table.columns[entry * s.pooled_w + pw];
-        const BinWindow win = h.empty() || w.empty()
-                                  ? BinWindow{}
-                                  : BinWindow{h.lo, h.hi, w.lo, w.hi, pooled_area(h, w)};
+        const BinWindow win{h.lo, h.hi, w.lo, w.hi, pooled_divisor(h, w)};
         window_forward_bin(s, k, table.batch[entry], b, win, features, staged, acc);
       }
     }

@@ -254,6 +254,7 @@ void align_avg_backward_nhwc(const Problem<G>& p, int64_t k, int64_t c0, int64_t
     for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
       for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
         const T* src = grad_out + output_index(s, k, c0, ph, pw);
+        prefetch_output_bin_ahead(s, grad_out, k, c0, width, ph * s.pooled_w + pw);
         for (int64_t c = 0; c < width; ++c) g[c] = to_acc(src[c]) / a.count;
         auto add = [&](int64_t y, int64_t x, G w) JAX_ROI_INLINE_LAMBDA {
           G* __restrict__ d = gradient_at(s, grad, r.batch, y, x, c0);

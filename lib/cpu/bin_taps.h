@@ -522,6 +522,7 @@ JAX_ROI_ALWAYS_INLINE void tap_backward_nhwc(const Shape& s, const RoiTaps<G>& t
   const Tap<G>* const prefetch_end = t.end(t.bins - 1);  // the ROI's last tap
   for (int64_t b = 0; b < bins; ++b) {
     const T* src = grad_out + output_index(s, t.roi, c0, b / s.pooled_w, b % s.pooled_w);
+    prefetch_output_bin_ahead(s, grad_out, t.roi, c0, width, b);
     for (int64_t c = 0; c < width; ++c) g[c] = to_acc(src[c]) / t.divisor[b];
     for (const Tap<G>* tap = t.begin(b); tap != t.end(b); ++tap) {
       if (kUncached && prefetch_end - tap > kPrefetchTaps) {

@@ -312,6 +312,8 @@ void align_avg_backward_nchw(const Problem<G>& p, const RoiList& list, int64_t c
           tile.flush_into(p.shape, grad, lanes);
           tile.load_zeros(p.shape, batch, c);
         }
+        if (slot + 1 < run.size() && run.batch[slot + 1] >= 0)
+          prefetch_output_lanes(p.shape, grad_out, run.roi[slot + 1], c, lanes);
         block.read(grad_out + output_index(p.shape, run.roi[slot], c, 0, 0), lanes);
         align_avg_backward_lanes<decltype(bytes)::value>(p, run, slot, block, tile);
       }

@@ -682,6 +682,7 @@ struct TapKernel : CallTapTables<Tabulate, /*kRowBands=*/false> {
         for (int64_t j = 0; j < list.size; ++j) {
           const RoiTaps<G>& t = tables.of(list.ids + j, p, scratch.taps);
           if (t.batch < 0) continue;
+          if (j + 1 < list.size) prefetch_output_lanes(s, grad_out, list.ids[j + 1], c, lanes);
           scratch.block.read(grad_out + output_index(s, t.roi, c, 0, 0), lanes);
           tap_backward_lanes<decltype(bytes)::value>(s, t, scratch.block, tile);
         }

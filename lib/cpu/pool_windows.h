@@ -70,6 +70,13 @@ inline int64_t pooled_divisor(Span h, Span w) {
   return h.empty() || w.empty() ? 1 : pooled_area(h, w);
 }
 
+// The window of rows h and columns w, or none (BinWindow{}, whose divisor
+// is 1) where either is empty, so that its loops visit no rows.
+inline BinWindow bin_window(Span h, Span w) {
+  if (h.empty() || w.empty()) return BinWindow{};
+  return {h.lo, h.hi, w.lo, w.hi, pooled_area(h, w)};
+}
+
 // Every ROI's bin spans of a call's list, built once by all threads: the
 // NHWC backward's row bands each visit every ROI of their image and clip
 // its windows to their rows. (Spans, not windows: 14 for psroi-rfcn's 7 x 7

@@ -519,8 +519,7 @@ struct MappedTapKernel : CallTapTables<Tabulate, /*kRowBands=*/true> {
         }
         const Span h = table.rows[entry * s.pooled_h + ph];
         const Span w = table.columns[entry * s.pooled_w + pw];
-        const BinWindow win{h.lo, h.hi, w.lo, w.hi, pooled_divisor(h, w)};
-        window_forward_bin(s, k, table.batch[entry], b, win, features, staged, acc);
+        window_forward_bin(s, k, table.batch[entry], b, bin_window(h, w), features, staged, acc);
       }
     }
   }

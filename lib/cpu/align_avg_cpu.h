@@ -31,7 +31,7 @@ constexpr size_t kNhwcRunCapacity = 1 << 12;  // axis entries: about 64 ROIs of 
 // 8 MB L3, and took 1.4x as long as runs of 2-4 ROIs).
 constexpr int64_t kNhwcRunBlockBytes = int64_t(512) << 10;
 // An image of at least this much has its pixels' channels prefetched into
-// L2 a bin ahead (for_each_tap_ahead): its rows miss the cache (box-p2's
+// L2 a bin ahead (bin_ahead): its rows miss the cache (box-p2's
 // 56 MB images, median paired ratios 0.83 with AVX-512, 0.75 with AVX2;
 // fpn 0.86-0.87 with its 14 MB P3 too, 0.90 with P2 alone), where a
 // smaller one's stay in it and the prefetches only cost (mask-c4's 3.5 MB:
@@ -65,14 +65,12 @@ JAX_ROI_ALWAYS_INLINE void align_avg_forward_nhwc_block(const Problem<G>& p, con
           const T* __restrict__ v = px.at(y, x);
           for (int i = 0; i < vectors; ++i) sum[i] += w * load_native<G, bytes>(v + i * lanes);
         };
-        if (prefetch) {
-          for_each_tap_ahead(run.tables[slot], ph, pw, s.pooled_h, s.pooled_w, add,
-                             [&](int64_t y, int64_t x) JAX_ROI_INLINE_LAMBDA {
-                               prefetch_into_l2(px.at(y, x), vectors * lanes);
-                             });
-        } else {
-          for_each_tap(run.tables[slot], ph, pw, add);
-        }
+        const RoiTables<G>& tables = run.tables[slot];
+        const BinAhead<G> next = bin_ahead(tables, ph, pw, s.pooled_h, s.pooled_w, prefetch);
+        for_each_tap(tables, ph, pw, add, next,
+                     [&](int64_t y, int64_t x) JAX_ROI_INLINE_LAMBDA {
+                       prefetch_into_l2(px.at(y, x), vectors * lanes);
+                     });
         for (int i = 0; i < vectors; ++i) sum[i] /= count;
       }
       T* dst = roi_out + (ph * s.pooled_w + pw) * s.channels + c0;
@@ -260,14 +258,12 @@ void align_avg_backward_nhwc(const Problem<G>& p, int64_t k, int64_t c0, int64_t
           G* __restrict__ d = gradient_at(s, grad, r.batch, y, x, c0);
           for (int64_t c = 0; c < width; ++c) d[c] += g[c] * w;
         };
-        if (prefetch) {
-          for_each_tap_ahead(scratch.tables, ph, pw, s.pooled_h, s.pooled_w, add,
-                             [&](int64_t y, int64_t x) JAX_ROI_INLINE_LAMBDA {
-                               prefetch_into_l2(gradient_at(s, grad, r.batch, y, x, c0), width);
-                             });
-        } else {
-          for_each_tap(scratch.tables, ph, pw, add);
-        }
+        const RoiTables<G>& tables = scratch.tables;
+        const BinAhead<G> next = bin_ahead(tables, ph, pw, s.pooled_h, s.pooled_w, prefetch);
+        for_each_tap(tables, ph, pw, add, next,
+                     [&](int64_t y, int64_t x) JAX_ROI_INLINE_LAMBDA {
+                       prefetch_into_l2(gradient_at(s, grad, r.batch, y, x, c0), width);
+                     });
       }
     }
   });

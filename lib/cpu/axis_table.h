@@ -131,39 +131,47 @@ struct RoiTables {
   }
 };
 
-// Calls f(y, x, weight) for every tap of bin (ph, pw): each pixel its
-// in-map samples touch, with their summed bilinear weights.
-template <typename G, typename F>
-JAX_ROI_ALWAYS_INLINE void for_each_tap(const RoiTables<G>& t, int64_t ph, int64_t pw, const F& f) {
-  const AxisTap<G>* ys = t.y.taps_begin(ph);
-  const AxisTap<G>* xs = t.x.taps_begin(pw);
-  const int64_t ny = t.y.tap_count(ph), nx = t.x.tap_count(pw);
-  for (int64_t a = 0; a < ny; ++a)
-    for (int64_t b = 0; b < nx; ++b) f(ys[a].index, xs[b].index, ys[a].weight * xs[b].weight);
-}
+// The taps of the bin a loop over bin (ph, pw) reads ahead of time: the
+// next bin of the ROI in row-major order, or none (no taps) past its last
+// bin or where the loop does not prefetch.
+template <typename G>
+struct BinAhead {
+  const AxisTap<G>* ys = nullptr;
+  const AxisTap<G>* xs = nullptr;
+  int64_t ny = 0, nx = 0;
+};
 
-// for_each_tap over bin (ph, pw), calling ahead(y, x) too, before each
-// tap, with the tap in its place in the bin after it (the next column, or
-// the next row's first) where that bin has one: a loop that prefetches the
-// pixels it will read a bin ahead.
-template <typename G, typename F, typename A>
-JAX_ROI_ALWAYS_INLINE void for_each_tap_ahead(const RoiTables<G>& t, int64_t ph, int64_t pw,
-                                              int64_t pooled_h, int64_t pooled_w, const F& f,
-                                              const A& ahead) {
+template <typename G>
+JAX_ROI_ALWAYS_INLINE BinAhead<G> bin_ahead(const RoiTables<G>& t, int64_t ph, int64_t pw,
+                                            int64_t pooled_h, int64_t pooled_w, bool prefetch) {
   int64_t next_h = ph, next_w = pw + 1;
   if (next_w == pooled_w) next_w = 0, ++next_h;
-  if (next_h == pooled_h) return for_each_tap(t, ph, pw, f);  // the ROI's last bin
+  if (!prefetch || next_h == pooled_h) return {};
+  return {t.y.taps_begin(next_h), t.x.taps_begin(next_w), t.y.tap_count(next_h),
+          t.x.tap_count(next_w)};
+}
+
+// Calls f(y, x, weight) for every tap of bin (ph, pw): each pixel its
+// in-map samples touch, with their summed bilinear weights. Before each
+// tap it calls ahead(y, x) with the tap in its place in bin `next` (the
+// same row and column of taps) where that bin has one: a loop that
+// prefetches the pixels it will read a bin ahead.
+template <typename G, typename F, typename A>
+JAX_ROI_ALWAYS_INLINE void for_each_tap(const RoiTables<G>& t, int64_t ph, int64_t pw, const F& f,
+                                        const BinAhead<G>& next, const A& ahead) {
   const AxisTap<G>* ys = t.y.taps_begin(ph);
   const AxisTap<G>* xs = t.x.taps_begin(pw);
-  const AxisTap<G>* next_ys = t.y.taps_begin(next_h);
-  const AxisTap<G>* next_xs = t.x.taps_begin(next_w);
   const int64_t ny = t.y.tap_count(ph), nx = t.x.tap_count(pw);
-  const int64_t next_ny = t.y.tap_count(next_h), next_nx = t.x.tap_count(next_w);
   for (int64_t a = 0; a < ny; ++a)
     for (int64_t b = 0; b < nx; ++b) {
-      if (a < next_ny && b < next_nx) ahead(next_ys[a].index, next_xs[b].index);
+      if (a < next.ny && b < next.nx) ahead(next.ys[a].index, next.xs[b].index);
       f(ys[a].index, xs[b].index, ys[a].weight * xs[b].weight);
     }
+}
+
+template <typename G, typename F>
+JAX_ROI_ALWAYS_INLINE void for_each_tap(const RoiTables<G>& t, int64_t ph, int64_t pw, const F& f) {
+  for_each_tap(t, ph, pw, f, BinAhead<G>{}, [](int64_t, int64_t) {});
 }
 
 // The ROIs a call visits, in order (see roi_order.h): all of them for one

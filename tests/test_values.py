@@ -214,6 +214,32 @@ def test_nhwc_avg_channel_blocks(c, dtype):
 
 
 @kernels_only
+@pytest.mark.parametrize("dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("sr", [2, 3, 0])
+def test_max_gradient_same_bits_in_both_layouts(sr, dtype):
+    # roi_align max's NHWC backward scatters a bin through a table of its
+    # samples where its 8 channels outnumber them (sampling ratio 2: 4
+    # samples) and winner by winner where not (3: 9 samples); the NCHW one
+    # visits the winners channel by channel. All add the same products in
+    # the same order, so the gradients agree to the bit.
+    n, c, h, w, scale, out_size = 2, 8, 9, 8, 0.5, (3, 2)
+    rng = np.random.default_rng(sr)
+    x = rng.standard_normal((n, c, h, w))
+    rois = _rois(rng, "K5", n, h, w, scale, per_image=6)
+    _check("align", x.transpose(0, 2, 3, 1), rois, out_size, dtype, "NHWC", scale=scale,
+           mode="max", sr=sr, aligned=True)
+    dy = rng.standard_normal((rois.shape[0], c, *out_size))
+    grads = {}
+    for layout, perm in (("NCHW", (0, 1, 2, 3)), ("NHWC", (0, 2, 3, 1))):
+        fwd = lambda f: jax_roi.roi_align(f, jnp.asarray(rois, _geom(dtype)), out_size, scale,
+                                          sr, True, mode="max", layout=layout)
+        _, vjp = jax.vjp(fwd, jnp.asarray(x.transpose(perm), dtype))
+        (dx,) = vjp(jnp.asarray(dy.transpose(perm), dtype))
+        grads[layout] = np.asarray(dx).transpose(np.argsort(perm))
+    np.testing.assert_array_equal(grads["NCHW"], grads["NHWC"])
+
+
+@kernels_only
 @pytest.mark.parametrize("dtype", [F32, BF16, F64], ids=str)
 @pytest.mark.parametrize("c", [3, 17, 300])
 @pytest.mark.parametrize("hw", [(6, 5), (24, 23)], ids=["30px", "552px"])

@@ -11,6 +11,16 @@
 
 namespace jax_roi {
 
+// A sample of a bin as the max backward scatters through it: its four
+// pixels as offsets from the image's gradient (NHWC, channel 0), and their
+// weights.
+template <typename G>
+struct WinnerSample {
+  bool inside;  // false: the sample has no gradient
+  int64_t p00, p01, p10, p11;
+  G w00, w01, w10, w11;
+};
+
 // Buffers one thread reuses from ROI to ROI.
 template <typename G>
 struct AlignScratch {
@@ -21,6 +31,7 @@ struct AlignScratch {
   WinnerBlock winners;
   std::vector<G> acc, value;
   std::vector<int32_t> arg;
+  std::vector<WinnerSample<G>> samples;  // the max NHWC backward's, per bin
 };
 
 template <typename G>

@@ -135,24 +135,40 @@ void align_max_forward_nchw(const Problem<G>& p, const RoiList& list, int64_t c0
   });
 }
 
-// The gradient of bin (ph, pw), channel c, of ROI k through its winner.
-// (Out of line, as scatter_bin_winners.)
+// The sample of bin (ph, pw) that won with `packed` (a * nx + b), or one
+// not inside (no gradient) where `packed` names none.
+template <typename G>
+JAX_ROI_ALWAYS_INLINE Bilinear<G> winner_sample(const RoiTables<G>& t, int64_t ph, int64_t pw,
+                                                int64_t packed) {
+  const int64_t nx = t.x.count(pw);
+  if (packed < 0 || packed >= t.y.count(ph) * nx) return Bilinear<G>{};
+  return bilinear(t.y.begin(ph)[packed / nx], t.x.begin(pw)[packed % nx]);
+}
+
+// Adds gradient g through sample w into a gradient whose pixel (y, x) is at
+// d[(y * width + x) * stride] (an NCHW plane: stride 1; an NHWC image from
+// a channel: stride C).
+template <typename G>
+JAX_ROI_ALWAYS_INLINE void add_through_sample(const Bilinear<G>& w, G g, int64_t width,
+                                              int64_t stride, G* d) {
+  d[(w.y0 * width + w.x0) * stride] += g * w.w00;
+  d[(w.y0 * width + w.x1) * stride] += g * w.w01;
+  d[(w.y1 * width + w.x0) * stride] += g * w.w10;
+  d[(w.y1 * width + w.x1) * stride] += g * w.w11;
+}
+
+// Channels [c0, c1) of an NHWC bin whose outputs start at grad_out[i0],
+// winner by winner, into `image`'s gradient. (Out of line, as
+// scatter_bin_winners.)
 template <typename T, typename G>
-__attribute__((noinline)) void scatter_max_winner(const Problem<G>& p, const RoiTables<G>& t,
-                                                  int64_t batch, int64_t k, int64_t c, int64_t ph,
-                                                  int64_t pw, const T* grad_out,
-                                                  const int32_t* argmax, G* grad) {
-  const Shape& s = p.shape;
-  const int64_t i = output_index(s, k, c, ph, pw);
-  const int64_t packed = argmax[i], nx = t.x.count(pw);
-  if (packed < 0 || packed >= t.y.count(ph) * nx) return;
-  Bilinear<G> w = bilinear(t.y.begin(ph)[packed / nx], t.x.begin(pw)[packed % nx]);
-  if (!w.inside) return;
-  G g = to_acc(grad_out[i]);
-  *gradient_at(s, grad, batch, w.y0, w.x0, c) += g * w.w00;
-  *gradient_at(s, grad, batch, w.y0, w.x1, c) += g * w.w01;
-  *gradient_at(s, grad, batch, w.y1, w.x0, c) += g * w.w10;
-  *gradient_at(s, grad, batch, w.y1, w.x1, c) += g * w.w11;
+__attribute__((noinline)) void scatter_channel_winners(const Shape& s, const RoiTables<G>& t,
+                                                       int64_t ph, int64_t pw, int64_t i0,
+                                                       int64_t c0, int64_t c1, const T* grad_out,
+                                                       const int32_t* argmax, G* image) {
+  for (int64_t c = c0; c < c1; ++c) {
+    const Bilinear<G> w = winner_sample(t, ph, pw, argmax[i0 + c]);
+    if (w.inside) add_through_sample(w, to_acc(grad_out[i0 + c]), s.width, s.channels, image + c);
+  }
 }
 
 // Bin (ph, pw)'s samples by packed winner (a * nx + b), into `samples`.
@@ -222,14 +238,13 @@ void align_max_backward_nhwc(const Problem<G>& p, int64_t k, int64_t c0, int64_t
     for (int64_t ph = 0; ph < s.pooled_h; ++ph) {
       for (int64_t pw = 0; pw < s.pooled_w; ++pw) {
         const int64_t n = t.y.count(ph) * t.x.count(pw);
+        const int64_t i0 = output_index(s, k, 0, ph, pw);  // the bin's channels follow
         if (n > c1 - c0) {
-          for (int64_t c = c0; c < c1; ++c)
-            scatter_max_winner(p, t, r.batch, k, c, ph, pw, grad_out, argmax, grad);
+          scatter_channel_winners(s, t, ph, pw, i0, c0, c1, grad_out, argmax, image);
           continue;
         }
         tabulate_winner_samples(s, t, ph, pw, scratch.samples);
-        scatter_bin_winners(scratch.samples.data(), n, output_index(s, k, 0, ph, pw), c0, c1,
-                            grad_out, argmax, image);
+        scatter_bin_winners(scratch.samples.data(), n, i0, c0, c1, grad_out, argmax, image);
       }
     }
   });
@@ -246,15 +261,8 @@ __attribute__((noinline)) void scatter_plane_winners(const Shape& s, const RoiTa
                                                      const int32_t* argmax, G* plane) {
   for (int64_t ph = 0, i = i0; ph < s.pooled_h; ++ph) {
     for (int64_t pw = 0; pw < s.pooled_w; ++pw, ++i) {
-      const int64_t packed = argmax[i], nx = t.x.count(pw);
-      if (packed < 0 || packed >= t.y.count(ph) * nx) continue;
-      const Bilinear<G> w = bilinear(t.y.begin(ph)[packed / nx], t.x.begin(pw)[packed % nx]);
-      if (!w.inside) continue;
-      const G g = to_acc(grad_out[i]);
-      plane[w.y0 * s.width + w.x0] += g * w.w00;
-      plane[w.y0 * s.width + w.x1] += g * w.w01;
-      plane[w.y1 * s.width + w.x0] += g * w.w10;
-      plane[w.y1 * s.width + w.x1] += g * w.w11;
+      const Bilinear<G> w = winner_sample(t, ph, pw, argmax[i]);
+      if (w.inside) add_through_sample(w, to_acc(grad_out[i]), s.width, int64_t(1), plane);
     }
   }
 }

@@ -11,4 +11,4 @@ from ._rotated import roi_align_rotated
 
 __all__ = ["roi_align", "roi_pool", "roi_align_rotated", "ps_roi_align", "ps_roi_pool",
            "prroi_pool", "multi_scale_roi_align", "level_indices", "export_disabled_checks"]
-__version__ = "0.4.34"
+__version__ = "0.4.35"

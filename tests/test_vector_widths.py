@@ -5,6 +5,7 @@ the kernels' cases run again: the pure-JAX implementation has no width. The
 subprocesses run in one process each (-n 0), beside the suite's workers,
 and find most programs in the suite's compilation cache (conftest.py)."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -49,3 +50,24 @@ PS_SUBSET = "(bitwise or wide_map or many_rois) and not pure_jax"
 @pytest.mark.parametrize("width", [16, 32])
 def test_position_sensitive_tests_pass_at_narrower_widths(width):
     _assert_tests_pass("test_position_sensitive.py", PS_SUBSET, width)
+
+
+def _digests(width):
+    result = _run(["width_bits_cases.py"], width)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_every_width_gives_the_same_bits():
+    # The module is compiled without contracting multiplies and adds into
+    # fused multiply-adds (CMakeLists.txt): the AVX2 and AVX-512 code had FMAs
+    # and the baseline none, and GCC placed them per ISA, so results differed
+    # in their last bits from one processor to another.
+    native = _jax_roi_cpu.vector_bytes()
+    widths = sorted({16, 32, native})
+    digests = {width: _digests(width) for width in widths}
+    reference = digests[native]
+    assert len(reference) == 11 * 4 * 2 * 4  # ops, dtypes, layouts, results
+    for width in widths:
+        differing = sorted(k for k in reference if digests[width][k] != reference[k])
+        assert not differing, f"{width}-byte vectors differ from {native}: {differing[:8]}"

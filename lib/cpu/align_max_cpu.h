@@ -196,10 +196,10 @@ JAX_ROI_ALWAYS_INLINE void tabulate_winner_samples(const Shape& s, const RoiTabl
 
 // Channels [c0, c1) of an NHWC bin whose outputs start at grad_out[i0]
 // (its channels follow), through its `n` samples, into `image`'s gradient.
-// (Out of line, in the baseline ISA: inlined into the kernels' AVX2 or
-// AVX-512 code, the additions could contract into fused multiply-adds,
-// and round unlike those of the other layout or of the other path;
-// 0.4.33's gradients, compiled so, differ from these in the last bits.)
+// (Out of line, in the baseline ISA: one copy for every path. Inlined into
+// 0.4.33's AVX2 or AVX-512 code, the additions contracted into fused
+// multiply-adds and rounded unlike the other layout's; the module is now
+// compiled without contraction, CMakeLists.txt.)
 template <typename T, typename G>
 __attribute__((noinline)) void scatter_bin_winners(const WinnerSample<G>* samples, int64_t n,
                                                    int64_t i0, int64_t c0, int64_t c1,

@@ -64,12 +64,11 @@ struct RoiTaps {
 };
 
 // A tabulation's ROI entry points (Tabulate::build, add_bin) are compiled
-// once, out of line: NCHW tabulates the call's taps in the driver's baseline
-// code and NHWC each ROI inside a kernel compiled for AVX2 or AVX-512, and
-// copies inlined there may contract the weights' arithmetic into FMAs where
-// the baseline copy does not. The layouts' results, the same bits by design,
-// then differed by an ulp in float64 (ps_roi_align, once unrelated code
-// changed GCC's inlining).
+// once, out of line, in the baseline ISA: NCHW tabulates the call's taps in
+// the driver's baseline code and NHWC each ROI inside a kernel compiled for
+// AVX2 or AVX-512, and the one copy serves both. (It once also kept the
+// layouts' rounding alike; the module is now compiled without FMA
+// contraction, CMakeLists.txt, so every copy rounds alike.)
 #define JAX_ROI_TABULATION __attribute__((noinline))
 
 // One ROI's taps as a tabulation adds them, bin by bin.

@@ -72,22 +72,35 @@ struct CpuBoxDerivative {
     return input_channel(op, s, OutputElement{0, c, b / s.pooled_w, b % s.pooled_w});
   }
 
-  // sum of g[c] * x[c] for c < n, in vectors of `bytes`.
+  // sum of g[c] * x[c] for c < n, in vectors of `bytes`. Product c joins
+  // partial sum c % parts (the last chunk zero-padded), and the partials are
+  // added pairwise, halving: the same operations in the same order, so the
+  // same bits, at every vector width (a vector's lanes hold consecutive
+  // partials).
+  static constexpr int64_t kDotPartialBytes = 128;  // two AVX-512 vectors
   template <int bytes, typename T, typename G>
   static JAX_ROI_ALWAYS_INLINE G dot(const G* g, const T* x, int64_t n) {
     constexpr int64_t lanes = native_lanes<G, bytes>;
-    NativeVector<G, bytes> a = {}, b = {};
+    constexpr int64_t parts = kDotPartialBytes / int64_t(sizeof(G)), vectors = parts / lanes;
+    NativeVector<G, bytes> acc[vectors] = {};
+    auto add_chunk = [&](const G* gc, const auto* xc) JAX_ROI_INLINE_LAMBDA {
+      for (int64_t v = 0; v < vectors; ++v)
+        acc[v] += load_native<G, bytes>(gc + v * lanes) * load_native<G, bytes>(xc + v * lanes);
+    };
     int64_t c = 0;
-    for (; c + 2 * lanes <= n; c += 2 * lanes) {
-      a += load_native<G, bytes>(g + c) * load_native<G, bytes>(x + c);
-      b += load_native<G, bytes>(g + c + lanes) * load_native<G, bytes>(x + c + lanes);
+    for (; c + parts <= n; c += parts) add_chunk(g + c, x + c);
+    if (c < n) {
+      G g_rest[parts] = {}, x_rest[parts] = {};
+      for (int64_t j = 0; c + j < n; ++j) g_rest[j] = g[c + j], x_rest[j] = to_acc(x[c + j]);
+      add_chunk(g_rest, x_rest);
     }
-    for (; c + lanes <= n; c += lanes) a += load_native<G, bytes>(g + c) * load_native<G, bytes>(x + c);
-    a += b;
-    G sum = G(0);
-    for (int64_t j = 0; j < lanes; ++j) sum += a[j];
-    for (; c < n; ++c) sum += g[c] * to_acc(x[c]);
-    return sum;
+    for (int64_t half = vectors / 2; half > 0; half /= 2)  // the halvings across vectors
+      for (int64_t v = 0; v < half; ++v) acc[v] += acc[v + half];
+    G partial[lanes];
+    for (int64_t j = 0; j < lanes; ++j) partial[j] = acc[0][j];
+    for (int64_t half = lanes / 2; half > 0; half /= 2)  // and within one
+      for (int64_t j = 0; j < half; ++j) partial[j] += partial[j + half];
+    return partial[0];
   }
 
   // ROI k's output tangent: its C_out * PH * PW elements, contiguous in

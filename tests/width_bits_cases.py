@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jax_roi
+jax.config.update("jax_enable_x64", True)  # before any array is made
 
-jax.config.update("jax_enable_x64", True)
+import jax_roi  # noqa: E402
 
 N, H, W, K = 2, 23, 29, 24
 DTYPES = (np.float32, np.float64, jnp.bfloat16, np.float16)
@@ -32,18 +32,27 @@ def _rotated(boxes, rng):
                      boxes[:, 4] - boxes[:, 2], rng.uniform(-180, 180, K)], 1)
 
 
+SCALES, CANONICAL_SCALE = (1 / 8, 1 / 16), 64
+
+
+def pyramid_boxes(rois):
+    """[N, L, 4] boxes in image coordinates, some on each level (the test
+    checks)."""
+    return rois[:, 1:].reshape(N, K // N, 4) * 8
+
+
 def _pyramid(features, rois, layout):
-    """Two levels (the map and every other pixel of it) at 1/8 and 1/16, with
-    the boxes as [N, L, 4] in image coordinates: some on each level."""
+    """Two levels: the map and every other pixel of it."""
     coarse = features[:, :, ::2, ::2] if layout == "NCHW" else features[:, ::2, ::2, :]
-    boxes = rois[:, 1:].reshape(N, K // N, 4) * 8
-    return jax_roi.multi_scale_roi_align([features, coarse], boxes, (5, 4), (1 / 8, 1 / 16), 2,
-                                         True, layout=layout)
+    return jax_roi.multi_scale_roi_align([features, coarse], pyramid_boxes(rois), (5, 4), SCALES,
+                                         2, True, CANONICAL_SCALE, layout=layout)
 
 
-# name: (channels, op(features, rois, layout), rotated boxes?)
+# name: (channels, op(features, rois, layout), rotated boxes?). 72 channels
+# for roi_align avg and prroi_pool: more than the box derivatives' dot product
+# takes in one chunk (box_derivative_cpu.h).
 OPS = {
-    "roi_align_avg": (20, lambda f, r, l: jax_roi.roi_align(f, r, (5, 4), 0.9, 2, True,
+    "roi_align_avg": (72, lambda f, r, l: jax_roi.roi_align(f, r, (5, 4), 0.9, 2, True,
                                                             layout=l), False),
     "roi_align_avg_adaptive": (20, lambda f, r, l: jax_roi.roi_align(f, r, (3, 4), 0.9,
                                                                      layout=l), False),
@@ -62,13 +71,17 @@ OPS = {
     "ps_roi_pool": (36, lambda f, r, l: jax_roi.ps_roi_pool(f, r, (3, 3), 0.9, layout=l),
                     False),
     "multi_scale_roi_align": (20, _pyramid, False),
-    "prroi_pool": (20, lambda f, r, l: jax_roi.prroi_pool(f, r, (5, 4), 0.9, layout=l),
+    "prroi_pool": (72, lambda f, r, l: jax_roi.prroi_pool(f, r, (5, 4), 0.9, layout=l),
                    False),
 }
 
 
 def _digest(x):
     return hashlib.sha256(np.ascontiguousarray(np.asarray(x)).tobytes()).hexdigest()
+
+
+def boxes():
+    return _boxes(np.random.default_rng(7))
 
 
 def results():

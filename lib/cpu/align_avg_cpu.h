@@ -20,7 +20,8 @@ namespace jax_roi {
 // ------------------------------------------------------------------ forward
 
 // NHWC "avg" keeps a bin's sums in registers, a block of channels at a time:
-// for float32 256 with AVX-512, 64 with AVX2, 32 with SSE (native_vector.h).
+// for float32 128 with AVX-512, 64 with AVX2, 32 with SSE (tap_block_vectors,
+// native_vector.h).
 // It tabulates a run of neighbouring ROIs first, and with more channels
 // than a block visits them block by block, so that rows of pixels the
 // run's ROIs share are still in cache.
@@ -118,7 +119,8 @@ JAX_ROI_ALWAYS_INLINE int64_t align_avg_forward_nhwc_blocks(const Problem<G>& p,
                                                             const OutOf& out_of, bool stream,
                                                             bool prefetch = false) {
   constexpr int64_t lanes = native_lanes<G, bytes>;
-  const int64_t vectors = std::min<int64_t>(sum_registers<bytes>, (p.shape.channels - c0) / lanes);
+  constexpr int64_t widest = tap_block_vectors<bytes, T>;
+  const int64_t vectors = std::min<int64_t>(widest, (p.shape.channels - c0) / lanes);
   auto each_roi = [&](auto block) JAX_ROI_INLINE_LAMBDA {
     constexpr int n = decltype(block)::value;
     for (int64_t slot = 0; slot < run.size(); ++slot)
@@ -126,7 +128,7 @@ JAX_ROI_ALWAYS_INLINE int64_t align_avg_forward_nhwc_blocks(const Problem<G>& p,
                                              prefetch);
     return c0 + n * lanes;
   };
-  if constexpr (sum_registers<bytes> >= 16)
+  if constexpr (widest >= 16)
     if (vectors >= 16) return each_roi(std::integral_constant<int, 16>{});
   if (vectors >= 8) return each_roi(std::integral_constant<int, 8>{});
   if (vectors >= 4) return each_roi(std::integral_constant<int, 4>{});
@@ -151,7 +153,7 @@ void align_avg_forward_nhwc(const Problem<G>& p, const RoiList& list,
     constexpr int kBytes = decltype(bytes)::value;
     // The widest block of channels _blocks keeps in registers
     const int64_t block_bytes =
-        std::min<int64_t>(p.shape.channels, sum_registers<kBytes> * native_lanes<G, kBytes>) *
+        std::min<int64_t>(p.shape.channels, tap_block_vectors<kBytes, T> * native_lanes<G, kBytes>) *
         int64_t(sizeof(T));
     const int64_t max_pixels = kNhwcRunBlockBytes / std::max<int64_t>(1, block_bytes);
     for (int64_t j = 0; j < list.size;) {

@@ -196,10 +196,11 @@ JAX_ROI_ALWAYS_INLINE void tabulate_winner_samples(const Shape& s, const RoiTabl
 
 // Channels [c0, c1) of an NHWC bin whose outputs start at grad_out[i0]
 // (its channels follow), through its `n` samples, into `image`'s gradient.
-// (Out of line, in the baseline ISA: one copy for every path. Inlined into
-// 0.4.33's AVX2 or AVX-512 code, the additions contracted into fused
-// multiply-adds and rounded unlike the other layout's; the module is now
-// compiled without contraction, CMakeLists.txt.)
+// (Out of line, in the baseline ISA: one copy serves every path. Being out
+// of line also kept the additions from contracting into fused multiply-adds
+// in the AVX2 or AVX-512 code, as 0.4.33's winner-by-winner scatter did,
+// rounding unlike the other layout; since 0.4.35 no copy contracts,
+// CMakeLists.txt.)
 template <typename T, typename G>
 __attribute__((noinline)) void scatter_bin_winners(const WinnerSample<G>* samples, int64_t n,
                                                    int64_t i0, int64_t c0, int64_t c1,

@@ -66,9 +66,10 @@ struct RoiTaps {
 // A tabulation's ROI entry points (Tabulate::build, add_bin) are compiled
 // once, out of line, in the baseline ISA: NCHW tabulates the call's taps in
 // the driver's baseline code and NHWC each ROI inside a kernel compiled for
-// AVX2 or AVX-512, and the one copy serves both. (It once also kept the
-// layouts' rounding alike; the module is now compiled without FMA
-// contraction, CMakeLists.txt, so every copy rounds alike.)
+// AVX2 or AVX-512, and the one copy serves both. (Being out of line once
+// also kept the layouts' rounding alike; since 0.4.35 the module is
+// compiled without FMA contraction, CMakeLists.txt, and every copy rounds
+// alike.)
 #define JAX_ROI_TABULATION __attribute__((noinline))
 
 // One ROI's taps as a tabulation adds them, bin by bin.
@@ -455,11 +456,10 @@ JAX_ROI_ALWAYS_INLINE void tap_forward_nhwc_bin(const Shape& s, const RoiTaps<G>
   const Pixels<T> base = image_pixels(s, features, t.batch, 0);
   T* dst = out + output_index(s, t.roi, 0, b / s.pooled_w, b % s.pooled_w);
   int64_t c = 0;
-  // Blocks of as many vectors as the registers hold (16 with AVX-512, 8
-  // with AVX2), then smaller ones.
+  // Blocks of tap_block_vectors (native_vector.h), then smaller ones.
   auto blocks = [&](auto n) JAX_ROI_INLINE_LAMBDA {
     constexpr int vectors = decltype(n)::value;
-    if constexpr (vectors <= sum_registers<bytes>) {
+    if constexpr (vectors <= tap_block_vectors<bytes, T>) {
       for (; c + vectors * lanes <= C; c += vectors * lanes)
         tap_forward_nhwc_block<bytes, vectors>(
             t, b, Pixels<T>{base.data + c, base.stride, base.row}, dst + c, stream);

@@ -82,6 +82,8 @@ struct CpuBoxDerivative {
   static JAX_ROI_ALWAYS_INLINE G dot(const G* g, const T* x, int64_t n) {
     constexpr int64_t lanes = native_lanes<G, bytes>;
     constexpr int64_t parts = kDotPartialBytes / int64_t(sizeof(G)), vectors = parts / lanes;
+    static_assert(parts % lanes == 0 && (vectors & (vectors - 1)) == 0 && (lanes & (lanes - 1)) == 0,
+                  "the halvings need powers of two");
     NativeVector<G, bytes> acc[vectors] = {};
     auto add_chunk = [&](const G* gc, const auto* xc) JAX_ROI_INLINE_LAMBDA {
       for (int64_t v = 0; v < vectors; ++v)

@@ -62,7 +62,7 @@ constexpr int sum_registers = bytes == 64 ? 16 : 8;
 // bin_taps.h's) fills with the sums of a block of channels: as many as the
 // registers hold, up to 512 bytes of each pixel read per tap (eight cache
 // lines). Blocks of 16 AVX-512 vectors of float32 read a kilobyte per tap
-// and took up to twice as long on the Intel Xeon (Sapphire Rapids) as
+// and took up to twice as long on the Intel Xeon (AVX-512, AMX) as
 // blocks of 8: mask-c4's roi_align NHWC forward 41 against 24 ms,
 // prroi-atom's 4.0 against 2.2, fpn's 16 against 13, rot-p2's 27 against
 // 23.5; box-p2 alike. With bfloat16 the 16 vectors read 512 bytes, and 8
